@@ -1,0 +1,25 @@
+//! `noded`: the node daemon. See `noded(8)`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use noded::cli::NodedArgs;
+
+fn main() -> ExitCode {
+    let args = NodedArgs::parse();
+    noded::logging::init(args.global.log_format, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(noded::daemon::serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", noded::error::chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}

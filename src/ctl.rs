@@ -1,0 +1,450 @@
+//! `nodectl`'s commands.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+use ssconf::{DigestAlgorithm, Ssconf};
+
+use crate::cli::{Command, DigestArg, Generate, InitArgs, NodectlArgs};
+use crate::client::RpcClient;
+use crate::config::{ClusterConfig, NodeRecord, NodeRole};
+use crate::error::{Error, Result};
+use crate::frame::{Procedure, Reply};
+use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey};
+use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+
+/// How a command ended (errors are returned as `Err`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Success,
+    /// Exit 1: the command ran, and what it checked failed.
+    Failed,
+    /// Exit 3: done, but some nodes were unreachable.
+    Partial,
+}
+
+impl Outcome {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Failed => 1,
+            Outcome::Partial => 3,
+        }
+    }
+}
+
+/// Runs one parsed `nodectl` command.
+pub async fn run(args: NodectlArgs) -> Result<Outcome> {
+    let state = StateDir::new(&args.global.state_dir);
+    match args.command {
+        Command::Init(init_args) => init(&state, &init_args),
+        Command::List { json } => list(&state, json),
+        Command::Ping {
+            nodes,
+            json,
+            timeout,
+        } => ping(&state, &nodes, json, std::time::Duration::from_secs(timeout)).await,
+        Command::Generate(Generate::Man { dir }) => generate_man(&dir),
+        Command::Generate(Generate::Completions { shell }) => {
+            let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "nodectl", &mut std::io::stdout());
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// Checks a node or cluster name: what can stand in ssconf lines and JSON.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} {name:?} is not valid: use 1-253 letters, digits, '-', '.', '_'"
+        )))
+    }
+}
+
+/// Checks a `host:port` address.
+pub fn check_address(address: &str) -> Result<()> {
+    let invalid = || {
+        Error::Invalid(format!(
+            "address {address:?} is not HOST:PORT (e.g. 192.0.2.10:1811 or [2001:db8::1]:1811)"
+        ))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if port == 0 || host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(invalid());
+    }
+    if host.starts_with('[') != host.ends_with(']') {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
+/// `nodectl init`: a new cluster with this node as master.
+fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
+    check_name("cluster name", &args.cluster_name)?;
+    check_name("node name", &args.node_name)?;
+    check_address(&args.address)?;
+    if state.is_initialised() {
+        return Err(Error::Invalid(format!(
+            "{} is already initialised (node.json exists); refusing to overwrite a node's state",
+            state.root().display()
+        )));
+    }
+    create_dir(state.root(), 0o755)?;
+    let digest_alg = match args.digest {
+        DigestArg::Sha256 => DigestAlgorithm::Sha256,
+        DigestArg::Sha1 => DigestAlgorithm::Sha1,
+    };
+    // The CA outlives the certificates it signs.
+    let ca_days = args.cert_days.saturating_mul(10).min(36500);
+    let ca = CertificateAuthority::generate(&args.cluster_name, ca_days)?;
+    let (server_pem, server_key) = ca.issue_server_certificate(&args.cluster_name, args.cert_days)?;
+    let node_key = NodeKey::generate()?;
+    let client_pem = ca.sign_client_csr(&node_key.client_csr(&args.node_name)?, args.cert_days)?;
+    let client_der = rustls_pki_types::CertificateDer::from(
+        pem_first_der(&client_pem).ok_or_else(|| Error::Certificate("signed certificate is not PEM".into()))?,
+    );
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let config = ClusterConfig {
+        cluster_name: args.cluster_name.clone(),
+        serial: 1,
+        candidate_pool_size: args.candidate_pool_size,
+        digest: digest_alg.into(),
+        cert_days: args.cert_days,
+        ca_sha256: hex_lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
+        nodes: vec![NodeRecord {
+            uuid: uuid.clone(),
+            name: args.node_name.clone(),
+            address: args.address.clone(),
+            role: NodeRole::Master,
+            offline: false,
+            digest: digest_alg.digest(&client_der).to_string(),
+            cert_expires: CertInfo::from_der(&client_der)?.not_after,
+            ssh_public_key: None,
+        }],
+    };
+    let identity = NodeIdentity {
+        uuid,
+        name: args.node_name.clone(),
+        address: args.address.clone(),
+    };
+    // Keys and certificates first, node.json last: a node without node.json
+    // is not initialised, so an interrupted init can simply be run again.
+    state.write(&state.ca_pem(), ca.cert_pem().as_bytes(), MODE_PUBLIC)?;
+    state.write(&state.ca_key(), ca.key_pem().expose().as_bytes(), MODE_SECRET)?;
+    state.write(&state.server_pem(), server_pem.as_bytes(), MODE_PUBLIC)?;
+    state.write(&state.server_key(), server_key.expose().as_bytes(), MODE_SECRET)?;
+    state.write(&state.client_key(), node_key.to_pem().expose().as_bytes(), MODE_SECRET)?;
+    state.write(&state.client_pem(), client_pem.as_bytes(), MODE_PUBLIC)?;
+    state.write(&state.config_json(), &state::to_json(&config)?, MODE_SECRET)?;
+    config.to_ssconf()?.store(&state.ssconf_dir())?;
+    state.write(&state.node_json(), &state::to_json(&identity)?, MODE_PUBLIC)?;
+    let digest = &config.nodes.first().map(|n| n.digest.clone()).unwrap_or_default();
+    println!(
+        "initialised cluster {} with master {} ({})",
+        args.cluster_name, args.node_name, args.address
+    );
+    println!("  state directory  {}", state.root().display());
+    println!("  CA sha256        {}", DigestAlgorithm::Sha256.digest(ca.cert_der()));
+    println!("  client digest    {digest} ({digest_alg})");
+    println!("start the daemon:  noded --state-dir {}", state.root().display());
+    Ok(Outcome::Success)
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(Error::io(path))
+}
+
+fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One row of `nodectl list`.
+#[derive(Debug, Serialize)]
+struct ListedNode {
+    name: String,
+    uuid: String,
+    address: String,
+    role: String,
+    offline: bool,
+    digest: String,
+    /// RFC 3339, UTC; empty when unknown.
+    cert_expires: String,
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// `nodectl list`: from config.json on the master and candidates, from
+/// ssconf elsewhere (which knows no uuids, digests or expiry dates).
+fn list(state: &StateDir, json: bool) -> Result<Outcome> {
+    let rows: Vec<ListedNode> = if state.config_json().exists() {
+        let config: ClusterConfig = state::read_json(&state.config_json())?;
+        let mut nodes = config.nodes;
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+            .into_iter()
+            .map(|n| ListedNode {
+                name: n.name,
+                uuid: n.uuid,
+                address: n.address,
+                role: n.role.as_str().to_owned(),
+                offline: n.offline,
+                digest: n.digest,
+                cert_expires: rfc3339(n.cert_expires),
+            })
+            .collect()
+    } else {
+        state.check_initialised()?;
+        let ssconf = Ssconf::load(&state.ssconf_dir())?;
+        ssconf
+            .node_addresses
+            .iter()
+            .map(|(name, address)| ListedNode {
+                role: if *name == ssconf.master_node {
+                    "master"
+                } else if ssconf.master_candidates.contains(name) {
+                    "candidate"
+                } else {
+                    "regular"
+                }
+                .to_owned(),
+                offline: ssconf.offline_nodes.contains(name),
+                name: name.clone(),
+                uuid: String::new(),
+                address: address.clone(),
+                digest: String::new(),
+                cert_expires: String::new(),
+            })
+            .collect()
+    };
+    if json {
+        print_json(&NodeList { nodes: rows })?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.role.clone(),
+                    if r.offline { "yes" } else { "no" }.to_owned(),
+                    r.address.clone(),
+                    r.cert_expires.clone(),
+                    r.digest.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ROLE", "OFFLINE", "ADDRESS", "CERT EXPIRES", "DIGEST"], &table)?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// One row of `nodectl ping`.
+#[derive(Debug, Serialize)]
+struct PingResult {
+    node: String,
+    ok: bool,
+    rtt_ms: Option<f64>,
+    error: Option<String>,
+}
+
+/// `nodectl ping`: from any node, with that node's client certificate.
+async fn ping(
+    state: &StateDir,
+    nodes: &[String],
+    json: bool,
+    timeout: std::time::Duration,
+) -> Result<Outcome> {
+    state.check_initialised()?;
+    let ssconf = Ssconf::load(&state.ssconf_dir())?;
+    let targets: Vec<(String, String)> = if nodes.is_empty() {
+        ssconf
+            .online_nodes
+            .iter()
+            .filter_map(|n| ssconf.address_of(n).map(|a| (n.clone(), a.to_owned())))
+            .collect()
+    } else {
+        nodes
+            .iter()
+            .map(|n| {
+                ssconf
+                    .address_of(n)
+                    .map(|a| (n.clone(), a.to_owned()))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "unknown node {n:?}; `nodectl list` shows the cluster's nodes"
+                        ))
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut client = RpcClient::from_state(state)?;
+    client.connect_timeout = timeout;
+    client.call_timeout = timeout;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (node, address)) in targets.into_iter().enumerate() {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let result = async {
+                let mut conn = client.connect(&node, &address).await?;
+                // The round trip of the RPC alone, on the open connection.
+                let start = Instant::now();
+                match conn.call(Procedure::Ping).await? {
+                    Reply::Pong { .. } => Ok(start.elapsed()),
+                    other => Err(Error::Remote {
+                        node: node.clone(),
+                        message: format!("unexpected reply {other:?}"),
+                    }),
+                }
+            }
+            .await;
+            let row = match result {
+                Ok(rtt) => PingResult {
+                    node,
+                    ok: true,
+                    rtt_ms: Some((rtt.as_secs_f64() * 1e6).round() / 1000.0),
+                    error: None,
+                },
+                Err(e) => PingResult {
+                    node,
+                    ok: false,
+                    rtt_ms: None,
+                    error: Some(e.to_string()),
+                },
+            };
+            (index, row)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(r) => results.push(r),
+            Err(e) => return Err(Error::Invalid(format!("ping task failed: {e}"))),
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<PingResult> = results.into_iter().map(|(_, r)| r).collect();
+    let all_ok = results.iter().all(|r| r.ok);
+    if json {
+        print_json(&PingResults { results })?;
+    } else {
+        let table: Vec<Vec<String>> = results
+            .iter()
+            .map(|r| match (&r.rtt_ms, &r.error) {
+                (Some(ms), _) => vec![r.node.clone(), "ok".into(), format!("{ms:.3} ms")],
+                (_, err) => vec![
+                    r.node.clone(),
+                    "FAILED".into(),
+                    err.clone().unwrap_or_default(),
+                ],
+            })
+            .collect();
+        print_table(&["NODE", "RESULT", "DETAIL"], &table)?;
+        for r in results.iter().filter(|r| !r.ok) {
+            eprintln!("error: {}", r.error.as_deref().unwrap_or("failed"));
+        }
+    }
+    Ok(if all_ok { Outcome::Success } else { Outcome::Failed })
+}
+
+fn generate_man(dir: &Path) -> Result<Outcome> {
+    create_dir(dir, 0o755)?;
+    for (name, cmd) in crate::man::pages() {
+        let path = dir.join(format!("{name}.8"));
+        let page = crate::man::render(&cmd).map_err(Error::io(&path))?;
+        ssconf::write_atomic(&path, &page, MODE_PUBLIC).map_err(Error::io(&path))?;
+        println!("{}", path.display());
+    }
+    Ok(Outcome::Success)
+}
+
+/// `nodectl list --json`.
+#[derive(Debug, Serialize)]
+struct NodeList {
+    nodes: Vec<ListedNode>,
+}
+
+/// `nodectl ping --json`.
+#[derive(Debug, Serialize)]
+struct PingResults {
+    results: Vec<PingResult>,
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Invalid(format!("cannot encode JSON: {e}")))?;
+    write_stdout(&format!("{text}\n"))
+}
+
+/// Prints rows aligned in columns under `header`.
+fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            text.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    write_stdout(&out)
+}
+
+/// Writes to stdout; a closed pipe (`nodectl list | head -1`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout")(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Digest of the first certificate in a PEM file (tests and tools).
+pub fn file_digest(path: &Path, alg: DigestAlgorithm) -> Result<ssconf::CertDigest> {
+    let certs = pki::load_certs(path)?;
+    certs
+        .first()
+        .map(|c| pki::digest(c, alg))
+        .ok_or_else(|| Error::Pem {
+            path: path.to_path_buf(),
+            reason: "no certificate".into(),
+        })
+}

@@ -1,0 +1,188 @@
+//! `noded`'s runtime: load a node's state, serve, reload, stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ssconf::{CandidateMap, DigestAlgorithm, Ssconf};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::cli::NodedArgs;
+use crate::error::{Error, Result};
+use crate::pki::{self, CertInfo};
+use crate::reload::{self, CandidateMapHandle};
+use crate::server::{self, ClientCertFacts, Daemon, Limits};
+use crate::state::StateDir;
+use crate::tls::{self, ServerMaterial};
+
+/// Listen backlog: sized for bursts (a backlog of 5 stalls clients for a
+/// second when many connect at once).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Reads the daemon's TLS material from the state directory.
+pub fn load_server_material(state: &StateDir) -> Result<ServerMaterial> {
+    Ok(ServerMaterial {
+        ca_certs: pki::load_certs(&state.ca_pem())?,
+        server_chain: pki::load_certs(&state.server_pem())?,
+        server_key: pki::load_key(&state.server_key())?,
+    })
+}
+
+/// What the node reports about its own client certificate.
+pub fn load_client_facts(state: &StateDir) -> Result<ClientCertFacts> {
+    let path = state.client_pem();
+    let certs = pki::load_certs(&path)?;
+    let cert = certs.first().ok_or_else(|| Error::Pem {
+        path: path.clone(),
+        reason: "no certificate".into(),
+    })?;
+    Ok(ClientCertFacts {
+        sha256: DigestAlgorithm::Sha256.digest(cert),
+        sha1: DigestAlgorithm::Sha1.digest(cert),
+        expires: CertInfo::from_der(cert)?.not_after,
+    })
+}
+
+/// Binds `address` (`host:port`) with a burst-sized backlog.
+pub async fn bind(address: &str) -> Result<TcpListener> {
+    let invalid = |reason: String| Error::Invalid(format!("cannot listen on {address}: {reason}"));
+    let addr: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid("the name resolves to no address".into()))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| invalid(e.to_string()))?;
+    socket.bind(addr).map_err(|e| invalid(e.to_string()))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The role this node has according to its ssconf, for status lines.
+fn role_of(ssconf: Option<&Ssconf>, name: &str) -> &'static str {
+    match ssconf {
+        Some(s) if s.master_node == name => "master",
+        Some(s) if s.master_candidates.iter().any(|n| n == name) => "candidate",
+        Some(_) => "regular",
+        None => "unknown",
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(args: NodedArgs) -> Result<()> {
+    let state = StateDir::new(&args.global.state_dir);
+    state.check_initialised()?;
+    let identity = state.load_identity()?;
+    let map_path = Ssconf::candidate_map_path(&state.ssconf_dir());
+    let map = match CandidateMap::load(&map_path) {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::error!("no valid candidate map ({e}); denying every client until a valid one arrives");
+            CandidateMap::empty()
+        }
+    };
+    let handle = CandidateMapHandle::new(map);
+    let config = tls::server_config(load_server_material(&state)?, &handle, args.allow_tls12)?;
+    let limits = Limits {
+        max_frame: args.max_frame,
+        max_connections: args.max_connections as usize,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        request_timeout: Duration::from_secs(args.request_timeout),
+        ..Limits::default()
+    };
+    let address = args.listen.clone().unwrap_or_else(|| identity.address.clone());
+    let listener = bind(&address).await?;
+    let local = listener.local_addr().map_err(Error::io(state.root()))?;
+    let daemon = Arc::new(Daemon::new(
+        state.clone(),
+        identity,
+        config,
+        handle.clone(),
+        limits,
+        load_client_facts(&state)?,
+    ));
+
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let watcher = reload::spawn_watcher(state.ssconf_dir(), handle.clone(), reload_rx)?;
+
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?;
+
+    let status = status_line(&daemon, local);
+    tracing::info!("{status}");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+
+    let reloader = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading certificates and ssconf");
+                let _ = reload_tx.send(()).await;
+                reload_certificates(&daemon, args.allow_tls12);
+                notify_systemd(&[sd_notify::NotifyState::Status(&status_line(&daemon, local))]);
+            }
+        })
+    };
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    };
+    server::run(listener, daemon, shutdown).await;
+    reloader.abort();
+    watcher.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn status_line(daemon: &Daemon, local: SocketAddr) -> String {
+    let ssconf = Ssconf::load(&daemon.state.ssconf_dir()).ok();
+    format!(
+        "role {}; {} entries in the candidate map; listening on {local}",
+        role_of(ssconf.as_ref(), &daemon.identity.name),
+        daemon.map.load().len()
+    )
+}
+
+/// Rebuilds the TLS configuration from the state directory; on any error
+/// the current one stays in force.
+fn reload_certificates(daemon: &Daemon, allow_tls12: bool) {
+    let rebuilt = load_server_material(&daemon.state)
+        .and_then(|m| tls::server_config(m, &daemon.map, allow_tls12));
+    match rebuilt {
+        Ok(config) => {
+            daemon.tls.store(config);
+            tracing::info!("TLS configuration reloaded");
+        }
+        Err(e) => tracing::error!("keeping the current TLS configuration: {e}"),
+    }
+    match load_client_facts(&daemon.state) {
+        Ok(facts) => daemon.client_cert.store(Arc::new(facts)),
+        Err(e) => tracing::error!("keeping the current client certificate facts: {e}"),
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+

@@ -1,0 +1,322 @@
+//! The wire format: length-prefixed postcard frames carrying a versioned
+//! request/response envelope.
+//!
+//! ```text
+//! +----------------+---------------------------------------------+
+//! | length: u32 BE | postcard(Request | Response), `length` bytes |
+//! +----------------+---------------------------------------------+
+//! ```
+//!
+//! A request body starts with `version: u16` and `id: u64`, then the
+//! [`Procedure`]; the two header fields are decoded first, so a reply can
+//! carry the id even when the procedure is unknown. The claimed length is
+//! checked against the limit before a single byte is allocated for it.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The envelope version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The default largest frame either side accepts.
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// A call from a master or master candidate to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Procedure {
+    /// Liveness and version check.
+    Ping,
+    /// This node's identity, client-certificate digest, and role files.
+    NodeInfo,
+    /// Replace the node's ssconf set; refused if older than what it holds.
+    WriteSsconf {
+        /// `(file name, text)` for every ssconf key.
+        files: Vec<(String, String)>,
+    },
+    /// Bulk data for throughput measurement; the reply is its length.
+    Echo { payload: Vec<u8> },
+}
+
+impl Procedure {
+    /// Number of procedures this build knows (variant indexes 0..COUNT).
+    pub const COUNT: u32 = 4;
+
+    /// The procedure's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Procedure::Ping => "ping",
+            Procedure::NodeInfo => "node-info",
+            Procedure::WriteSsconf { .. } => "write-ssconf",
+            Procedure::Echo { .. } => "echo",
+        }
+    }
+}
+
+/// Which of a node's role files it holds (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleFiles {
+    pub ca_key: bool,
+    pub config: bool,
+    pub ssh_private_key: bool,
+    pub tokens: bool,
+}
+
+/// A node's answer to [`Procedure::NodeInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub uuid: String,
+    pub name: String,
+    pub address: String,
+    /// SHA-256 digest of the node's client certificate, OpenSSL notation.
+    pub client_digest_sha256: String,
+    /// SHA-1 digest of the same certificate (Ganeti-format clusters).
+    pub client_digest_sha1: String,
+    /// `notAfter` of the client certificate, Unix seconds.
+    pub client_cert_expires: i64,
+    /// Serial of the ssconf set the node holds (0 if none).
+    pub ssconf_serial: u64,
+    pub role_files: RoleFiles,
+    pub version: String,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong { node: String, version: String },
+    NodeInfo(NodeInfo),
+    SsconfWritten { serial: u64 },
+    Echoed { len: u64 },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcErrorKind {
+    /// The frame or envelope could not be decoded; the connection closes.
+    Malformed,
+    /// The frame exceeds the limit; the connection closes.
+    TooLarge,
+    /// The envelope version is not spoken here.
+    UnsupportedVersion,
+    /// The procedure is not known to this daemon.
+    UnknownProcedure,
+    /// The procedure ran and failed.
+    Failed,
+    /// The request took longer than the per-request timeout.
+    Timeout,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    pub kind: RpcErrorKind,
+    pub message: String,
+}
+
+/// One frame from client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u16,
+    pub id: u64,
+    pub procedure: Procedure,
+}
+
+/// One frame from server to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u16,
+    pub id: u64,
+    pub result: Result<Reply, RpcError>,
+}
+
+/// A wire-protocol violation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `value` as one frame (length prefix included).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    // Reserve the prefix, serialize after it, then patch the length in: one
+    // buffer, no copy of the payload.
+    let buf = postcard::to_extend(value, vec![0u8; 4])
+        .map_err(|e| FrameError::Malformed(format!("encode: {e}")))?;
+    let len = u32::try_from(buf.len() - 4)
+        .map_err(|_| FrameError::Malformed("frame longer than 4 GiB".into()))?;
+    let mut buf = buf;
+    if let Some(prefix) = buf.get_mut(..4) {
+        prefix.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(buf)
+}
+
+/// Reads one frame's payload. `Ok(None)` is a clean end of stream before a
+/// frame started.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: u32,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut prefix = [0u8; 4];
+    let mut got = 0;
+    while got < prefix.len() {
+        let n = reader.read(prefix.get_mut(got..).unwrap_or_default()).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(prefix);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    // Only now, with the length known to be within the limit, allocate.
+    let mut payload = vec![0u8; len as usize];
+    reader.read_exact(&mut payload).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(payload))
+}
+
+/// Writes one already-encoded frame and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    writer.write_all(frame).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Decodes a request payload. On failure, returns the id (0 if even the
+/// header was unreadable) with the error to send back.
+pub fn decode_request(payload: &[u8]) -> Result<Request, (u64, RpcError)> {
+    let (header, rest): ((u16, u64), &[u8]) =
+        postcard::take_from_bytes(payload).map_err(|e| {
+            (
+                0,
+                RpcError {
+                    kind: RpcErrorKind::Malformed,
+                    message: format!("malformed request header: {e}"),
+                },
+            )
+        })?;
+    let (version, id) = header;
+    if version != PROTOCOL_VERSION {
+        return Err((
+            id,
+            RpcError {
+                kind: RpcErrorKind::UnsupportedVersion,
+                message: format!(
+                    "protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"
+                ),
+            },
+        ));
+    }
+    // The variant index leads the procedure's encoding (a varint, like a
+    // u32): read it first so an unknown procedure is told apart from garbage.
+    if let Ok((variant, _)) = postcard::take_from_bytes::<u32>(rest) {
+        if variant >= Procedure::COUNT {
+            return Err((
+                id,
+                RpcError {
+                    kind: RpcErrorKind::UnknownProcedure,
+                    message: format!(
+                        "unknown procedure {variant}; the daemon may be older than this client"
+                    ),
+                },
+            ));
+        }
+    }
+    postcard::from_bytes::<Procedure>(rest)
+        .map(|procedure| Request {
+            version,
+            id,
+            procedure,
+        })
+        .map_err(|e| {
+            (
+                id,
+                RpcError {
+                    kind: RpcErrorKind::Malformed,
+                    message: format!("malformed request: {e}"),
+                },
+            )
+        })
+}
+
+/// Decodes a response payload.
+pub fn decode_response(payload: &[u8]) -> Result<Response, FrameError> {
+    postcard::from_bytes(payload).map_err(|e| FrameError::Malformed(format!("response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_and_layout() -> Result<(), FrameError> {
+        let req = Request {
+            version: PROTOCOL_VERSION,
+            id: 7,
+            procedure: Procedure::Ping,
+        };
+        let frame = encode(&req)?;
+        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode_request(&frame[4..]).map_err(|e| FrameError::Malformed(e.1.message))?, req);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_procedure_and_version_keep_the_id() {
+        // version 1, id 9, variant 200 (varint 0xc8 0x01)
+        let payload = [1u8, 9, 0xc8, 0x01];
+        let (id, err) = decode_request(&payload).unwrap_err();
+        assert_eq!((id, err.kind), (9, RpcErrorKind::UnknownProcedure));
+        let payload = [2u8, 9, 0];
+        let (id, err) = decode_request(&payload).unwrap_err();
+        assert_eq!((id, err.kind), (9, RpcErrorKind::UnsupportedVersion));
+        let (id, err) = decode_request(&[0xff]).unwrap_err();
+        assert_eq!((id, err.kind), (0, RpcErrorKind::Malformed));
+    }
+
+    #[test]
+    fn procedure_count_matches_the_enum() {
+        let last = postcard::to_allocvec(&Procedure::Echo { payload: vec![] }).unwrap();
+        assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused_before_allocating() {
+        let bytes = [0xffu8, 0xff, 0xff, 0xff];
+        let mut reader = &bytes[..];
+        match read_frame(&mut reader, 1024).await {
+            Err(FrameError::TooLarge { len, max }) => assert_eq!((len, max), (u32::MAX, 1024)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_reported() {
+        let mut reader = &[0u8, 0][..];
+        assert!(matches!(read_frame(&mut reader, 1024).await, Err(FrameError::Truncated)));
+        let mut reader = &[0u8, 0, 0, 9, 1, 2][..];
+        assert!(matches!(read_frame(&mut reader, 1024).await, Err(FrameError::Truncated)));
+        let mut reader = &[][..];
+        assert!(matches!(read_frame(&mut reader, 1024).await, Ok(None)));
+    }
+}

@@ -1,0 +1,48 @@
+//! noded: a node daemon and its control CLI that secure a cluster's control
+//! plane with mutual TLS.
+//!
+//! # Components
+//!
+//! - [`pki`]: the cluster CA, the shared server certificate, node client
+//!   certificates signed from CSRs, digests.
+//! - [`state`]: a node's state directory; [`config`]: the cluster config and
+//!   the ssconf set derived from it (files: the `ssconf` crate).
+//! - [`tls`]: rustls configurations (aws-lc-rs, TLS 1.3, no resumption).
+//! - [`auth`]: the authorization decision and the verifier running it.
+//! - [`reload`]: the candidate map's hot reload.
+//! - [`frame`]: the wire format; [`server`]: the daemon's accept loop and
+//!   connection handler; [`client`]: the RPC client.
+//! - [`daemon`], [`ctl`], [`cli`], [`man`], [`logging`]: what the `noded`
+//!   and `nodectl` binaries run.
+//!
+//! # How a request flows
+//!
+//! 1. [`server::run`] accepts a TCP connection (within the connection limit)
+//!    and starts a handshake with the current TLS config (an `ArcSwap`).
+//! 2. rustls calls [`auth::CandidateVerifier`]: webpki checks the chain to
+//!    the cluster CA, then the certificate's digest is looked up in the
+//!    current [`ssconf::CandidateMap`]. A refusal fails the handshake with a
+//!    TLS alert and is logged once with peer, subject, digest and reason.
+//! 3. The connection reads [`frame`]s: a length (checked against the limit
+//!    before any allocation) and a postcard envelope; each request is
+//!    dispatched and answered.
+//! 4. Meanwhile, the connection watches the map: when a new map no longer
+//!    holds its digest, it is closed.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod error;
+pub mod frame;
+pub mod logging;
+pub mod man;
+pub mod pki;
+pub mod reload;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! Man pages generated from the clap definitions, with the sections an
+//! operator needs that clap does not know: files, the map format, exit codes.
+
+use clap::CommandFactory;
+
+use crate::cli::{NodectlArgs, NodedArgs};
+
+/// `(name, command)` of each page.
+pub fn pages() -> Vec<(&'static str, clap::Command)> {
+    vec![("noded", NodedArgs::command()), ("nodectl", NodectlArgs::command())]
+}
+
+const FILES: &str = r#".SH FILES
+All paths are relative to the state directory (\fB\-\-state\-dir\fR, default \fI/var/lib/noded\fR).
+Every file is written atomically (temporary file, fsync, rename, fsync of the directory) with the mode shown.
+.TP
+\fIca.pem\fR
+all nodes, 0644: cluster CA certificate(s)
+.TP
+\fIca.key\fR
+master and candidates, 0600: CA private key
+.TP
+\fIserver.pem, server.key\fR
+all nodes, 0644/0600: shared server certificate and key
+.TP
+\fIclient.pem, client.key\fR
+all nodes, 0644/0600: this node's client certificate; the key is made on the node
+.TP
+\fInode.json\fR
+all nodes, 0644: uuid, name, address of this node
+.TP
+\fIconfig.json\fR
+master and candidates, 0600: cluster configuration with its serial
+.TP
+\fIssconf/ssconf_<key>\fR
+all nodes, 0644: simple-store configuration
+.TP
+\fItokens.json\fR
+master, 0600: join tokens (secrets stored as hashes)
+.SH CANDIDATE MAP
+\fIssconf/ssconf_master_candidates_certs\fR holds one line per master candidate (the master included), sorted by uuid:
+.PP
+.RS
+<node\-uuid>=<digest>
+.RE
+.PP
+The digest is the client certificate's DER digest as \fBopenssl x509 \-noout \-fingerprint \-sha256\fR (or \fB\-sha1\fR) prints it: upper-case hex pairs joined by colons.
+20 bytes is SHA\-1 (Ganeti's format, loads unchanged), 32 bytes SHA\-256.
+A client is admitted only if its certificate chains to the cluster CA and its digest is in the map.
+A malformed line keeps the previous map (the error names the line); no map denies every client.
+"#;
+
+const EXIT: &str = r#".SH EXIT STATUS
+.TP
+0
+success
+.TP
+1
+the operation failed, or \fBverify\fR found errors
+.TP
+2
+usage error
+.TP
+3
+completed, but some nodes were unreachable (each named on stderr)
+"#;
+
+const NODED_NOTES: &str = r#".SH SIGNALS
+.TP
+SIGHUP
+reload certificates and ssconf
+.TP
+SIGTERM, SIGINT
+stop accepting, finish in-flight requests (bounded), exit 0
+.PP
+With \fI$NOTIFY_SOCKET\fR set, the daemon sends READY=1 once it listens, and STATUS= lines with its role and map size.
+.SH EXAMPLES
+.nf
+noded \-\-state\-dir /var/lib/noded
+noded \-\-state\-dir /tmp/n1 \-\-listen 127.0.0.1:1811 \-\-log\-format json
+.fi
+"#;
+
+const NODECTL_NOTES: &str = r#".SH JSON OUTPUT
+With \fB\-\-json\fR, commands print one JSON document; field names are stable:
+.TP
+list
+{"nodes": [{"name", "uuid", "address", "role", "offline", "digest", "cert_expires"}]}
+.TP
+ping
+{"results": [{"node", "ok", "rtt_ms", "error"}]}
+.SH EXAMPLES
+Create a cluster and start its master:
+.PP
+.nf
+nodectl \-\-state\-dir /var/lib/noded init \-\-cluster\-name prod \-\-node\-name node1 \-\-address 192.0.2.1:1811
+noded \-\-state\-dir /var/lib/noded
+.fi
+.PP
+Check that every online node answers:
+.PP
+.nf
+nodectl ping
+nodectl ping \-\-json node2
+.fi
+"#;
+
+/// Renders one page.
+pub fn render(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    if cmd.has_subcommands() {
+        man.render_subcommands_section(&mut page)?;
+    }
+    page.extend_from_slice(FILES.as_bytes());
+    page.extend_from_slice(EXIT.as_bytes());
+    page.extend_from_slice(if cmd.get_name() == "noded" {
+        NODED_NOTES.as_bytes()
+    } else {
+        NODECTL_NOTES.as_bytes()
+    });
+    man.render_version_section(&mut page)?;
+    Ok(page)
+}

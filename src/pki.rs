@@ -1,0 +1,319 @@
+//! The cluster's X.509 material: CA, shared server certificate, node client
+//! certificates, and their digests.
+//!
+//! Every key is ECDSA P-256. Leaves carry `CA:FALSE` and an extended key
+//! usage (serverAuth or clientAuth); serials are 127 random bits. When the CA
+//! signs a CSR it takes only the subject name and public key from it and sets
+//! every extension itself, so a CSR cannot ask for `CA:TRUE`.
+
+use std::fmt;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use ssconf::{CertDigest, DigestAlgorithm};
+use time::{Duration, OffsetDateTime};
+
+use crate::error::{Error, Result};
+
+/// The DNS name in the shared server certificate, which every RPC client
+/// checks. The name is the same on every node; what makes a server genuine is
+/// its chain to this cluster's own CA.
+pub const SERVER_NAME: &str = "noded";
+
+/// PEM text of a private key. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem(String);
+
+impl SecretPem {
+    /// Wraps PEM text that holds a private key.
+    pub fn new(pem: String) -> Self {
+        SecretPem(pem)
+    }
+    /// The PEM text, for writing to a 0600 file or a TLS config.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem(...)")
+    }
+}
+
+fn cert_error(e: rcgen::Error) -> Error {
+    Error::Certificate(e.to_string())
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    // Positive and without a leading zero byte: a 127-bit DER INTEGER.
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = OffsetDateTime::now_utc();
+    // Tolerate an hour of clock skew between nodes.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(days));
+}
+
+fn leaf_params(name: DistinguishedName, days: u32, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days);
+    params
+}
+
+/// A node's private key (ECDSA P-256), generated on that node.
+pub struct NodeKey(KeyPair);
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeKey(...)")
+    }
+}
+
+impl NodeKey {
+    /// A fresh P-256 key.
+    pub fn generate() -> Result<Self> {
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map(NodeKey)
+            .map_err(cert_error)
+    }
+
+    /// Loads a key from PEM text.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        KeyPair::from_pem(pem).map(NodeKey).map_err(cert_error)
+    }
+
+    /// The key as PKCS#8 PEM.
+    pub fn to_pem(&self) -> SecretPem {
+        SecretPem(self.0.serialize_pem())
+    }
+
+    /// A CSR for a client certificate naming `node_name`.
+    pub fn client_csr(&self, node_name: &str) -> Result<String> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, node_name);
+        params
+            .serialize_request(&self.0)
+            .and_then(|csr| csr.pem())
+            .map_err(cert_error)
+    }
+}
+
+/// The cluster certificate authority: its certificate and signing key.
+pub struct CertificateAuthority {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("cert", &CertDigestDisplay(&self.cert_der))
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+struct CertDigestDisplay<'a>(&'a [u8]);
+impl fmt::Debug for CertDigestDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", DigestAlgorithm::Sha256.digest(self.0))
+    }
+}
+
+impl CertificateAuthority {
+    /// A new self-signed CA for `cluster_name`, valid `days`.
+    pub fn generate(cluster_name: &str, days: u32) -> Result<Self> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("noded cluster CA {cluster_name}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, cluster_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, days);
+        let cert = params.self_signed(&key).map_err(cert_error)?;
+        Ok(CertificateAuthority {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key,
+        })
+    }
+
+    /// Loads the CA from its certificate and key PEM text.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+        let key = KeyPair::from_pem(key_pem).map_err(cert_error)?;
+        Ok(CertificateAuthority {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            key,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA private key, PEM.
+    pub fn key_pem(&self) -> SecretPem {
+        SecretPem(self.key.serialize_pem())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>> {
+        Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(cert_error)
+    }
+
+    /// A new shared server certificate and its key.
+    pub fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, SecretPem)> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("noded server {cluster_name}"));
+        name.push(DnType::OrganizationName, cluster_name);
+        let mut params = leaf_params(name, days, ExtendedKeyUsagePurpose::ServerAuth);
+        params.subject_alt_names = vec![SanType::DnsName(
+            SERVER_NAME
+                .try_into()
+                .map_err(|e: rcgen::Error| Error::Certificate(e.to_string()))?,
+        )];
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(cert_error)?;
+        Ok((cert.pem(), SecretPem(key.serialize_pem())))
+    }
+
+    /// Signs a node's CSR into a client certificate. Only the CSR's subject
+    /// name and public key are used (after checking its signature, which
+    /// proves the requester holds the key); every extension is set here.
+    pub fn sign_client_csr(&self, csr_pem: &str, days: u32) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(Error::Certificate(
+                "certificate signing request: the key is not ECDSA P-256".into(),
+            ));
+        }
+        let params = leaf_params(
+            csr.params.distinguished_name.clone(),
+            days,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer()?)
+            .map_err(cert_error)?;
+        Ok(cert.pem())
+    }
+}
+
+/// What the tools show of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject as `CN=..., O=...`.
+    pub subject: String,
+    /// `notAfter`, in Unix seconds.
+    pub not_after: i64,
+}
+
+impl CertInfo {
+    /// Parses the fields the tools show from a certificate's DER.
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+        Ok(CertInfo {
+            subject: cert.subject().to_string(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// The subject of a DER certificate, or `?` when it does not parse (for logs).
+pub fn subject_of(der: &[u8]) -> String {
+    CertInfo::from_der(der)
+        .map(|i| i.subject)
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Pem {
+            path: path.to_path_buf(),
+            reason: format!("broken PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: path.to_path_buf(),
+            reason: "no certificate found (expected a PEM `CERTIFICATE` block)".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the private key from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| Error::Pem {
+        path: path.to_path_buf(),
+        reason: format!("no usable private key: {e}"),
+    })
+}
+
+/// The digest of a certificate, as the candidate map records it.
+pub fn digest(cert: &CertificateDer<'_>, algorithm: DigestAlgorithm) -> CertDigest {
+    algorithm.digest(cert.as_ref())
+}

@@ -1,0 +1,391 @@
+//! The node daemon's server: accept loop, per-connection handler, dispatch.
+//!
+//! Modelled on mini-redis: [`run`] owns the accept loop and the connection
+//! limit (a semaphore), each connection runs in its own task, and shutdown is
+//! a `watch` every handler holds plus an `mpsc` sender each drops when done,
+//! so `run` knows when the last one is gone.
+//!
+//! Per connection: TLS handshake (bounded by the handshake timeout; the
+//! [`CandidateVerifier`](crate::auth::CandidateVerifier) decides inside it),
+//! then frames until the client closes, the idle timeout fires, the daemon
+//! shuts down, or the candidate map stops holding the client's digest.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use ssconf::{CertDigest, Ssconf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Admission, Denial, DenialLog, DenialReason, Verdict, VERDICT};
+use crate::frame::{
+    self, FrameError, NodeInfo, Procedure, Reply, Response, RpcError, RpcErrorKind,
+    PROTOCOL_VERSION,
+};
+use crate::reload::{self, CandidateMapHandle};
+use crate::state::{NodeIdentity, StateDir};
+
+/// Resource limits of the daemon (SPEC §9), each configurable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame accepted; a larger claimed length closes the connection
+    /// before anything is allocated for it.
+    pub max_frame: u32,
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time a client has to complete the TLS handshake (slowloris bound).
+    pub handshake_timeout: Duration,
+    /// Time an established connection may stay silent between requests.
+    pub idle_timeout: Duration,
+    /// Time one request may take, from its last byte to its reply.
+    pub request_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: frame::DEFAULT_MAX_FRAME,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What this node says about its own client certificate.
+#[derive(Debug, Clone)]
+pub struct ClientCertFacts {
+    pub sha256: CertDigest,
+    pub sha1: CertDigest,
+    pub expires: i64,
+}
+
+/// The daemon's shared state. Hot fields (TLS config, map) are swapped
+/// atomically; nothing here is locked on the per-connection path.
+#[derive(Debug)]
+pub struct Daemon {
+    pub state: StateDir,
+    pub identity: NodeIdentity,
+    pub tls: ArcSwap<ServerConfig>,
+    pub map: CandidateMapHandle,
+    pub limits: Limits,
+    pub client_cert: ArcSwap<ClientCertFacts>,
+    pub denials: DenialLog,
+    /// Serialises ssconf writes (check serial, then write).
+    ssconf_write: tokio::sync::Mutex<()>,
+}
+
+impl Daemon {
+    /// Assembles the daemon's state.
+    pub fn new(
+        state: StateDir,
+        identity: NodeIdentity,
+        tls: Arc<ServerConfig>,
+        map: CandidateMapHandle,
+        limits: Limits,
+        client_cert: ClientCertFacts,
+    ) -> Self {
+        Daemon {
+            state,
+            identity,
+            tls: ArcSwap::new(tls),
+            map,
+            limits,
+            client_cert: ArcSwap::from_pointee(client_cert),
+            denials: DenialLog::default(),
+            ssconf_write: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish (up to the shutdown grace) and returns.
+pub async fn run(listener: TcpListener, daemon: Arc<Daemon>, shutdown: impl std::future::Future<Output = ()>) {
+    let limit = Arc::new(Semaphore::new(daemon.limits.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            daemon.denials.record(
+                peer,
+                &Denial {
+                    reason: DenialReason::Handshake(format!(
+                        "connection limit of {} reached",
+                        daemon.limits.max_connections
+                    )),
+                    subject: None,
+                    digest: None,
+                },
+            );
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let daemon = daemon.clone();
+        let stop = stop_rx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            serve_connection(&daemon, stream, peer, stop).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    if tokio::time::timeout(daemon.limits.shutdown_grace, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed with connections still open");
+    }
+}
+
+/// Maps a failed handshake without a verifier verdict to a denial.
+fn handshake_denial(e: &std::io::Error) -> Denial {
+    let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    let reason = match rustls_error {
+        Some(rustls::Error::NoCertificatesPresented) => DenialReason::NoCertificate,
+        Some(other) => DenialReason::Handshake(other.to_string()),
+        None => DenialReason::Handshake(e.to_string()),
+    };
+    Denial {
+        reason,
+        subject: None,
+        digest: None,
+    }
+}
+
+async fn serve_connection(daemon: &Daemon, stream: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
+    let acceptor = TlsAcceptor::from(daemon.tls.load_full());
+    let handshake = VERDICT.scope(RefCell::new(None), async {
+        let result = acceptor.accept(stream).await;
+        (result, VERDICT.with(|v| v.borrow_mut().take()))
+    });
+    let (result, verdict) = match tokio::time::timeout(daemon.limits.handshake_timeout, handshake).await {
+        Ok(r) => r,
+        Err(_) => {
+            let reason = DenialReason::Handshake(format!(
+                "not completed within {:?}",
+                daemon.limits.handshake_timeout
+            ));
+            daemon.denials.record(
+                peer,
+                &Denial {
+                    reason,
+                    subject: None,
+                    digest: None,
+                },
+            );
+            return;
+        }
+    };
+    let (mut tls, admission) = match (result, verdict) {
+        (Ok(tls), Some(Verdict::Admitted(admission))) => (tls, admission),
+        (Err(_), Some(Verdict::Denied(denial))) => {
+            daemon.denials.record(peer, &denial);
+            return;
+        }
+        (Err(e), _) => {
+            daemon.denials.record(peer, &handshake_denial(&e));
+            return;
+        }
+        // Fail closed: a handshake that completed without our verifier's
+        // verdict is not trusted.
+        (Ok(_), _) => {
+            daemon.denials.record(
+                peer,
+                &Denial {
+                    reason: DenialReason::Handshake("no authorization verdict".into()),
+                    subject: None,
+                    digest: None,
+                },
+            );
+            return;
+        }
+    };
+    tracing::debug!(%peer, uuid = %admission.uuid, "admitted");
+    // `revoked` first checks the map as it is now, which covers a change
+    // between the verifier's check and this subscription.
+    let mut generation = daemon.map.subscribe();
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = revoked(&mut generation, &daemon.map, &admission) => {
+                daemon.denials.record(peer, &Denial {
+                    reason: DenialReason::RemovedFromMap,
+                    subject: tls.get_ref().1.peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| crate::pki::subject_of(c)),
+                    digest: Some(admission.digest),
+                });
+                break;
+            }
+            _ = stop.changed() => break,
+            r = tokio::time::timeout(
+                daemon.limits.idle_timeout,
+                frame::read_frame(&mut tls, daemon.limits.max_frame),
+            ) => r,
+        };
+        let payload = match read {
+            Err(_) => {
+                tracing::debug!(%peer, "idle timeout");
+                break;
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(payload))) => payload,
+            Ok(Err(e @ FrameError::TooLarge { .. })) => {
+                tracing::warn!(%peer, uuid = %admission.uuid, "closing connection: {e}");
+                let _ = reply(&mut tls, 0, Err(RpcError { kind: RpcErrorKind::TooLarge, message: e.to_string() })).await;
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                break;
+            }
+        };
+        let (id, result, keep_open) = match frame::decode_request(&payload) {
+            Ok(request) => {
+                let name = request.procedure.name();
+                let result = match tokio::time::timeout(
+                    daemon.limits.request_timeout,
+                    dispatch(daemon, request.procedure),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(RpcError {
+                        kind: RpcErrorKind::Timeout,
+                        message: format!("{name} took longer than {:?}", daemon.limits.request_timeout),
+                    }),
+                };
+                (request.id, result, true)
+            }
+            Err((id, error)) => {
+                // An unknown procedure leaves the framing intact: answer and
+                // keep serving. Anything else malformed closes the connection.
+                let keep = error.kind == RpcErrorKind::UnknownProcedure;
+                tracing::warn!(%peer, uuid = %admission.uuid, "bad request: {}", error.message);
+                (id, Err(error), keep)
+            }
+        };
+        if reply(&mut tls, id, result).await.is_err() || !keep_open {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// Resolves once the map no longer admits this connection's digest.
+async fn revoked(generation: &mut watch::Receiver<u64>, map: &CandidateMapHandle, admission: &Admission) {
+    loop {
+        if !map.load().contains(&admission.digest) {
+            return;
+        }
+        if generation.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn reply<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    id: u64,
+    result: Result<Reply, RpcError>,
+) -> Result<(), FrameError> {
+    let bytes = frame::encode(&Response {
+        version: PROTOCOL_VERSION,
+        id,
+        result,
+    })?;
+    frame::write_frame(writer, &bytes).await
+}
+
+fn failed(message: impl Into<String>) -> RpcError {
+    RpcError {
+        kind: RpcErrorKind::Failed,
+        message: message.into(),
+    }
+}
+
+async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcError> {
+    match procedure {
+        Procedure::Ping => Ok(Reply::Pong {
+            node: daemon.identity.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
+        Procedure::NodeInfo => {
+            let state = daemon.state.clone();
+            let (role_files, serial) = tokio::task::spawn_blocking(move || {
+                let serial = Ssconf::stored_serial(&state.ssconf_dir()).ok().flatten();
+                (state.role_files(), serial.unwrap_or(0))
+            })
+            .await
+            .map_err(|e| failed(format!("node-info task failed: {e}")))?;
+            let cert = daemon.client_cert.load();
+            Ok(Reply::NodeInfo(NodeInfo {
+                uuid: daemon.identity.uuid.clone(),
+                name: daemon.identity.name.clone(),
+                address: daemon.identity.address.clone(),
+                client_digest_sha256: cert.sha256.to_string(),
+                client_digest_sha1: cert.sha1.to_string(),
+                client_cert_expires: cert.expires,
+                ssconf_serial: serial,
+                role_files,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }))
+        }
+        Procedure::WriteSsconf { files } => {
+            let _guard = daemon.ssconf_write.lock().await;
+            let dir = daemon.state.ssconf_dir();
+            let set = Ssconf::parse_files(&files, &dir).map_err(|e| failed(e.to_string()))?;
+            let serial = set.serial;
+            let write_dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                if let Ok(current) = Ssconf::load(&write_dir) {
+                    if current.cluster_name != set.cluster_name {
+                        return Err(format!(
+                            "ssconf for cluster {:?} refused: this node belongs to cluster {:?}",
+                            set.cluster_name, current.cluster_name
+                        ));
+                    }
+                }
+                set.store(&write_dir).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| failed(format!("write-ssconf task failed: {e}")))?
+            .map_err(failed)?;
+            tracing::info!(serial, "ssconf updated");
+            // Publish now rather than waiting for the watcher's debounce.
+            reload::reload_map(&Ssconf::candidate_map_path(&dir), &daemon.map).await;
+            Ok(Reply::SsconfWritten { serial })
+        }
+        Procedure::Echo { payload } => Ok(Reply::Echoed {
+            len: payload.len() as u64,
+        }),
+    }
+}

@@ -1,0 +1,149 @@
+//! A node's state directory (SPEC §3): paths, modes, and identity.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::frame::RoleFiles;
+
+/// Mode of public state files (certificates, ssconf, node.json).
+pub const MODE_PUBLIC: u32 = 0o644;
+/// Mode of secret state files (keys, config.json, tokens.json).
+pub const MODE_SECRET: u32 = 0o600;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/noded";
+/// Default daemon port.
+pub const DEFAULT_PORT: u16 = 1811;
+
+/// This node's identity (`node.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub uuid: String,
+    pub name: String,
+    /// `host:port` the daemon listens on and peers connect to.
+    pub address: String,
+}
+
+/// The files of one node's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn ca_pem(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    pub fn server_pem(&self) -> PathBuf {
+        self.root.join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    pub fn client_pem(&self) -> PathBuf {
+        self.root.join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.root.join("client.key")
+    }
+    pub fn node_json(&self) -> PathBuf {
+        self.root.join("node.json")
+    }
+    pub fn config_json(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn tokens_json(&self) -> PathBuf {
+        self.root.join("tokens.json")
+    }
+    pub fn ssconf_dir(&self) -> PathBuf {
+        self.root.join("ssconf")
+    }
+    pub fn ssh_private_key(&self) -> PathBuf {
+        self.root.join("ssh").join("id_ed25519")
+    }
+
+    /// Whether `node.json` exists (the last file `init`/`join` writes).
+    pub fn is_initialised(&self) -> bool {
+        self.node_json().exists()
+    }
+
+    /// Fails, naming the first missing file and the command to run, unless
+    /// every file a serving node needs is present.
+    pub fn check_initialised(&self) -> Result<()> {
+        for path in [
+            self.node_json(),
+            self.ca_pem(),
+            self.server_pem(),
+            self.server_key(),
+            self.client_pem(),
+            self.client_key(),
+            self.ssconf_dir(),
+        ] {
+            if !path.exists() {
+                return Err(Error::NotInitialised { path });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `contents` to `path` atomically with `mode`.
+    pub fn write(&self, path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+        ssconf::write_atomic(path, contents, mode).map_err(Error::io(path))
+    }
+
+    /// Reads this node's identity.
+    pub fn load_identity(&self) -> Result<NodeIdentity> {
+        read_json(&self.node_json())
+    }
+
+    /// Which role files are present.
+    pub fn role_files(&self) -> RoleFiles {
+        RoleFiles {
+            ca_key: self.ca_key().exists(),
+            config: self.config_json().exists(),
+            ssh_private_key: self.ssh_private_key().exists(),
+            tokens: self.tokens_json().exists(),
+        }
+    }
+}
+
+/// Reads a JSON state file; a missing file means the node is not initialised.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::State {
+        path: path.to_path_buf(),
+        reason: format!("malformed JSON: {e}"),
+    })
+}
+
+/// Serialises `value` as pretty JSON with a final newline.
+pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Invalid(format!("cannot encode JSON: {e}")))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}

@@ -1,0 +1,103 @@
+//! Simple-store configuration ("ssconf") files, as Ganeti lays them out.
+//!
+//! Every node of a noded cluster keeps a directory `ssconf/` with one small
+//! file per key (`ssconf_<key>`), each a list of `\n`-terminated lines. The
+//! master writes the whole set and pushes it to every node; the node daemon
+//! reads only [`CandidateMap`] (`ssconf_master_candidates_certs`) on its hot
+//! path, and [`Ssconf`] as a whole for everything else.
+//!
+//! - [`digest`]: [`CertDigest`], a certificate's DER digest in the exact text
+//!   form `openssl x509 -noout -fingerprint` prints.
+//! - [`candidate_map`]: [`CandidateMap`], Ganeti's `<uuid>=<digest>` format.
+//! - [`set`]: [`Ssconf`], the whole set, with rollback protection on `serial`.
+//! - [`atomic`]: [`write_atomic`], the one way any state file is written.
+
+pub mod atomic;
+pub mod candidate_map;
+pub mod digest;
+pub mod set;
+
+pub use atomic::write_atomic;
+pub use candidate_map::CandidateMap;
+pub use digest::{CertDigest, DigestAlgorithm};
+pub use set::{Ssconf, SsconfKey};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading or writing ssconf files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SsconfError {
+    /// The file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A required ssconf file does not exist.
+    #[error("{}: missing; the node has no ssconf (run `nodectl init` or `nodectl join`)", path.display())]
+    Missing { path: PathBuf },
+    /// A line does not follow the file's format.
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// The file is larger than any sane ssconf file.
+    #[error("{}: larger than {limit} bytes; refusing to read it", path.display())]
+    TooLarge { path: PathBuf, limit: u64 },
+    /// A set with an older serial than the one on disk was offered.
+    #[error("ssconf serial {offered} is older than the serial {current} this node holds; refusing to roll back")]
+    Rollback { current: u64, offered: u64 },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = SsconfError> = std::result::Result<T, E>;
+
+/// The largest ssconf file this crate reads (a map of 100,000 SHA-256 entries
+/// is about 14 MiB).
+pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Reads a whole ssconf file, bounded by [`MAX_FILE_SIZE`].
+pub(crate) fn read_bounded(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SsconfError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            SsconfError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let mut text = String::new();
+    let read = file
+        .take(MAX_FILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| SsconfError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if read as u64 > MAX_FILE_SIZE {
+        return Err(SsconfError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_FILE_SIZE,
+        });
+    }
+    Ok(text)
+}
+
+/// Splits a file's text into lines; the final `\n` is optional (Ganeti
+/// writes the last line without one).
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
+    // An empty file has no lines, not one empty line.
+    let empty = text.is_empty();
+    std::iter::from_fn(move || if empty { None } else { lines.next() })
+}

@@ -1,0 +1,378 @@
+//! The whole ssconf set of a node.
+
+use std::path::{Path, PathBuf};
+
+use crate::candidate_map::{self, CandidateMap};
+use crate::{lines, read_bounded, write_atomic, Result, SsconfError};
+
+/// Mode of every ssconf file: world-readable, as Ganeti's.
+pub const FILE_MODE: u32 = 0o644;
+
+/// The keys of the set, one file `ssconf_<key>` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SsconfKey {
+    ClusterName,
+    MasterNode,
+    NodeList,
+    NodeAddresses,
+    OnlineNodes,
+    OfflineNodes,
+    MasterCandidates,
+    MasterCandidatesCerts,
+    Serial,
+}
+
+impl SsconfKey {
+    /// Every key, in the order a write goes: `serial` last, so a set whose
+    /// serial is on disk is complete.
+    pub const ALL: [SsconfKey; 9] = [
+        SsconfKey::ClusterName,
+        SsconfKey::MasterNode,
+        SsconfKey::NodeList,
+        SsconfKey::NodeAddresses,
+        SsconfKey::OnlineNodes,
+        SsconfKey::OfflineNodes,
+        SsconfKey::MasterCandidates,
+        SsconfKey::MasterCandidatesCerts,
+        SsconfKey::Serial,
+    ];
+
+    /// The key's name, e.g. `master_candidates_certs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SsconfKey::ClusterName => "cluster_name",
+            SsconfKey::MasterNode => "master_node",
+            SsconfKey::NodeList => "node_list",
+            SsconfKey::NodeAddresses => "node_addresses",
+            SsconfKey::OnlineNodes => "online_nodes",
+            SsconfKey::OfflineNodes => "offline_nodes",
+            SsconfKey::MasterCandidates => "master_candidates",
+            SsconfKey::MasterCandidatesCerts => "master_candidates_certs",
+            SsconfKey::Serial => "serial",
+        }
+    }
+
+    /// The key's file name, e.g. `ssconf_master_candidates_certs`.
+    pub fn file_name(self) -> String {
+        format!("ssconf_{}", self.name())
+    }
+
+    /// The key whose file is called `file_name`.
+    pub fn from_file_name(file_name: &str) -> Option<SsconfKey> {
+        let name = file_name.strip_prefix("ssconf_")?;
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The ssconf set: what every node knows about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ssconf {
+    pub cluster_name: String,
+    /// Name of the master node.
+    pub master_node: String,
+    /// Names of all nodes, sorted.
+    pub node_list: Vec<String>,
+    /// `(name, "host:port")` of every node, sorted by name.
+    pub node_addresses: Vec<(String, String)>,
+    pub online_nodes: Vec<String>,
+    pub offline_nodes: Vec<String>,
+    /// Names of the master candidates, the master included.
+    pub master_candidates: Vec<String>,
+    /// The candidate map.
+    pub master_candidates_certs: CandidateMap,
+    /// Monotonically increasing version of the set.
+    pub serial: u64,
+}
+
+fn join_lines<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for item in items {
+        out.push_str(item);
+        out.push('\n');
+    }
+    out
+}
+
+impl Ssconf {
+    /// The text of the file for `key`.
+    pub fn render_key(&self, key: SsconfKey) -> String {
+        match key {
+            SsconfKey::ClusterName => join_lines([self.cluster_name.as_str()]),
+            SsconfKey::MasterNode => join_lines([self.master_node.as_str()]),
+            SsconfKey::NodeList => join_lines(self.node_list.iter().map(String::as_str)),
+            SsconfKey::NodeAddresses => {
+                let lines: Vec<String> = self
+                    .node_addresses
+                    .iter()
+                    .map(|(n, a)| format!("{n} {a}"))
+                    .collect();
+                join_lines(lines.iter().map(String::as_str))
+            }
+            SsconfKey::OnlineNodes => join_lines(self.online_nodes.iter().map(String::as_str)),
+            SsconfKey::OfflineNodes => join_lines(self.offline_nodes.iter().map(String::as_str)),
+            SsconfKey::MasterCandidates => {
+                join_lines(self.master_candidates.iter().map(String::as_str))
+            }
+            SsconfKey::MasterCandidatesCerts => self.master_candidates_certs.render(),
+            SsconfKey::Serial => format!("{}\n", self.serial),
+        }
+    }
+
+    /// Every file of the set as `(file name, text)`, serial last.
+    pub fn render(&self) -> Vec<(String, String)> {
+        SsconfKey::ALL
+            .into_iter()
+            .map(|k| (k.file_name(), self.render_key(k)))
+            .collect()
+    }
+
+    /// Parses a set from `(file name, text)` pairs (as [`Ssconf::render`] makes
+    /// them); `dir` only names files in errors. Every key must be present.
+    pub fn parse_files(files: &[(String, String)], dir: &Path) -> Result<Self> {
+        let mut set = Ssconf::default();
+        let mut seen = [false; SsconfKey::ALL.len()];
+        for (file_name, text) in files {
+            let path = dir.join(file_name);
+            let key = SsconfKey::from_file_name(file_name).ok_or_else(|| {
+                SsconfError::Malformed {
+                    path: path.clone(),
+                    line: 0,
+                    reason: "not an ssconf key".into(),
+                }
+            })?;
+            if let Some(flag) = SsconfKey::ALL
+                .iter()
+                .position(|k| *k == key)
+                .and_then(|i| seen.get_mut(i))
+            {
+                *flag = true;
+            }
+            set.parse_key(key, text, &path)?;
+        }
+        if let Some(missing) = SsconfKey::ALL
+            .iter()
+            .zip(seen)
+            .find_map(|(k, present)| (!present).then_some(*k))
+        {
+            return Err(SsconfError::Missing {
+                path: dir.join(missing.file_name()),
+            });
+        }
+        Ok(set)
+    }
+
+    fn parse_key(&mut self, key: SsconfKey, text: &str, path: &Path) -> Result<()> {
+        let malformed = |line: usize, reason: &str| SsconfError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            reason: reason.to_string(),
+        };
+        let names = |text: &str| -> Result<Vec<String>> {
+            lines(text)
+                .map(|(n, l)| {
+                    if l.is_empty() || l.bytes().any(|b| b.is_ascii_whitespace()) {
+                        Err(malformed(n, "expected one node name per line"))
+                    } else {
+                        Ok(l.to_owned())
+                    }
+                })
+                .collect()
+        };
+        let single = |text: &str| -> Result<String> {
+            let mut it = lines(text);
+            match (it.next(), it.next()) {
+                (Some((_, l)), None) if !l.is_empty() => Ok(l.to_owned()),
+                (None, _) => Err(malformed(1, "expected one line, found none")),
+                (Some((n, _)), None) => Err(malformed(n, "expected a value, found an empty line")),
+                (Some(_), Some((n, _))) => Err(malformed(n, "expected exactly one line")),
+            }
+        };
+        match key {
+            SsconfKey::ClusterName => self.cluster_name = single(text)?,
+            SsconfKey::MasterNode => self.master_node = single(text)?,
+            SsconfKey::NodeList => self.node_list = names(text)?,
+            SsconfKey::OnlineNodes => self.online_nodes = names(text)?,
+            SsconfKey::OfflineNodes => self.offline_nodes = names(text)?,
+            SsconfKey::MasterCandidates => self.master_candidates = names(text)?,
+            SsconfKey::NodeAddresses => {
+                self.node_addresses = lines(text)
+                    .map(|(n, l)| match l.split_once(' ') {
+                        Some((name, addr))
+                            if !name.is_empty() && !addr.is_empty() && !addr.contains(' ') =>
+                        {
+                            Ok((name.to_owned(), addr.to_owned()))
+                        }
+                        _ => Err(malformed(n, "expected `<node-name> <host:port>`")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            SsconfKey::MasterCandidatesCerts => {
+                self.master_candidates_certs = CandidateMap::parse(text, path)?
+            }
+            SsconfKey::Serial => {
+                self.serial = single(text)?
+                    .parse()
+                    .map_err(|_| malformed(1, "serial is not a non-negative integer"))?
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the whole set from the ssconf directory `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let mut files = Vec::with_capacity(SsconfKey::ALL.len());
+        for key in SsconfKey::ALL {
+            let name = key.file_name();
+            let text = read_bounded(&dir.join(&name))?;
+            files.push((name, text));
+        }
+        Self::parse_files(&files, dir)
+    }
+
+    /// The serial of the set stored in `dir`, or `None` if there is none.
+    pub fn stored_serial(dir: &Path) -> Result<Option<u64>> {
+        let path = dir.join(SsconfKey::Serial.file_name());
+        match read_bounded(&path) {
+            Ok(text) => {
+                let mut set = Ssconf::default();
+                set.parse_key(SsconfKey::Serial, &text, &path)?;
+                Ok(Some(set.serial))
+            }
+            Err(SsconfError::Missing { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the whole set into `dir` (created if needed), each file
+    /// atomically with mode 0644 and `serial` last. Refuses a set older than
+    /// the one stored; an equal serial rewrites (a retried push).
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let io = |path: PathBuf| move |source| SsconfError::Io { path, source };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        if let Some(current) = Self::stored_serial(dir)? {
+            if self.serial < current {
+                return Err(SsconfError::Rollback {
+                    current,
+                    offered: self.serial,
+                });
+            }
+        }
+        for (name, text) in self.render() {
+            let path = dir.join(&name);
+            write_atomic(&path, text.as_bytes(), FILE_MODE).map_err(io(path.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// The address recorded for node `name`.
+    pub fn address_of(&self, name: &str) -> Option<&str> {
+        self.node_addresses
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.as_str())
+    }
+
+    /// Path of the candidate map inside the ssconf directory `dir`.
+    pub fn candidate_map_path(dir: &Path) -> PathBuf {
+        dir.join(candidate_map::FILE_NAME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DigestAlgorithm;
+    use std::os::unix::fs::MetadataExt;
+
+    fn sample(serial: u64) -> Ssconf {
+        Ssconf {
+            cluster_name: "c1".into(),
+            master_node: "n1".into(),
+            node_list: vec!["n1".into(), "n2".into()],
+            node_addresses: vec![
+                ("n1".into(), "127.0.0.1:1811".into()),
+                ("n2".into(), "[::1]:1812".into()),
+            ],
+            online_nodes: vec!["n1".into(), "n2".into()],
+            offline_nodes: vec![],
+            master_candidates: vec!["n1".into()],
+            master_candidates_certs: CandidateMap::from_entries([(
+                "uuid-1",
+                DigestAlgorithm::Sha256.digest(b"cert"),
+            )]),
+            serial,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_modes() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let ssconf = dir.path().join("ssconf");
+        sample(3).store(&ssconf)?;
+        assert_eq!(Ssconf::load(&ssconf)?, sample(3));
+        for key in SsconfKey::ALL {
+            let meta = std::fs::metadata(ssconf.join(key.file_name())).map_err(|source| {
+                SsconfError::Io {
+                    path: "meta".into(),
+                    source,
+                }
+            })?;
+            assert_eq!(meta.mode() & 0o777, 0o644, "{key:?}");
+        }
+        assert_eq!(Ssconf::stored_serial(&ssconf)?, Some(3));
+        Ok(())
+    }
+
+    #[test]
+    fn rollback_is_refused_and_leaves_files_alone() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        sample(5).store(dir.path())?;
+        let mut old = sample(4);
+        old.master_node = "n2".into();
+        assert!(matches!(
+            old.store(dir.path()),
+            Err(SsconfError::Rollback {
+                current: 5,
+                offered: 4
+            })
+        ));
+        assert_eq!(Ssconf::load(dir.path())?, sample(5));
+        // The same serial again is a retried push, and is accepted.
+        sample(5).store(dir.path())?;
+        sample(6).store(dir.path())?;
+        assert_eq!(Ssconf::stored_serial(dir.path())?, Some(6));
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_files_are_named_with_their_line() {
+        let mut files = sample(1).render();
+        for (name, text) in files.iter_mut() {
+            if name == "ssconf_node_addresses" {
+                *text = "n1 127.0.0.1:1811\nn2\n".into();
+            }
+        }
+        match Ssconf::parse_files(&files, Path::new("/x")) {
+            Err(SsconfError::Malformed { path, line, .. }) => {
+                assert_eq!(path, Path::new("/x/ssconf_node_addresses"));
+                assert_eq!(line, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut files = sample(1).render();
+        files.retain(|(n, _)| n != "ssconf_serial");
+        assert!(matches!(
+            Ssconf::parse_files(&files, Path::new("/x")),
+            Err(SsconfError::Missing { .. })
+        ));
+        let mut files = sample(1).render();
+        files.push(("ssconf_bogus".into(), String::new()));
+        assert!(Ssconf::parse_files(&files, Path::new("/x")).is_err());
+    }
+}
