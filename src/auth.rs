@@ -54,9 +54,9 @@ impl fmt::Display for DenialReason {
             DenialReason::NotInMap => {
                 f.write_str("certificate digest not in the candidate map (not a master candidate)")
             }
-            DenialReason::RemovedFromMap => f.write_str(
-                "certificate digest removed from the candidate map; connection closed",
-            ),
+            DenialReason::RemovedFromMap => {
+                f.write_str("certificate digest removed from the candidate map; connection closed")
+            }
             DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
         }
     }
@@ -263,8 +263,7 @@ impl DenialLog {
             subject,
             digest,
             reason = %denial.reason,
-            "denied {peer}: {} (subject {subject}, digest {digest})",
-            denial.reason
+            "connection denied"
         );
     }
 }

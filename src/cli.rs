@@ -24,7 +24,13 @@ pub struct GlobalArgs {
     #[arg(long, env = "NODED_STATE_DIR", default_value = DEFAULT_STATE_DIR, global = true, value_name = "DIR")]
     pub state_dir: PathBuf,
     /// Log format (logs go to stderr; filter with RUST_LOG, e.g. RUST_LOG=noded=debug).
-    #[arg(long, value_enum, default_value = "text", global = true, value_name = "FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        value_name = "FORMAT"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -67,7 +73,12 @@ pub struct NodedArgs {
 /// Exit status: 0 success; 1 the operation failed (or verify found errors);
 /// 2 usage error; 3 completed, but some nodes were unreachable.
 #[derive(Debug, Parser)]
-#[command(name = "nodectl", version, max_term_width = 100, propagate_version = true)]
+#[command(
+    name = "nodectl",
+    version,
+    max_term_width = 100,
+    propagate_version = true
+)]
 pub struct NodectlArgs {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -70,7 +70,12 @@ impl RpcClient {
         };
         let stream = tokio::time::timeout(self.connect_timeout, connect)
             .await
-            .map_err(|_| unreachable(format!("no TLS connection to {address} within {:?}", self.connect_timeout)))??;
+            .map_err(|_| {
+                unreachable(format!(
+                    "no TLS connection to {address} within {:?}",
+                    self.connect_timeout
+                ))
+            })??;
         Ok(Connection {
             stream,
             node: node.to_owned(),
@@ -142,6 +147,15 @@ impl Connection {
         frame::write_frame(&mut self.stream, bytes)
             .await
             .map_err(|e| frame_error(&self.node, &self.address, e))
+    }
+
+    /// Closes the write side (TLS close_notify, then TCP FIN).
+    pub async fn close_write(&mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .shutdown()
+            .await
+            .map_err(|e| classify(&self.node, &self.address, &e))
     }
 
     /// Reads one raw reply frame and decodes it (tests).

@@ -118,9 +118,10 @@ impl ClusterConfig {
         };
         let mut entries = Vec::new();
         for n in nodes.iter().filter(|n| n.role.is_candidate() && !n.offline) {
-            let digest: CertDigest = n.digest.parse().map_err(|e| {
-                Error::Invalid(format!("config: node {}: bad digest: {e}", n.name))
-            })?;
+            let digest: CertDigest = n
+                .digest
+                .parse()
+                .map_err(|e| Error::Invalid(format!("config: node {}: bad digest: {e}", n.name)))?;
             entries.push((n.uuid.clone(), digest));
         }
         Ok(Ssconf {

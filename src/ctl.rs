@@ -47,7 +47,15 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
             nodes,
             json,
             timeout,
-        } => ping(&state, &nodes, json, std::time::Duration::from_secs(timeout)).await,
+        } => {
+            ping(
+                &state,
+                &nodes,
+                json,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await
+        }
         Command::Generate(Generate::Man { dir }) => generate_man(&dir),
         Command::Generate(Generate::Completions { shell }) => {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
@@ -110,11 +118,13 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     // The CA outlives the certificates it signs.
     let ca_days = args.cert_days.saturating_mul(10).min(36500);
     let ca = CertificateAuthority::generate(&args.cluster_name, ca_days)?;
-    let (server_pem, server_key) = ca.issue_server_certificate(&args.cluster_name, args.cert_days)?;
+    let (server_pem, server_key) =
+        ca.issue_server_certificate(&args.cluster_name, args.cert_days)?;
     let node_key = NodeKey::generate()?;
     let client_pem = ca.sign_client_csr(&node_key.client_csr(&args.node_name)?, args.cert_days)?;
     let client_der = rustls_pki_types::CertificateDer::from(
-        pem_first_der(&client_pem).ok_or_else(|| Error::Certificate("signed certificate is not PEM".into()))?,
+        pem_first_der(&client_pem)
+            .ok_or_else(|| Error::Certificate("signed certificate is not PEM".into()))?,
     );
     let uuid = uuid::Uuid::new_v4().to_string();
     let config = ClusterConfig {
@@ -143,23 +153,45 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     // Keys and certificates first, node.json last: a node without node.json
     // is not initialised, so an interrupted init can simply be run again.
     state.write(&state.ca_pem(), ca.cert_pem().as_bytes(), MODE_PUBLIC)?;
-    state.write(&state.ca_key(), ca.key_pem().expose().as_bytes(), MODE_SECRET)?;
+    state.write(
+        &state.ca_key(),
+        ca.key_pem().expose().as_bytes(),
+        MODE_SECRET,
+    )?;
     state.write(&state.server_pem(), server_pem.as_bytes(), MODE_PUBLIC)?;
-    state.write(&state.server_key(), server_key.expose().as_bytes(), MODE_SECRET)?;
-    state.write(&state.client_key(), node_key.to_pem().expose().as_bytes(), MODE_SECRET)?;
+    state.write(
+        &state.server_key(),
+        server_key.expose().as_bytes(),
+        MODE_SECRET,
+    )?;
+    state.write(
+        &state.client_key(),
+        node_key.to_pem().expose().as_bytes(),
+        MODE_SECRET,
+    )?;
     state.write(&state.client_pem(), client_pem.as_bytes(), MODE_PUBLIC)?;
     state.write(&state.config_json(), &state::to_json(&config)?, MODE_SECRET)?;
     config.to_ssconf()?.store(&state.ssconf_dir())?;
     state.write(&state.node_json(), &state::to_json(&identity)?, MODE_PUBLIC)?;
-    let digest = &config.nodes.first().map(|n| n.digest.clone()).unwrap_or_default();
+    let digest = &config
+        .nodes
+        .first()
+        .map(|n| n.digest.clone())
+        .unwrap_or_default();
     println!(
         "initialised cluster {} with master {} ({})",
         args.cluster_name, args.node_name, args.address
     );
     println!("  state directory  {}", state.root().display());
-    println!("  CA sha256        {}", DigestAlgorithm::Sha256.digest(ca.cert_der()));
+    println!(
+        "  CA sha256        {}",
+        DigestAlgorithm::Sha256.digest(ca.cert_der())
+    );
     println!("  client digest    {digest} ({digest_alg})");
-    println!("start the daemon:  noded --state-dir {}", state.root().display());
+    println!(
+        "start the daemon:  noded --state-dir {}",
+        state.root().display()
+    );
     Ok(Outcome::Success)
 }
 
@@ -199,7 +231,10 @@ struct ListedNode {
 fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -262,7 +297,17 @@ fn list(state: &StateDir, json: bool) -> Result<Outcome> {
                 ]
             })
             .collect();
-        print_table(&["NAME", "ROLE", "OFFLINE", "ADDRESS", "CERT EXPIRES", "DIGEST"], &table)?;
+        print_table(
+            &[
+                "NAME",
+                "ROLE",
+                "OFFLINE",
+                "ADDRESS",
+                "CERT EXPIRES",
+                "DIGEST",
+            ],
+            &table,
+        )?;
     }
     Ok(Outcome::Success)
 }
@@ -372,7 +417,11 @@ async fn ping(
             eprintln!("error: {}", r.error.as_deref().unwrap_or("failed"));
         }
     }
-    Ok(if all_ok { Outcome::Success } else { Outcome::Failed })
+    Ok(if all_ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }
 
 fn generate_man(dir: &Path) -> Result<Outcome> {

@@ -87,7 +87,9 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
     let map = match CandidateMap::load(&map_path) {
         Ok(map) => map,
         Err(e) => {
-            tracing::error!("no valid candidate map ({e}); denying every client until a valid one arrives");
+            tracing::error!(
+                "no valid candidate map ({e}); denying every client until a valid one arrives"
+            );
             CandidateMap::empty()
         }
     };
@@ -101,7 +103,10 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout),
         ..Limits::default()
     };
-    let address = args.listen.clone().unwrap_or_else(|| identity.address.clone());
+    let address = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| identity.address.clone());
     let listener = bind(&address).await?;
     let local = listener.local_addr().map_err(Error::io(state.root()))?;
     let daemon = Arc::new(Daemon::new(
@@ -185,4 +190,3 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
         tracing::warn!("cannot notify systemd: {e}");
     }
 }
-

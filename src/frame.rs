@@ -168,7 +168,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < prefix.len() {
-        let n = reader.read(prefix.get_mut(got..).unwrap_or_default()).await?;
+        let n = reader
+            .read(prefix.get_mut(got..).unwrap_or_default())
+            .await?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -195,7 +197,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Writes one already-encoded frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &[u8],
+) -> Result<(), FrameError> {
     writer.write_all(frame).await?;
     writer.flush().await?;
     Ok(())
@@ -204,16 +209,15 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) ->
 /// Decodes a request payload. On failure, returns the id (0 if even the
 /// header was unreadable) with the error to send back.
 pub fn decode_request(payload: &[u8]) -> Result<Request, (u64, RpcError)> {
-    let (header, rest): ((u16, u64), &[u8]) =
-        postcard::take_from_bytes(payload).map_err(|e| {
-            (
-                0,
-                RpcError {
-                    kind: RpcErrorKind::Malformed,
-                    message: format!("malformed request header: {e}"),
-                },
-            )
-        })?;
+    let (header, rest): ((u16, u64), &[u8]) = postcard::take_from_bytes(payload).map_err(|e| {
+        (
+            0,
+            RpcError {
+                kind: RpcErrorKind::Malformed,
+                message: format!("malformed request header: {e}"),
+            },
+        )
+    })?;
     let (version, id) = header;
     if version != PROTOCOL_VERSION {
         return Err((
@@ -277,7 +281,10 @@ mod tests {
         let frame = encode(&req)?;
         let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(len, frame.len() - 4);
-        assert_eq!(decode_request(&frame[4..]).map_err(|e| FrameError::Malformed(e.1.message))?, req);
+        assert_eq!(
+            decode_request(&frame[4..]).map_err(|e| FrameError::Malformed(e.1.message))?,
+            req
+        );
         Ok(())
     }
 
@@ -313,9 +320,15 @@ mod tests {
     #[tokio::test]
     async fn truncated_frames_are_reported() {
         let mut reader = &[0u8, 0][..];
-        assert!(matches!(read_frame(&mut reader, 1024).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut reader, 1024).await,
+            Err(FrameError::Truncated)
+        ));
         let mut reader = &[0u8, 0, 0, 9, 1, 2][..];
-        assert!(matches!(read_frame(&mut reader, 1024).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut reader, 1024).await,
+            Err(FrameError::Truncated)
+        ));
         let mut reader = &[][..];
         assert!(matches!(read_frame(&mut reader, 1024).await, Ok(None)));
     }

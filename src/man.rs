@@ -7,7 +7,10 @@ use crate::cli::{NodectlArgs, NodedArgs};
 
 /// `(name, command)` of each page.
 pub fn pages() -> Vec<(&'static str, clap::Command)> {
-    vec![("noded", NodedArgs::command()), ("nodectl", NodectlArgs::command())]
+    vec![
+        ("noded", NodedArgs::command()),
+        ("nodectl", NodectlArgs::command()),
+    ]
 }
 
 const FILES: &str = r#".SH FILES

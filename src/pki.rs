@@ -11,8 +11,8 @@ use std::path::Path;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -65,7 +65,11 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + Duration::days(i64::from(days));
 }
 
-fn leaf_params(name: DistinguishedName, days: u32, usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+fn leaf_params(
+    name: DistinguishedName,
+    days: u32,
+    usage: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = name;
     params.is_ca = IsCa::ExplicitNoCa;
@@ -108,7 +112,9 @@ impl NodeKey {
     pub fn client_csr(&self, node_name: &str) -> Result<String> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, node_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_name);
         params
             .serialize_request(&self.0)
             .and_then(|csr| csr.pem())
@@ -144,9 +150,10 @@ impl CertificateAuthority {
     pub fn generate(cluster_name: &str, days: u32) -> Result<Self> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("noded cluster CA {cluster_name}"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("noded cluster CA {cluster_name}"),
+        );
         params
             .distinguished_name
             .push(DnType::OrganizationName, cluster_name);
@@ -198,18 +205,23 @@ impl CertificateAuthority {
     }
 
     /// A new shared server certificate and its key.
-    pub fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, SecretPem)> {
+    pub fn issue_server_certificate(
+        &self,
+        cluster_name: &str,
+        days: u32,
+    ) -> Result<(String, SecretPem)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, format!("noded server {cluster_name}"));
         name.push(DnType::OrganizationName, cluster_name);
         let mut params = leaf_params(name, days, ExtendedKeyUsagePurpose::ServerAuth);
-        params.subject_alt_names = vec![SanType::DnsName(
-            SERVER_NAME
-                .try_into()
-                .map_err(|e: rcgen::Error| Error::Certificate(e.to_string()))?,
-        )];
-        let cert = params.signed_by(&key, &self.issuer()?).map_err(cert_error)?;
+        params.subject_alt_names =
+            vec![SanType::DnsName(SERVER_NAME.try_into().map_err(
+                |e: rcgen::Error| Error::Certificate(e.to_string()),
+            )?)];
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(cert_error)?;
         Ok((cert.pem(), SecretPem(key.serialize_pem())))
     }
 
@@ -217,6 +229,22 @@ impl CertificateAuthority {
     /// name and public key are used (after checking its signature, which
     /// proves the requester holds the key); every extension is set here.
     pub fn sign_client_csr(&self, csr_pem: &str, days: u32) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        self.sign_client_csr_between(
+            csr_pem,
+            now - Duration::hours(1),
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    /// [`Self::sign_client_csr`] with an explicit validity window (tests use
+    /// it to make expired certificates).
+    pub fn sign_client_csr_between(
+        &self,
+        csr_pem: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
         if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
@@ -224,11 +252,13 @@ impl CertificateAuthority {
                 "certificate signing request: the key is not ECDSA P-256".into(),
             ));
         }
-        let params = leaf_params(
+        let mut params = leaf_params(
             csr.params.distinguished_name.clone(),
-            days,
+            1,
             ExtendedKeyUsagePurpose::ClientAuth,
         );
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer()?)
             .map_err(cert_error)?;

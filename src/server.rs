@@ -110,7 +110,11 @@ impl Daemon {
 
 /// Serves connections from `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish (up to the shutdown grace) and returns.
-pub async fn run(listener: TcpListener, daemon: Arc<Daemon>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let limit = Arc::new(Semaphore::new(daemon.limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -180,30 +184,36 @@ fn handshake_denial(e: &std::io::Error) -> Denial {
     }
 }
 
-async fn serve_connection(daemon: &Daemon, stream: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
+async fn serve_connection(
+    daemon: &Daemon,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(daemon.tls.load_full());
     let handshake = VERDICT.scope(RefCell::new(None), async {
         let result = acceptor.accept(stream).await;
         (result, VERDICT.with(|v| v.borrow_mut().take()))
     });
-    let (result, verdict) = match tokio::time::timeout(daemon.limits.handshake_timeout, handshake).await {
-        Ok(r) => r,
-        Err(_) => {
-            let reason = DenialReason::Handshake(format!(
-                "not completed within {:?}",
-                daemon.limits.handshake_timeout
-            ));
-            daemon.denials.record(
-                peer,
-                &Denial {
-                    reason,
-                    subject: None,
-                    digest: None,
-                },
-            );
-            return;
-        }
-    };
+    let (result, verdict) =
+        match tokio::time::timeout(daemon.limits.handshake_timeout, handshake).await {
+            Ok(r) => r,
+            Err(_) => {
+                let reason = DenialReason::Handshake(format!(
+                    "not completed within {:?}",
+                    daemon.limits.handshake_timeout
+                ));
+                daemon.denials.record(
+                    peer,
+                    &Denial {
+                        reason,
+                        subject: None,
+                        digest: None,
+                    },
+                );
+                return;
+            }
+        };
     let (mut tls, admission) = match (result, verdict) {
         (Ok(tls), Some(Verdict::Admitted(admission))) => (tls, admission),
         (Err(_), Some(Verdict::Denied(denial))) => {
@@ -258,9 +268,21 @@ async fn serve_connection(daemon: &Daemon, stream: TcpStream, peer: SocketAddr, 
             }
             Ok(Ok(None)) => break,
             Ok(Ok(Some(payload))) => payload,
-            Ok(Err(e @ FrameError::TooLarge { .. })) => {
+            Ok(Err(e @ (FrameError::TooLarge { .. } | FrameError::Truncated))) => {
                 tracing::warn!(%peer, uuid = %admission.uuid, "closing connection: {e}");
-                let _ = reply(&mut tls, 0, Err(RpcError { kind: RpcErrorKind::TooLarge, message: e.to_string() })).await;
+                let kind = match e {
+                    FrameError::TooLarge { .. } => RpcErrorKind::TooLarge,
+                    _ => RpcErrorKind::Malformed,
+                };
+                let _ = reply(
+                    &mut tls,
+                    0,
+                    Err(RpcError {
+                        kind,
+                        message: e.to_string(),
+                    }),
+                )
+                .await;
                 break;
             }
             Ok(Err(e)) => {
@@ -280,7 +302,10 @@ async fn serve_connection(daemon: &Daemon, stream: TcpStream, peer: SocketAddr, 
                     Ok(r) => r,
                     Err(_) => Err(RpcError {
                         kind: RpcErrorKind::Timeout,
-                        message: format!("{name} took longer than {:?}", daemon.limits.request_timeout),
+                        message: format!(
+                            "{name} took longer than {:?}",
+                            daemon.limits.request_timeout
+                        ),
                     }),
                 };
                 (request.id, result, true)
@@ -301,7 +326,11 @@ async fn serve_connection(daemon: &Daemon, stream: TcpStream, peer: SocketAddr, 
 }
 
 /// Resolves once the map no longer admits this connection's digest.
-async fn revoked(generation: &mut watch::Receiver<u64>, map: &CandidateMapHandle, admission: &Admission) {
+async fn revoked(
+    generation: &mut watch::Receiver<u64>,
+    map: &CandidateMapHandle,
+    admission: &Admission,
+) {
     loop {
         if !map.load().contains(&admission.digest) {
             return;

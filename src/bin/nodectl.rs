@@ -9,7 +9,10 @@ fn main() -> ExitCode {
     // clap exits with status 2 on usage errors.
     let args = NodectlArgs::parse();
     noded::logging::init(args.global.log_format, "warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

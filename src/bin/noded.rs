@@ -8,7 +8,10 @@ use noded::cli::NodedArgs;
 fn main() -> ExitCode {
     let args = NodedArgs::parse();
     noded::logging::init(args.global.log_format, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -170,7 +170,10 @@ d3c1e2f4-5a6b-4c7d-8e9f-0a1b2c3d4e5f=11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:F
     fn loads_a_ganeti_map_unchanged() -> Result<()> {
         let map = CandidateMap::parse(GANETI_MAP, Path::new("m"))?;
         assert_eq!(map.len(), 2);
-        assert_eq!(map.algorithms().collect::<Vec<_>>(), [DigestAlgorithm::Sha1]);
+        assert_eq!(
+            map.algorithms().collect::<Vec<_>>(),
+            [DigestAlgorithm::Sha1]
+        );
         let d: CertDigest = "11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44"
             .parse()
             .map_err(|_| SsconfError::Missing { path: "x".into() })?;

@@ -37,7 +37,9 @@ impl FromStr for DigestAlgorithm {
         match s.to_ascii_lowercase().as_str() {
             "sha1" => Ok(DigestAlgorithm::Sha1),
             "sha256" => Ok(DigestAlgorithm::Sha256),
-            other => Err(format!("unknown digest algorithm {other:?} (expected sha256 or sha1)")),
+            other => Err(format!(
+                "unknown digest algorithm {other:?} (expected sha256 or sha1)"
+            )),
         }
     }
 }
@@ -145,17 +147,35 @@ mod tests {
         assert_eq!(text.parse::<CertDigest>(), Ok(d));
         assert_eq!(text.to_lowercase().parse::<CertDigest>(), Ok(d));
         let s1 = DigestAlgorithm::Sha1.digest(b"abc");
-        assert_eq!(s1.to_string(), "A9:99:3E:36:47:06:81:6A:BA:3E:25:71:78:50:C2:6C:9C:D0:D8:9D");
+        assert_eq!(
+            s1.to_string(),
+            "A9:99:3E:36:47:06:81:6A:BA:3E:25:71:78:50:C2:6C:9C:D0:D8:9D"
+        );
         assert_eq!(s1.algorithm(), DigestAlgorithm::Sha1);
     }
 
     #[test]
     fn rejects_bad_lengths_and_digits() {
-        assert_eq!("AB:CD".parse::<CertDigest>(), Err(DigestParseError::Length(2)));
-        assert!(matches!("".parse::<CertDigest>(), Err(DigestParseError::Hex(_))));
-        assert!(matches!("ZZ".parse::<CertDigest>(), Err(DigestParseError::Hex(_))));
-        assert!(matches!("+A".parse::<CertDigest>(), Err(DigestParseError::Hex(_))));
+        assert_eq!(
+            "AB:CD".parse::<CertDigest>(),
+            Err(DigestParseError::Length(2))
+        );
+        assert!(matches!(
+            "".parse::<CertDigest>(),
+            Err(DigestParseError::Hex(_))
+        ));
+        assert!(matches!(
+            "ZZ".parse::<CertDigest>(),
+            Err(DigestParseError::Hex(_))
+        ));
+        assert!(matches!(
+            "+A".parse::<CertDigest>(),
+            Err(DigestParseError::Hex(_))
+        ));
         let long = vec!["00"; 33].join(":");
-        assert!(matches!(long.parse::<CertDigest>(), Err(DigestParseError::Length(_))));
+        assert!(matches!(
+            long.parse::<CertDigest>(),
+            Err(DigestParseError::Length(_))
+        ));
     }
 }

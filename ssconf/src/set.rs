@@ -133,13 +133,12 @@ impl Ssconf {
         let mut seen = [false; SsconfKey::ALL.len()];
         for (file_name, text) in files {
             let path = dir.join(file_name);
-            let key = SsconfKey::from_file_name(file_name).ok_or_else(|| {
-                SsconfError::Malformed {
+            let key =
+                SsconfKey::from_file_name(file_name).ok_or_else(|| SsconfError::Malformed {
                     path: path.clone(),
                     line: 0,
                     reason: "not an ssconf key".into(),
-                }
-            })?;
+                })?;
             if let Some(flag) = SsconfKey::ALL
                 .iter()
                 .position(|k| *k == key)

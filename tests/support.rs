@@ -1,0 +1,380 @@
+//! Test fixtures: clusters in temp dirs, daemons as child processes, client
+//! identities of every kind.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use noded::client::RpcClient;
+use noded::frame::{Procedure, Reply};
+use noded::pki::{self, CertificateAuthority, NodeKey};
+use noded::state::{NodeIdentity, StateDir};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use ssconf::{CandidateMap, CertDigest, DigestAlgorithm, Ssconf};
+use time::{Duration as TimeDuration, OffsetDateTime};
+
+pub const NODED: &str = env!("CARGO_BIN_EXE_noded");
+pub const NODECTL: &str = env!("CARGO_BIN_EXE_nodectl");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `nodectl --state-dir DIR ARGS...`.
+pub fn nodectl(state_dir: &Path, args: &[&str]) -> Output {
+    Command::new(NODECTL)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A node's state directory in a temp dir.
+pub struct Node {
+    _tmp: tempfile::TempDir,
+    pub state: StateDir,
+    pub name: String,
+    pub address: String,
+}
+
+impl Node {
+    pub fn dir(&self) -> &Path {
+        self.state.root()
+    }
+
+    pub fn map_path(&self) -> PathBuf {
+        Ssconf::candidate_map_path(&self.state.ssconf_dir())
+    }
+
+    pub fn ca(&self) -> CertificateAuthority {
+        CertificateAuthority::from_pem(
+            &std::fs::read_to_string(self.state.ca_pem()).unwrap(),
+            &std::fs::read_to_string(self.state.ca_key()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    pub fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
+        pki::load_certs(&self.state.ca_pem()).unwrap()
+    }
+
+    pub fn map(&self) -> CandidateMap {
+        CandidateMap::load(&self.map_path()).unwrap()
+    }
+
+    /// Replaces the candidate map file the way a push does (atomic rename).
+    pub fn write_map(&self, map: &CandidateMap) {
+        ssconf::write_atomic(&self.map_path(), map.render().as_bytes(), 0o644).unwrap();
+    }
+
+    pub fn write_map_text(&self, text: &str) {
+        ssconf::write_atomic(&self.map_path(), text.as_bytes(), 0o644).unwrap();
+    }
+}
+
+/// `nodectl init` of a new single-node cluster on a free loopback port.
+pub fn init_master(name: &str) -> Node {
+    init_master_with(name, &[])
+}
+
+pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "init",
+        "--cluster-name",
+        "testcluster",
+        "--node-name",
+        name,
+        "--address",
+        &address,
+    ];
+    args.extend_from_slice(extra);
+    let out = nodectl(&dir, &args);
+    assert!(out.status.success(), "init failed: {}", text(&out.stderr));
+    Node {
+        _tmp: tmp,
+        state: StateDir::new(dir),
+        name: name.to_owned(),
+        address,
+    }
+}
+
+/// A regular node of `master`'s cluster, made the way a join makes one: its
+/// own key, a CSR signed by the CA, the cluster's ssconf and server
+/// certificate; no CA key, no config.
+pub fn regular_node(master: &Node, name: &str) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = StateDir::new(&dir);
+    for (from, to) in [
+        (master.state.ca_pem(), state.ca_pem()),
+        (master.state.server_pem(), state.server_pem()),
+        (master.state.server_key(), state.server_key()),
+    ] {
+        std::fs::copy(from, to).unwrap();
+    }
+    let key = NodeKey::generate().unwrap();
+    let cert = master
+        .ca()
+        .sign_client_csr(&key.client_csr(name).unwrap(), 30)
+        .unwrap();
+    std::fs::write(state.client_pem(), cert).unwrap();
+    std::fs::write(state.client_key(), key.to_pem().expose()).unwrap();
+    Ssconf::load(&master.state.ssconf_dir())
+        .unwrap()
+        .store(&state.ssconf_dir())
+        .unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let identity = NodeIdentity {
+        uuid: format!("uuid-{name}"),
+        name: name.to_owned(),
+        address: address.clone(),
+    };
+    std::fs::write(state.node_json(), serde_json::to_vec(&identity).unwrap()).unwrap();
+    Node {
+        _tmp: tmp,
+        state,
+        name: name.to_owned(),
+        address,
+    }
+}
+
+/// A running `noded`, stopped (SIGKILL) when dropped.
+pub struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(node: &Node, extra: &[&str]) -> Daemon {
+        Self::start_env(node, extra, &[])
+    }
+
+    pub fn start_env(node: &Node, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut child = Command::new(NODED)
+            .arg("--state-dir")
+            .arg(node.dir())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let daemon = Daemon { child, log };
+        assert!(
+            daemon.wait_log("listening on", Duration::from_secs(20)),
+            "noded did not start: {}",
+            daemon.log()
+        );
+        daemon
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_log_count(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(mut self) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "noded did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client identity: certificate chain and key.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Identity {
+    fn from_pem(cert_pem: String, key_pem: String) -> Identity {
+        Identity {
+            chain: CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap(),
+            cert_pem,
+            key_pem,
+        }
+    }
+
+    pub fn digest(&self, alg: DigestAlgorithm) -> CertDigest {
+        alg.digest(&self.chain[0])
+    }
+
+    /// Writes cert and key into `dir` as `<stem>.pem` / `<stem>.key`.
+    pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{stem}.pem"));
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
+/// The node's own client identity (from its state dir).
+pub fn node_identity(node: &Node) -> Identity {
+    Identity::from_pem(
+        std::fs::read_to_string(node.state.client_pem()).unwrap(),
+        std::fs::read_to_string(node.state.client_key()).unwrap(),
+    )
+}
+
+/// A client certificate signed by `ca`, valid between the given offsets
+/// from now.
+pub fn signed_by(
+    ca: &CertificateAuthority,
+    name: &str,
+    from: TimeDuration,
+    to: TimeDuration,
+) -> Identity {
+    let key = NodeKey::generate().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let cert = ca
+        .sign_client_csr_between(&key.client_csr(name).unwrap(), now + from, now + to)
+        .unwrap();
+    Identity::from_pem(cert, key.to_pem().expose().to_owned())
+}
+
+/// A client certificate signed by the node's cluster CA, valid now.
+pub fn ca_signed(node: &Node, name: &str) -> Identity {
+    signed_by(
+        &node.ca(),
+        name,
+        TimeDuration::hours(-1),
+        TimeDuration::days(30),
+    )
+}
+
+/// A certificate signed by the node's CA that expired yesterday.
+pub fn expired(node: &Node, name: &str) -> Identity {
+    signed_by(
+        &node.ca(),
+        name,
+        TimeDuration::days(-30),
+        TimeDuration::days(-1),
+    )
+}
+
+/// A certificate from another cluster's CA.
+pub fn foreign(name: &str) -> Identity {
+    let ca = CertificateAuthority::generate("othercluster", 30).unwrap();
+    signed_by(&ca, name, TimeDuration::hours(-1), TimeDuration::days(30))
+}
+
+/// A self-signed client certificate (a CA of its own).
+pub fn self_signed(name: &str) -> Identity {
+    let ca = CertificateAuthority::generate(name, 30).unwrap();
+    let cert_pem = ca.cert_pem().to_owned();
+    Identity::from_pem(cert_pem, ca.key_pem().expose().to_owned())
+}
+
+/// An RPC client presenting `identity` (or nothing) to `node`'s daemon.
+pub fn client(node: &Node, identity: Option<&Identity>) -> RpcClient {
+    let ca = node.ca_certs();
+    let config = match identity {
+        Some(id) => noded::tls::client_config(&ca, id.chain.clone(), id.key.clone_key()).unwrap(),
+        None => noded::tls::anonymous_client_config(&ca).unwrap(),
+    };
+    let mut client = RpcClient::new(config);
+    client.connect_timeout = Duration::from_secs(5);
+    client.call_timeout = Duration::from_secs(5);
+    client
+}
+
+/// Connects and pings once.
+pub async fn ping(client: &RpcClient, node: &Node) -> noded::Result<()> {
+    let mut conn = client.connect(&node.name, &node.address).await?;
+    match conn.call(Procedure::Ping).await? {
+        Reply::Pong { .. } => Ok(()),
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// Polls `ping` until it gives the wanted outcome (the map reload is
+/// asynchronous); returns whether it did within the timeout.
+pub async fn eventually(client: &RpcClient, node: &Node, admitted: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ping(client, node).await.is_ok() == admitted {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}

@@ -1,0 +1,16 @@
+//! Integration tests: real binaries, real TLS over loopback, real files.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_debug_implementations
+)]
+
+mod support;
+
+mod authorization;
+mod cli;
+mod frames;
+mod openssl;
