@@ -19,13 +19,20 @@ use time::{Duration as TimeDuration, OffsetDateTime};
 pub const NODED: &str = env!("CARGO_BIN_EXE_noded");
 pub const NODECTL: &str = env!("CARGO_BIN_EXE_nodectl");
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago. Chosen below Linux's ephemeral range
+/// (32768+), so the outgoing connections of parallel tests cannot take it
+/// between this check and the daemon's bind; a per-process counter keeps
+/// parallel tests of one run apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 600) as u16 * 20;
+    loop {
+        let port = 20000 + (base - 20000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Runs `nodectl --state-dir DIR ARGS...`.
