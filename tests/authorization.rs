@@ -283,3 +283,59 @@ async fn resumption_cannot_readmit_a_removed_candidate() {
         "removed candidate resumed its way back in"
     );
 }
+
+/// A client that connects and never finishes the handshake is dropped at
+/// the handshake timeout (and logged), while candidates are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_handshakes_are_dropped_at_the_timeout() {
+    use tokio::io::AsyncReadExt;
+    let node = init_master("m7");
+    let daemon = Daemon::start(&node, &["--handshake-timeout", "1"]);
+    let mut stalled = tokio::net::TcpStream::connect(&node.address).await.unwrap();
+    ping(&client(&node, Some(&node_identity(&node))), &node)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut buf))
+        .await
+        .expect("stalled connection not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(daemon.wait_log("not completed within", Duration::from_secs(5)));
+}
+
+/// Connections over --max-connections are closed at accept; once a slot is
+/// free, candidates are served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_limit_is_enforced() {
+    let node = init_master("m8");
+    let daemon = Daemon::start(&node, &["--max-connections", "2"]);
+    let master = client(&node, Some(&node_identity(&node)));
+    let mut first = master.connect("m8", &node.address).await.unwrap();
+    let mut second = master.connect("m8", &node.address).await.unwrap();
+    first.call(noded::frame::Procedure::Ping).await.unwrap();
+    second.call(noded::frame::Procedure::Ping).await.unwrap();
+    assert!(
+        ping(&master, &node).await.is_err(),
+        "third connection served"
+    );
+    assert!(daemon.wait_log("connection limit of 2 reached", Duration::from_secs(5)));
+    drop(first);
+    assert!(eventually(&master, &node, true).await, "slot never freed");
+}
+
+/// The RPC client refuses a server whose certificate does not chain to its
+/// own cluster's CA (another cluster's daemon, or an impostor).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_verifies_the_server_chain() {
+    let ours = init_master("m9");
+    let theirs = init_master("x9");
+    let _daemon = Daemon::start(&theirs, &[]);
+    // Our client (our CA, our master's certificate) against their daemon.
+    let result = ping(&client(&ours, Some(&node_identity(&ours))), &theirs).await;
+    match result {
+        Err(Error::Unreachable { reason, .. }) => {
+            assert!(reason.contains("does not trust"), "{reason}")
+        }
+        other => panic!("client accepted a foreign server: {other:?}"),
+    }
+}

@@ -51,6 +51,10 @@ fn s_client_sees_a_clear_alert_for_each_refusal() {
     let out = s_client(&node, Some((&expired_id.0, &expired_id.1)));
     assert!(out.contains("alert certificate expired"), "{out}");
 
+    let self_id = self_signed("selfsigned").write(dir.path(), "self");
+    let out = s_client(&node, Some((&self_id.0, &self_id.1)));
+    assert!(out.contains("alert certificate unknown"), "{out}");
+
     let out = s_client(&node, None);
     assert!(out.contains("alert certificate required"), "{out}");
 
