@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ pub enum DenialReason {
     RemovedFromMap,
     /// The handshake failed for another reason (protocol, timeout).
     Handshake(String),
+    /// A client without a certificate asked for something other than a join.
+    AnonymousRequest(String),
 }
 
 impl fmt::Display for DenialReason {
@@ -58,6 +61,12 @@ impl fmt::Display for DenialReason {
                 f.write_str("certificate digest removed from the candidate map; connection closed")
             }
             DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
+            DenialReason::AnonymousRequest(p) => {
+                write!(
+                    f,
+                    "client without a certificate called {p}; only join is allowed"
+                )
+            }
         }
     }
 }
@@ -127,12 +136,24 @@ tokio::task_local! {
 pub struct CandidateVerifier {
     chain: Arc<dyn ClientCertVerifier>,
     map: CandidateMapHandle,
+    /// Set while this node is the master: clients without a certificate may
+    /// then complete the handshake, to call the join procedure and nothing
+    /// else. Every other node refuses them in the handshake.
+    anonymous: Arc<AtomicBool>,
 }
 
 impl CandidateVerifier {
     /// Wraps the webpki chain verifier with the candidate-map check.
-    pub fn new(chain: Arc<dyn ClientCertVerifier>, map: CandidateMapHandle) -> Self {
-        CandidateVerifier { chain, map }
+    pub fn new(
+        chain: Arc<dyn ClientCertVerifier>,
+        map: CandidateMapHandle,
+        anonymous: Arc<AtomicBool>,
+    ) -> Self {
+        CandidateVerifier {
+            chain,
+            map,
+            anonymous,
+        }
     }
 }
 
@@ -142,7 +163,7 @@ impl ClientCertVerifier for CandidateVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        !self.anonymous.load(Ordering::Acquire)
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -112,9 +112,139 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
     },
+    /// Join tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Join this (new) node to a cluster with a connection string.
+    ///
+    /// Run on the new node, with its own --state-dir. The node makes its key
+    /// and CSR here; the connection to the master is refused before anything
+    /// is sent unless the master's CA matches the token's pin.
+    Join {
+        /// The `noded-join:...` connection string from `nodectl token create`.
+        #[arg(value_name = "TOKEN")]
+        token: String,
+        /// Name of this node.
+        #[arg(long, value_name = "N")]
+        node_name: String,
+        /// Address this node's daemon listens on and peers connect to.
+        #[arg(long, value_name = "HOST:PORT")]
+        address: String,
+    },
+    /// Change a node's role: promote/demote, offline/online.
+    Modify(ModifyArgs),
+    /// Remove a node from the cluster (best effort to wipe its keys).
+    Remove {
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make this master candidate the master (run on the candidate).
+    MasterFailover {
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Generate man pages or shell completions.
     #[command(subcommand)]
     Generate(Generate),
+}
+
+/// `nodectl token`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a one-time join connection string.
+    Create {
+        /// Validity, e.g. 30m, 1h, 2d (s, m, h, d).
+        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+        ttl: u64,
+        /// The joining node becomes a master candidate.
+        #[arg(long)]
+        master_candidate: bool,
+        /// Print one JSON document: {"id", "expires", "master_candidate", "connection_string"}.
+        #[arg(long)]
+        json: bool,
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List outstanding tokens (never their secrets).
+    List {
+        /// Print one JSON document: {"tokens": [{"id", "expires", "master_candidate"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token.
+    Revoke {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `yes` or `no`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum YesNo {
+    Yes,
+    No,
+}
+
+impl YesNo {
+    pub fn yes(self) -> bool {
+        self == YesNo::Yes
+    }
+}
+
+/// `nodectl modify`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").required(true).args(["master_candidate", "offline"])))]
+pub struct ModifyArgs {
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// Promote (yes) or demote (no) the node.
+    #[arg(long, value_enum, value_name = "yes|no")]
+    pub master_candidate: Option<YesNo>,
+    /// Take the node offline (yes) or bring it back (no).
+    #[arg(long, value_enum, value_name = "yes|no")]
+    pub offline: Option<YesNo>,
+    /// Promote another eligible node when this change would leave fewer
+    /// master candidates than the pool size.
+    #[arg(long)]
+    pub auto_promote: bool,
+    /// Wait for the cluster lock instead of failing when it is taken.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds) into seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30m, 1h or 2d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+            ))
+        }
+    };
+    match n.checked_mul(scale) {
+        Some(0) | None => Err(format!("{text:?} is not a positive duration")),
+        Some(secs) => Ok(secs),
+    }
 }
 
 /// `nodectl init`.

@@ -129,9 +129,15 @@ impl Connection {
                     message: format!("reply for request {} while waiting for {id}", response.id),
                 });
             }
-            response.result.map_err(|e| Error::Remote {
-                node: node.clone(),
-                message: e.message,
+            response.result.map_err(|e| match e.kind {
+                crate::frame::RpcErrorKind::NotAuthorized => Error::NotAuthorized {
+                    node: node.clone(),
+                    reason: e.message,
+                },
+                _ => Error::Remote {
+                    node: node.clone(),
+                    message: e.message,
+                },
             })
         };
         tokio::time::timeout(timeout, exchange)

@@ -140,3 +140,37 @@ impl ClusterConfig {
         })
     }
 }
+
+/// Checks a node or cluster name: what can stand in ssconf lines and JSON.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} {name:?} is not valid: use 1-253 letters, digits, '-', '.', '_'"
+        )))
+    }
+}
+
+/// Checks a `host:port` address.
+pub fn check_address(address: &str) -> Result<()> {
+    let invalid = || {
+        Error::Invalid(format!(
+            "address {address:?} is not HOST:PORT (e.g. 192.0.2.10:1811 or [2001:db8::1]:1811)"
+        ))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if port == 0 || host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(invalid());
+    }
+    if host.starts_with('[') != host.ends_with(']') {
+        return Err(invalid());
+    }
+    Ok(())
+}

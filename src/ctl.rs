@@ -7,13 +7,14 @@ use std::time::Instant;
 use serde::Serialize;
 use ssconf::{DigestAlgorithm, Ssconf};
 
-use crate::cli::{Command, DigestArg, Generate, InitArgs, NodectlArgs};
+use crate::cli::{Command, DigestArg, Generate, InitArgs, NodectlArgs, TokenCommand};
 use crate::client::RpcClient;
 use crate::config::{ClusterConfig, NodeRecord, NodeRole};
 use crate::error::{Error, Result};
 use crate::frame::{Procedure, Reply};
 use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey};
 use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::token::{JoinToken, TokenStore};
 
 /// How a command ended (errors are returned as `Err`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,34 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
             )
             .await
         }
+        Command::Token(TokenCommand::Create {
+            ttl,
+            master_candidate,
+            json,
+            wait,
+        }) => token_create(&state, ttl, master_candidate, json, wait),
+        Command::Token(TokenCommand::List { json }) => token_list(&state, json),
+        Command::Token(TokenCommand::Revoke { id, wait }) => token_revoke(&state, &id, wait),
+        Command::Join {
+            token,
+            node_name,
+            address,
+        } => crate::join::join(&state, &token, &node_name, &address).await,
+        Command::Modify(m) => match (m.master_candidate, m.offline) {
+            (Some(mc), None) => {
+                crate::lifecycle::set_candidate(&state, &m.node, mc.yes(), m.auto_promote, m.wait)
+                    .await
+            }
+            (None, Some(off)) => {
+                crate::lifecycle::set_offline(&state, &m.node, off.yes(), m.auto_promote, m.wait)
+                    .await
+            }
+            _ => Err(Error::Invalid(
+                "give exactly one of --master-candidate and --offline".into(),
+            )),
+        },
+        Command::Remove { node, wait } => crate::lifecycle::remove(&state, &node, wait).await,
+        Command::MasterFailover { wait } => crate::lifecycle::master_failover(&state, wait).await,
         Command::Generate(Generate::Man { dir }) => generate_man(&dir),
         Command::Generate(Generate::Completions { shell }) => {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
@@ -65,45 +94,11 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
     }
 }
 
-/// Checks a node or cluster name: what can stand in ssconf lines and JSON.
-fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{what} {name:?} is not valid: use 1-253 letters, digits, '-', '.', '_'"
-        )))
-    }
-}
-
-/// Checks a `host:port` address.
-pub fn check_address(address: &str) -> Result<()> {
-    let invalid = || {
-        Error::Invalid(format!(
-            "address {address:?} is not HOST:PORT (e.g. 192.0.2.10:1811 or [2001:db8::1]:1811)"
-        ))
-    };
-    let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
-    let port: u16 = port.parse().map_err(|_| invalid())?;
-    if port == 0 || host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace()) {
-        return Err(invalid());
-    }
-    if host.starts_with('[') != host.ends_with(']') {
-        return Err(invalid());
-    }
-    Ok(())
-}
-
 /// `nodectl init`: a new cluster with this node as master.
 fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
-    check_name("cluster name", &args.cluster_name)?;
-    check_name("node name", &args.node_name)?;
-    check_address(&args.address)?;
+    crate::config::check_name("cluster name", &args.cluster_name)?;
+    crate::config::check_name("node name", &args.node_name)?;
+    crate::config::check_address(&args.address)?;
     if state.is_initialised() {
         return Err(Error::Invalid(format!(
             "{} is already initialised (node.json exists); refusing to overwrite a node's state",
@@ -127,6 +122,8 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
             .ok_or_else(|| Error::Certificate("signed certificate is not PEM".into()))?,
     );
     let uuid = uuid::Uuid::new_v4().to_string();
+    // The master is a master candidate: it has its own SSH key pair.
+    let (ssh_private, ssh_public) = crate::ssh::generate(&args.node_name)?;
     let config = ClusterConfig {
         cluster_name: args.cluster_name.clone(),
         serial: 1,
@@ -142,7 +139,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
             offline: false,
             digest: digest_alg.digest(&client_der).to_string(),
             cert_expires: CertInfo::from_der(&client_der)?.not_after,
-            ssh_public_key: None,
+            ssh_public_key: Some(ssh_public.clone()),
         }],
     };
     let identity = NodeIdentity {
@@ -172,6 +169,18 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     state.write(&state.client_pem(), client_pem.as_bytes(), MODE_PUBLIC)?;
     state.write(&state.config_json(), &state::to_json(&config)?, MODE_SECRET)?;
     config.to_ssconf()?.store(&state.ssconf_dir())?;
+    create_dir(&state.ssh_dir(), 0o700)?;
+    state.write(
+        &state.ssh_private_key(),
+        ssh_private.expose().as_bytes(),
+        MODE_SECRET,
+    )?;
+    state.write(
+        &state.ssh_public_key(),
+        format!("{ssh_public}\n").as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    crate::ssh::write_authorized_keys(&state.authorized_keys(), &[ssh_public])?;
     state.write(&state.node_json(), &state::to_json(&identity)?, MODE_PUBLIC)?;
     let digest = &config
         .nodes
@@ -213,6 +222,105 @@ fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
 
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `nodectl token create`.
+fn token_create(
+    state: &StateDir,
+    ttl: u64,
+    master_candidate: bool,
+    json: bool,
+    wait: bool,
+) -> Result<Outcome> {
+    let config = crate::cluster::master_config(state)?;
+    let _lock = crate::cluster::ClusterLock::acquire(state, wait, "token create")?;
+    let mut tokens = TokenStore::load(state)?;
+    tokens.prune(crate::token::now());
+    let ttl = i64::try_from(ttl).map_err(|_| Error::Invalid("--ttl is too long".into()))?;
+    let (stored, secret) = tokens.create(ttl, master_candidate);
+    tokens.save(state)?;
+    let token = JoinToken {
+        v: 1,
+        addrs: vec![config.master()?.address.clone()],
+        ca_sha256: config.ca_sha256.clone(),
+        id: stored.id.clone(),
+        secret,
+        expires: stored.expires,
+        master_candidate,
+    };
+    let line = token.encode()?;
+    if json {
+        print_json(&serde_json::json!({
+            "id": stored.id,
+            "expires": rfc3339(stored.expires),
+            "master_candidate": master_candidate,
+            "connection_string": line,
+        }))?;
+    } else {
+        write_stdout(&format!("{line}\n"))?;
+        eprintln!(
+            "token {} valid until {}, once{}; on the new node run:\n  nodectl --state-dir DIR join '<the line above>' --node-name NAME --address HOST:PORT",
+            stored.id,
+            rfc3339(stored.expires),
+            if master_candidate { ", joins as a master candidate" } else { "" }
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// One row of `nodectl token list`.
+#[derive(Debug, Serialize)]
+struct ListedToken {
+    id: String,
+    expires: String,
+    master_candidate: bool,
+}
+
+/// `nodectl token list`.
+fn token_list(state: &StateDir, json: bool) -> Result<Outcome> {
+    crate::cluster::master_config(state)?;
+    let mut tokens = TokenStore::load(state)?;
+    tokens.prune(crate::token::now());
+    let rows: Vec<ListedToken> = tokens
+        .tokens
+        .iter()
+        .map(|t| ListedToken {
+            id: t.id.clone(),
+            expires: rfc3339(t.expires),
+            master_candidate: t.master_candidate,
+        })
+        .collect();
+    if json {
+        print_json(&serde_json::json!({ "tokens": rows }))?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.expires.clone(),
+                    if t.master_candidate { "yes" } else { "no" }.to_owned(),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "EXPIRES", "MASTER CANDIDATE"], &table)?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// `nodectl token revoke ID`.
+fn token_revoke(state: &StateDir, id: &str, wait: bool) -> Result<Outcome> {
+    crate::cluster::master_config(state)?;
+    let _lock = crate::cluster::ClusterLock::acquire(state, wait, "token revoke")?;
+    let mut tokens = TokenStore::load(state)?;
+    if !tokens.burn(id) {
+        return Err(Error::Invalid(format!(
+            "no outstanding token {id:?}; `nodectl token list` shows them"
+        )));
+    }
+    tokens.save(state)?;
+    println!("token {id} revoked");
+    Ok(Outcome::Success)
 }
 
 /// One row of `nodectl list`.

@@ -1,6 +1,7 @@
 //! `noded`'s runtime: load a node's state, serve, reload, stop.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::cli::NodedArgs;
 use crate::error::{Error, Result};
 use crate::pki::{self, CertInfo};
 use crate::reload::{self, CandidateMapHandle};
+
 use crate::server::{self, ClientCertFacts, Daemon, Limits};
 use crate::state::StateDir;
 use crate::tls::{self, ServerMaterial};
@@ -23,9 +25,12 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Reads the daemon's TLS material from the state directory.
 pub fn load_server_material(state: &StateDir) -> Result<ServerMaterial> {
+    let ca_certs = pki::load_certs(&state.ca_pem())?;
+    let mut server_chain = pki::load_certs(&state.server_pem())?;
+    server_chain.extend(ca_certs.iter().cloned());
     Ok(ServerMaterial {
-        ca_certs: pki::load_certs(&state.ca_pem())?,
-        server_chain: pki::load_certs(&state.server_pem())?,
+        ca_certs,
+        server_chain,
         server_key: pki::load_key(&state.server_key())?,
     })
 }
@@ -94,7 +99,13 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
         }
     };
     let handle = CandidateMapHandle::new(map);
-    let config = tls::server_config(load_server_material(&state)?, &handle, args.allow_tls12)?;
+    let is_master = Arc::new(AtomicBool::new(false));
+    let config = tls::server_config(
+        load_server_material(&state)?,
+        &handle,
+        is_master.clone(),
+        args.allow_tls12,
+    )?;
     let limits = Limits {
         max_frame: args.max_frame,
         max_connections: args.max_connections as usize,
@@ -116,10 +127,15 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
         handle.clone(),
         limits,
         load_client_facts(&state)?,
+        is_master,
     ));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let watcher = reload::spawn_watcher(state.ssconf_dir(), handle.clone(), reload_rx)?;
+    let watched = daemon.clone();
+    let watcher = reload::spawn_watcher(state.ssconf_dir(), reload_rx, move || {
+        let daemon = watched.clone();
+        async move { daemon.reload_ssconf().await }
+    })?;
 
     let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
     let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?;
@@ -171,7 +187,7 @@ fn status_line(daemon: &Daemon, local: SocketAddr) -> String {
 /// the current one stays in force.
 fn reload_certificates(daemon: &Daemon, allow_tls12: bool) {
     let rebuilt = load_server_material(&daemon.state)
-        .and_then(|m| tls::server_config(m, &daemon.map, allow_tls12));
+        .and_then(|m| tls::server_config(m, &daemon.map, daemon.is_master.clone(), allow_tls12));
     match rebuilt {
         Ok(config) => {
             daemon.tls.store(config);

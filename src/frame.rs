@@ -13,6 +13,8 @@
 //! checked against the limit before a single byte is allocated for it.
 
 use serde::{Deserialize, Serialize};
+
+use crate::pki::Secret;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The envelope version this build speaks.
@@ -35,11 +37,57 @@ pub enum Procedure {
     },
     /// Bulk data for throughput measurement; the reply is its length.
     Echo { payload: Vec<u8> },
+    /// A new node asks to join (the only procedure an anonymous connection
+    /// may call, and only on the master).
+    Join(JoinRequest),
+    /// Replace `config.json` (master candidates); refused if older.
+    WriteConfig { config_json: String },
+    /// Make this node a master candidate: CA key and config.
+    InstallCandidateFiles { ca_key: Secret, config_json: String },
+    /// Make this node a regular node again: remove CA key, config, tokens
+    /// and SSH private key.
+    RemoveCandidateFiles,
+    /// Make this node's own SSH key pair (if it has none); reply with the
+    /// public key.
+    GenerateSshKey,
+    /// Replace the managed block of authorized_keys with these keys.
+    WriteAuthorizedKeys { keys: Vec<String> },
+}
+
+/// What a joining node sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token_id: String,
+    pub secret: Secret,
+    pub node_name: String,
+    pub address: String,
+    /// CSR for the node's client certificate; the key stays on the node.
+    pub csr_pem: String,
+    /// The node's SSH public key, used if it becomes a master candidate.
+    pub ssh_public_key: String,
+}
+
+/// What the master answers a successful join with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub uuid: String,
+    pub master_candidate: bool,
+    pub ca_pem: String,
+    pub server_pem: String,
+    pub server_key: Secret,
+    pub client_pem: String,
+    pub ssconf_files: Vec<(String, String)>,
+    /// For a master candidate: the CA key and the full config.
+    pub ca_key: Option<Secret>,
+    pub config_json: Option<String>,
+    pub authorized_keys: Vec<String>,
+    /// Nodes the master could not push the new state to.
+    pub unreachable: Vec<String>,
 }
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 10;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -48,6 +96,12 @@ impl Procedure {
             Procedure::NodeInfo => "node-info",
             Procedure::WriteSsconf { .. } => "write-ssconf",
             Procedure::Echo { .. } => "echo",
+            Procedure::Join(_) => "join",
+            Procedure::WriteConfig { .. } => "write-config",
+            Procedure::InstallCandidateFiles { .. } => "install-candidate-files",
+            Procedure::RemoveCandidateFiles => "remove-candidate-files",
+            Procedure::GenerateSshKey => "generate-ssh-key",
+            Procedure::WriteAuthorizedKeys { .. } => "write-authorized-keys",
         }
     }
 }
@@ -86,6 +140,9 @@ pub enum Reply {
     NodeInfo(NodeInfo),
     SsconfWritten { serial: u64 },
     Echoed { len: u64 },
+    Joined(Box<JoinReply>),
+    Done,
+    SshPublicKey(String),
 }
 
 /// Why a request failed.
@@ -103,6 +160,8 @@ pub enum RpcErrorKind {
     Failed,
     /// The request took longer than the per-request timeout.
     Timeout,
+    /// The caller may not call this procedure.
+    NotAuthorized,
 }
 
 /// An error answer.
@@ -303,7 +362,7 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::Echo { payload: vec![] }).unwrap();
+        let last = postcard::to_allocvec(&Procedure::WriteAuthorizedKeys { keys: vec![] }).unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 

@@ -46,3 +46,9 @@ pub mod state;
 pub mod tls;
 
 pub use error::{Error, Result};
+pub mod cluster;
+pub mod join;
+pub mod lifecycle;
+pub mod roles;
+pub mod ssh;
+pub mod token;

@@ -26,24 +26,26 @@ use crate::error::{Error, Result};
 /// its chain to this cluster's own CA.
 pub const SERVER_NAME: &str = "noded";
 
-/// PEM text of a private key. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretPem(String);
+/// Secret text: a private key's PEM, a token secret. Its `Debug` never
+/// shows it, so it cannot leak through logs, error chains or `{:?}`.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
 
-impl SecretPem {
-    /// Wraps PEM text that holds a private key.
-    pub fn new(pem: String) -> Self {
-        SecretPem(pem)
+impl Secret {
+    /// Wraps secret text.
+    pub fn new(text: String) -> Self {
+        Secret(text)
     }
-    /// The PEM text, for writing to a 0600 file or a TLS config.
+    /// The secret text, for writing to a 0600 file, a TLS config, or the wire.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for SecretPem {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretPem(...)")
+        f.write_str("Secret(...)")
     }
 }
 
@@ -104,8 +106,8 @@ impl NodeKey {
     }
 
     /// The key as PKCS#8 PEM.
-    pub fn to_pem(&self) -> SecretPem {
-        SecretPem(self.0.serialize_pem())
+    pub fn to_pem(&self) -> Secret {
+        Secret(self.0.serialize_pem())
     }
 
     /// A CSR for a client certificate naming `node_name`.
@@ -185,6 +187,19 @@ impl CertificateAuthority {
         })
     }
 
+    /// Fails unless the key is the one the CA certificate was made for.
+    pub fn check_key_matches(&self) -> Result<()> {
+        use rcgen::PublicKeyData;
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| Error::Certificate(format!("unparsable CA certificate: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != self.key.der_bytes() {
+            return Err(Error::Certificate(
+                "the CA key does not belong to the CA certificate (ca.pem)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The CA certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
@@ -196,8 +211,8 @@ impl CertificateAuthority {
     }
 
     /// The CA private key, PEM.
-    pub fn key_pem(&self) -> SecretPem {
-        SecretPem(self.key.serialize_pem())
+    pub fn key_pem(&self) -> Secret {
+        Secret(self.key.serialize_pem())
     }
 
     fn issuer(&self) -> Result<Issuer<'_, &KeyPair>> {
@@ -209,7 +224,7 @@ impl CertificateAuthority {
         &self,
         cluster_name: &str,
         days: u32,
-    ) -> Result<(String, SecretPem)> {
+    ) -> Result<(String, Secret)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, format!("noded server {cluster_name}"));
@@ -222,7 +237,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(cert_error)?;
-        Ok((cert.pem(), SecretPem(key.serialize_pem())))
+        Ok((cert.pem(), Secret(key.serialize_pem())))
     }
 
     /// Signs a node's CSR into a client certificate. Only the CSR's subject
@@ -292,6 +307,14 @@ pub fn subject_of(der: &[u8]) -> String {
     CertInfo::from_der(der)
         .map(|i| i.subject)
         .unwrap_or_else(|_| "?".into())
+}
+
+/// The first certificate of PEM text, DER.
+pub fn load_certs_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| Error::Pem {
+        path: "(received)".into(),
+        reason: format!("no certificate: {e}"),
+    })
 }
 
 /// Reads every certificate in a PEM file.

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
-use ssconf::candidate_map::FILE_NAME;
 use ssconf::{CandidateMap, SsconfError};
 use tokio::sync::{mpsc, watch};
 
@@ -101,22 +100,29 @@ pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
     }
 }
 
-/// Watches `ssconf_dir` and reloads the map when its file changes or when
-/// `manual` fires (SIGHUP). Runs until `manual`'s sender is dropped.
-pub fn spawn_watcher(
+/// Watches `ssconf_dir` and calls `reload` when one of its ssconf files
+/// changes or when `manual` fires (SIGHUP). Runs until `manual`'s sender is
+/// dropped.
+pub fn spawn_watcher<F, Fut>(
     ssconf_dir: PathBuf,
-    handle: CandidateMapHandle,
     mut manual: mpsc::Receiver<()>,
-) -> Result<tokio::task::JoinHandle<()>> {
+    reload: F,
+) -> Result<tokio::task::JoinHandle<()>>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match res {
+            // Temporary files of atomic writes start with a dot.
             Ok(event) => {
                 event.need_rescan()
-                    || event
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name().is_some_and(|n| n == FILE_NAME))
+                    || event.paths.iter().any(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("ssconf_"))
+                    })
             }
             // An error from the watcher may mean lost events: rescan.
             Err(_) => true,
@@ -129,12 +135,11 @@ pub fn spawn_watcher(
     watcher
         .watch(&ssconf_dir, RecursiveMode::NonRecursive)
         .map_err(|e| Error::Invalid(format!("cannot watch {}: {e}", ssconf_dir.display())))?;
-    let path = ssconf_dir.join(FILE_NAME);
     Ok(tokio::spawn(async move {
         // Keep the watcher alive as long as this task.
         let _watcher = watcher;
         // The initial rescan.
-        reload_map(&path, &handle).await;
+        reload().await;
         loop {
             tokio::select! {
                 ev = events.recv() => if ev.is_none() { break },
@@ -143,7 +148,7 @@ pub fn spawn_watcher(
             tokio::time::sleep(DEBOUNCE).await;
             while events.try_recv().is_ok() {}
             while manual.try_recv().is_ok() {}
-            reload_map(&path, &handle).await;
+            reload().await;
         }
     }))
 }

@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ pub struct Daemon {
     pub limits: Limits,
     pub client_cert: ArcSwap<ClientCertFacts>,
     pub denials: DenialLog,
+    /// Whether this node is the master (per its ssconf); shared with the
+    /// verifier, which admits certificate-less clients (for join) only then.
+    pub is_master: Arc<AtomicBool>,
     /// Serialises ssconf writes (check serial, then write).
     ssconf_write: tokio::sync::Mutex<()>,
 }
@@ -94,8 +98,9 @@ impl Daemon {
         map: CandidateMapHandle,
         limits: Limits,
         client_cert: ClientCertFacts,
+        is_master: Arc<AtomicBool>,
     ) -> Self {
-        Daemon {
+        let daemon = Daemon {
             state,
             identity,
             tls: ArcSwap::new(tls),
@@ -103,8 +108,39 @@ impl Daemon {
             limits,
             client_cert: ArcSwap::from_pointee(client_cert),
             denials: DenialLog::default(),
+            is_master,
             ssconf_write: tokio::sync::Mutex::new(()),
+        };
+        daemon.refresh_role();
+        daemon
+    }
+
+    /// Re-reads who the master is from ssconf.
+    pub fn refresh_role(&self) {
+        let path = self
+            .state
+            .ssconf_dir()
+            .join(ssconf::SsconfKey::MasterNode.file_name());
+        let master = std::fs::read_to_string(path)
+            .map(|t| t.trim_end() == self.identity.name)
+            .unwrap_or(false);
+        if self.is_master.swap(master, Ordering::AcqRel) != master {
+            tracing::info!(
+                master,
+                "master role {}",
+                if master { "taken" } else { "left" }
+            );
         }
+    }
+
+    /// Reloads everything the daemon takes from ssconf.
+    pub async fn reload_ssconf(&self) {
+        reload::reload_map(
+            &Ssconf::candidate_map_path(&self.state.ssconf_dir()),
+            &self.map,
+        )
+        .await;
+        self.refresh_role();
     }
 }
 
@@ -224,6 +260,13 @@ async fn serve_connection(
             daemon.denials.record(peer, &handshake_denial(&e));
             return;
         }
+        (Ok(tls), None)
+            if tls.get_ref().1.peer_certificates().is_none()
+                && daemon.is_master.load(Ordering::Acquire) =>
+        {
+            serve_anonymous(daemon, tls, peer).await;
+            return;
+        }
         // Fail closed: a handshake that completed without our verifier's
         // verdict is not trusted.
         (Ok(_), _) => {
@@ -325,6 +368,119 @@ async fn serve_connection(
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
+/// A connection without a client certificate, on the master: one request,
+/// which must be a join; then the connection is closed.
+async fn serve_anonymous(
+    daemon: &Daemon,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) {
+    // A join request is small; anonymous peers get no 16 MiB frames.
+    const MAX_JOIN_FRAME: u32 = 64 * 1024;
+    let read = tokio::time::timeout(
+        daemon.limits.handshake_timeout,
+        frame::read_frame(&mut tls, MAX_JOIN_FRAME),
+    )
+    .await;
+    let payload = match read {
+        Ok(Ok(Some(p))) => p,
+        _ => return,
+    };
+    let (id, result) = match frame::decode_request(&payload) {
+        Ok(request) => match request.procedure {
+            Procedure::Join(join) => {
+                let result = match tokio::time::timeout(
+                    daemon.limits.request_timeout,
+                    handle_join(daemon, join),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(RpcError {
+                        kind: RpcErrorKind::Timeout,
+                        message: "join took too long".into(),
+                    }),
+                };
+                (request.id, result)
+            }
+            other => {
+                daemon.denials.record(
+                    peer,
+                    &Denial {
+                        reason: DenialReason::AnonymousRequest(other.name().to_owned()),
+                        subject: None,
+                        digest: None,
+                    },
+                );
+                (
+                    request.id,
+                    Err(RpcError {
+                        kind: RpcErrorKind::NotAuthorized,
+                        message: "a client without a certificate may only join".into(),
+                    }),
+                )
+            }
+        },
+        Err((id, error)) => (id, Err(error)),
+    };
+    if let Err(e) = &result {
+        tracing::warn!(%peer, "join refused: {}", e.message);
+    }
+    let _ = reply(&mut tls, id, result).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+}
+
+/// The master's side of a join: admit under the cluster lock, then push
+/// the new state to every other online node.
+async fn handle_join(
+    daemon: &Daemon,
+    request: crate::frame::JoinRequest,
+) -> Result<Reply, RpcError> {
+    if !daemon.is_master.load(Ordering::Acquire) {
+        return Err(failed(
+            "this node is not the master; join through the master's address",
+        ));
+    }
+    let state = daemon.state.clone();
+    let name = request.node_name.clone();
+    let (mut join_reply, config) =
+        tokio::task::spawn_blocking(move || crate::join::admit(&state, &request))
+            .await
+            .map_err(|e| failed(format!("join task failed: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+    daemon.reload_ssconf().await;
+    let client =
+        crate::client::RpcClient::from_state(&daemon.state).map_err(|e| failed(e.to_string()))?;
+    let me = daemon.identity.name.clone();
+    match crate::cluster::push(
+        &client,
+        &config,
+        crate::cluster::PushItems::ALL,
+        &[&me, &name],
+    )
+    .await
+    {
+        Ok(outcome) => {
+            for (node, why) in &outcome.unreachable {
+                tracing::warn!(%node, "not updated after the join of {name}: {why}");
+            }
+            join_reply.unreachable = outcome.unreachable.into_iter().map(|(n, _)| n).collect();
+        }
+        Err(e) => tracing::error!("push after the join of {name} failed: {e}"),
+    }
+    Ok(Reply::Joined(Box::new(join_reply)))
+}
+
+/// Runs a blocking state-file operation off the async threads.
+async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| failed(format!("task failed: {e}")))?
+        .map_err(|e| failed(e.to_string()))
+}
+
 /// Resolves once the map no longer admits this connection's digest.
 async fn revoked(
     generation: &mut watch::Receiver<u64>,
@@ -410,11 +566,49 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             .map_err(failed)?;
             tracing::info!(serial, "ssconf updated");
             // Publish now rather than waiting for the watcher's debounce.
-            reload::reload_map(&Ssconf::candidate_map_path(&dir), &daemon.map).await;
+            daemon.reload_ssconf().await;
             Ok(Reply::SsconfWritten { serial })
         }
         Procedure::Echo { payload } => Ok(Reply::Echoed {
             len: payload.len() as u64,
         }),
+        Procedure::Join(request) => handle_join(daemon, request).await,
+        Procedure::WriteConfig { config_json } => {
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::write_config(&state, &config_json)).await?;
+            Ok(Reply::Done)
+        }
+        Procedure::InstallCandidateFiles {
+            ca_key,
+            config_json,
+        } => {
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::install_candidate_files(&state, &ca_key, &config_json))
+                .await?;
+            tracing::info!("now holding the master-candidate files (CA key, config)");
+            Ok(Reply::Done)
+        }
+        Procedure::RemoveCandidateFiles => {
+            if daemon.is_master.load(Ordering::Acquire) {
+                return Err(failed(
+                    "this node is the master; fail over to another candidate first",
+                ));
+            }
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::remove_candidate_files(&state)).await?;
+            tracing::info!("master-candidate files removed (CA key, config, SSH private key)");
+            Ok(Reply::Done)
+        }
+        Procedure::GenerateSshKey => {
+            let state = daemon.state.clone();
+            let name = daemon.identity.name.clone();
+            let public = blocking(move || crate::roles::ensure_ssh_key(&state, &name)).await?;
+            Ok(Reply::SshPublicKey(public))
+        }
+        Procedure::WriteAuthorizedKeys { keys } => {
+            let path = daemon.state.authorized_keys();
+            blocking(move || crate::ssh::write_authorized_keys(&path, &keys)).await?;
+            Ok(Reply::Done)
+        }
     }
 }

@@ -71,8 +71,17 @@ impl StateDir {
     pub fn ssconf_dir(&self) -> PathBuf {
         self.root.join("ssconf")
     }
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.root.join("ssh")
+    }
     pub fn ssh_private_key(&self) -> PathBuf {
-        self.root.join("ssh").join("id_ed25519")
+        self.ssh_dir().join("id_ed25519")
+    }
+    pub fn ssh_public_key(&self) -> PathBuf {
+        self.ssh_dir().join("id_ed25519.pub")
+    }
+    pub fn authorized_keys(&self) -> PathBuf {
+        self.ssh_dir().join("authorized_keys")
     }
 
     /// Whether `node.json` exists (the last file `init`/`join` writes).

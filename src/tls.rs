@@ -3,6 +3,7 @@
 //! One crypto provider (aws-lc-rs), passed explicitly everywhere: rustls
 //! panics when it must pick between two enabled providers on its own.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::Resumption;
@@ -47,7 +48,8 @@ fn roots(ca_certs: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>> {
 pub struct ServerMaterial {
     /// The cluster CA certificate(s): two during a CA rotation.
     pub ca_certs: Vec<CertificateDer<'static>>,
-    /// The shared server certificate (and any intermediates).
+    /// The shared server certificate, followed by the CA certificate(s) so a
+    /// joining node can check the chain against its token's CA pin.
     pub server_chain: Vec<CertificateDer<'static>>,
     pub server_key: PrivateKeyDer<'static>,
 }
@@ -58,12 +60,13 @@ pub struct ServerMaterial {
 pub fn server_config(
     material: ServerMaterial,
     map: &CandidateMapHandle,
+    anonymous: Arc<AtomicBool>,
     allow_tls12: bool,
 ) -> Result<Arc<ServerConfig>> {
     let chain = WebPkiClientVerifier::builder_with_provider(roots(&material.ca_certs)?, provider())
         .build()
         .map_err(|e| Error::Invalid(format!("client verifier: {e}")))?;
-    let verifier = Arc::new(CandidateVerifier::new(chain, map.clone()));
+    let verifier = Arc::new(CandidateVerifier::new(chain, map.clone(), anonymous));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(allow_tls12))?
         .with_client_cert_verifier(verifier)

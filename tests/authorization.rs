@@ -57,10 +57,11 @@ async fn authorization_table() {
             Some(&foreign_ca),
             Expect::Refused("certificate not accepted: invalid peer certificate: UnknownIssuer"),
         ),
+        // The master completes the handshake for a join, and nothing else.
         (
             "no certificate",
             None,
-            Expect::Refused("no client certificate"),
+            Expect::Refused("only join is allowed"),
         ),
         (
             "expired, digest in map",
@@ -215,6 +216,22 @@ async fn malformed_map_keeps_previous_and_missing_map_denies() {
     );
 }
 
+/// Every node but the master refuses a client without a certificate in
+/// the handshake (alert certificate_required).
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_master_completes_anonymous_handshakes() {
+    let master = init_master("m10");
+    let regular = regular_node(&master, "r10");
+    let daemon = Daemon::start(&regular, &[]);
+    match ping(&client(&regular, None), &regular).await {
+        Err(Error::NotAuthorized { reason, .. }) => {
+            assert!(reason.contains("CertificateRequired"), "{reason}")
+        }
+        other => panic!("anonymous client not refused in the handshake: {other:?}"),
+    }
+    assert!(daemon.wait_log("no client certificate", Duration::from_secs(5)));
+}
+
 /// A daemon that starts without any valid map admits nobody.
 #[tokio::test(flavor = "multi_thread")]
 async fn starting_without_a_map_denies_everyone() {
@@ -243,7 +260,10 @@ async fn sha1_cluster_admits_its_master() {
         .await
         .unwrap();
     let regular = ca_signed(&node, "r");
-    assert!(ping(&client(&node, Some(&regular)), &node).await.is_err());
+    assert!(matches!(
+        ping(&client(&node, Some(&regular)), &node).await,
+        Err(Error::NotAuthorized { .. })
+    ));
 }
 
 /// TLS session resumption cannot bring a removed candidate back: the daemon

@@ -55,7 +55,11 @@ fn s_client_sees_a_clear_alert_for_each_refusal() {
     let out = s_client(&node, Some((&self_id.0, &self_id.1)));
     assert!(out.contains("alert certificate unknown"), "{out}");
 
-    let out = s_client(&node, None);
+    // Without a certificate: only the master completes the handshake (for
+    // a join); any other node refuses it with certificate_required.
+    let regular_node = regular_node(&node, "r1");
+    let _regular_daemon = Daemon::start(&regular_node, &[]);
+    let out = s_client(&regular_node, None);
     assert!(out.contains("alert certificate required"), "{out}");
 
     // The digest openssl computes is the one the daemon logs.

@@ -142,8 +142,8 @@ pub fn regular_node(master: &Node, name: &str) -> Node {
         .ca()
         .sign_client_csr(&key.client_csr(name).unwrap(), 30)
         .unwrap();
-    std::fs::write(state.client_pem(), cert).unwrap();
-    std::fs::write(state.client_key(), key.to_pem().expose()).unwrap();
+    ssconf::write_atomic(&state.client_pem(), cert.as_bytes(), 0o644).unwrap();
+    ssconf::write_atomic(&state.client_key(), key.to_pem().expose().as_bytes(), 0o600).unwrap();
     Ssconf::load(&master.state.ssconf_dir())
         .unwrap()
         .store(&state.ssconf_dir())

@@ -1,0 +1,395 @@
+//! Joining a node to the cluster (SPEC §5): both ends.
+//!
+//! The new node ([`join`]) makes its key and CSR locally, connects to the
+//! master WITHOUT a client certificate, and aborts the handshake — before a
+//! byte of the token is sent — unless the master's chain ends in a CA whose
+//! SHA-256 is the token's pin. The master ([`admit`]) checks the token,
+//! signs the CSR, records the digest of the certificate it signed, adds the
+//! node, saves and pushes, and answers with everything the node needs.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use ssconf::{DigestAlgorithm, Ssconf};
+
+use crate::cluster::{self, ClusterLock, PushItems};
+use crate::config::{check_address, check_name, NodeRecord, NodeRole};
+use crate::ctl::Outcome;
+use crate::error::{Error, Result};
+use crate::frame::{JoinReply, JoinRequest, Procedure, Reply};
+use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey, Secret};
+use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::token::{self, JoinToken, TokenStore};
+
+/// The master's side, under the cluster lock: check, sign, add, save.
+/// Returns the reply (without push results) and the new config.
+pub fn admit(
+    state: &StateDir,
+    req: &JoinRequest,
+) -> Result<(JoinReply, crate::config::ClusterConfig)> {
+    check_name("node name", &req.node_name)?;
+    check_address(&req.address)?;
+    let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
+    let mut config = cluster::master_config(state)?;
+    let mut tokens = TokenStore::load(state)?;
+    let token = tokens
+        .check(&req.token_id, req.secret.expose(), token::now())
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .clone();
+    if config.nodes.iter().any(|n| n.name == req.node_name) {
+        return Err(Error::Invalid(format!(
+            "a node named {:?} is already in the cluster; pick another --node-name (or `nodectl remove` the old one)",
+            req.node_name
+        )));
+    }
+    if config.nodes.iter().any(|n| n.address == req.address) {
+        return Err(Error::Invalid(format!(
+            "address {} is already used by another node; pick another --address",
+            req.address
+        )));
+    }
+    let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+    let ca_key =
+        Secret::new(std::fs::read_to_string(state.ca_key()).map_err(Error::io(state.ca_key()))?);
+    let ca = CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?;
+    // The name in the certificate is the node name; the CSR contributes only
+    // its public key (and proves possession of the private key).
+    let client_pem = ca.sign_client_csr(&req.csr_pem, config.cert_days)?;
+    let client_der = pki::load_certs_from_pem(&client_pem)?;
+    let alg: DigestAlgorithm = config.digest.into();
+    let online_candidates = config
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_candidate() && !n.offline)
+        .count();
+    let candidate =
+        token.master_candidate || online_candidates < config.candidate_pool_size as usize;
+    if candidate {
+        crate::ssh::check_public(&req.ssh_public_key)?;
+    }
+    let uuid = uuid::Uuid::new_v4().to_string();
+    config.nodes.push(NodeRecord {
+        uuid: uuid.clone(),
+        name: req.node_name.clone(),
+        address: req.address.clone(),
+        role: if candidate {
+            NodeRole::Candidate
+        } else {
+            NodeRole::Regular
+        },
+        offline: false,
+        digest: alg.digest(&client_der).to_string(),
+        cert_expires: CertInfo::from_der(&client_der)?.not_after,
+        ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
+    });
+    config.serial += 1;
+    // Burn the token first: a crash after this loses a token, never reuses one.
+    tokens.burn(&token.id);
+    tokens.save(state)?;
+    cluster::save_config(state, &config)?;
+    cluster::apply_locally(state, &config, PushItems::ALL)?;
+    let reply = JoinReply {
+        uuid,
+        master_candidate: candidate,
+        ca_pem,
+        server_pem: std::fs::read_to_string(state.server_pem())
+            .map_err(Error::io(state.server_pem()))?,
+        server_key: Secret::new(
+            std::fs::read_to_string(state.server_key()).map_err(Error::io(state.server_key()))?,
+        ),
+        client_pem,
+        ssconf_files: config.to_ssconf()?.render(),
+        ca_key: candidate.then_some(ca_key),
+        config_json: if candidate {
+            Some(
+                String::from_utf8(state::to_json(&config)?)
+                    .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?,
+            )
+        } else {
+            None
+        },
+        authorized_keys: cluster::candidate_ssh_keys(&config),
+        unreachable: Vec::new(),
+    };
+    tracing::info!(
+        node = %req.node_name,
+        address = %req.address,
+        role = if candidate { "candidate" } else { "regular" },
+        serial = config.serial,
+        "node joined"
+    );
+    Ok((reply, config))
+}
+
+/// Checks the master's chain against the token's CA pin, then verifies the
+/// server certificate against that CA like any RPC client does.
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl fmt::Debug for PinnedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedCa").finish_non_exhaustive()
+    }
+}
+
+/// The master's CA is not the one the token pins.
+#[derive(Debug)]
+struct PinMismatch;
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the server's CA does not match the CA pin in the join token (wrong address, or someone in the middle); nothing was sent",
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let pinned = intermediates
+            .iter()
+            .find(|c| DigestAlgorithm::Sha256.digest(c).as_bytes() == self.pin)
+            .ok_or_else(|| rustls::Error::Other(rustls::OtherError(Arc::new(PinMismatch))))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `nodectl join`: the new node's side.
+pub async fn join(
+    state: &StateDir,
+    token_text: &str,
+    node_name: &str,
+    address: &str,
+) -> Result<Outcome> {
+    let token = JoinToken::parse(token_text)?;
+    check_name("node name", node_name)?;
+    check_address(address)?;
+    if state.is_initialised() {
+        return Err(Error::Invalid(format!(
+            "{} is already initialised (node.json exists); a node joins once, into a new state directory",
+            state.root().display()
+        )));
+    }
+    if token.expires <= token::now() {
+        return Err(Error::Invalid(
+            "join token expired; create a new one with `nodectl token create`".into(),
+        ));
+    }
+    let key = NodeKey::generate()?;
+    let (ssh_private, ssh_public) = crate::ssh::generate(node_name)?;
+    let request = JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        node_name: node_name.to_owned(),
+        address: address.to_owned(),
+        csr_pem: key.client_csr(node_name)?,
+        ssh_public_key: ssh_public.clone(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            pin: token.ca_pin()?,
+            provider: crate::tls::provider(),
+        }))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    let client = crate::client::RpcClient::new(Arc::new(config));
+
+    let mut last_error = None;
+    let mut reply = None;
+    for addr in &token.addrs {
+        let attempt = async {
+            let mut conn = client.connect("master", addr).await?;
+            conn.call(Procedure::Join(request.clone())).await
+        }
+        .await;
+        match attempt {
+            Ok(Reply::Joined(r)) => {
+                reply = Some(r);
+                break;
+            }
+            Ok(other) => {
+                return Err(Error::Invalid(format!(
+                    "master answered the join with {other:?}"
+                )))
+            }
+            // The master said no: do not try its other addresses.
+            Err(e @ Error::Remote { .. }) => return Err(e),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let reply = match (reply, last_error) {
+        (Some(r), _) => r,
+        (None, Some(e)) => return Err(e),
+        (None, None) => return Err(Error::Invalid("the token names no master address".into())),
+    };
+    install(
+        state,
+        node_name,
+        address,
+        &key,
+        ssh_private,
+        &ssh_public,
+        &reply,
+    )?;
+    println!(
+        "joined cluster as {node_name} ({}), uuid {}",
+        if reply.master_candidate {
+            "master candidate"
+        } else {
+            "regular node"
+        },
+        reply.uuid
+    );
+    println!(
+        "start the daemon:  noded --state-dir {}",
+        state.root().display()
+    );
+    for node in &reply.unreachable {
+        eprintln!(
+            "warning: the master could not update {node}; it will catch up at the next change"
+        );
+    }
+    Ok(if reply.unreachable.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
+
+/// Writes what the master sent; `node.json` last, so an interrupted join
+/// leaves an uninitialised directory.
+fn install(
+    state: &StateDir,
+    node_name: &str,
+    address: &str,
+    key: &NodeKey,
+    ssh_private: Secret,
+    ssh_public: &str,
+    reply: &JoinReply,
+) -> Result<()> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(state.root())
+            .map_err(Error::io(state.root()))?;
+    }
+    // What arrived must fit together before anything is written.
+    let client_der = pki::load_certs_from_pem(&reply.client_pem)?;
+    let ssconf = Ssconf::parse_files(&reply.ssconf_files, &state.ssconf_dir())?;
+    state.write(&state.ca_pem(), reply.ca_pem.as_bytes(), MODE_PUBLIC)?;
+    state.write(
+        &state.server_pem(),
+        reply.server_pem.as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    state.write(
+        &state.server_key(),
+        reply.server_key.expose().as_bytes(),
+        MODE_SECRET,
+    )?;
+    state.write(
+        &state.client_key(),
+        key.to_pem().expose().as_bytes(),
+        MODE_SECRET,
+    )?;
+    state.write(
+        &state.client_pem(),
+        reply.client_pem.as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    ssconf.store(&state.ssconf_dir())?;
+    if reply.master_candidate {
+        if let (Some(ca_key), Some(config_json)) = (&reply.ca_key, &reply.config_json) {
+            state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+            state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)?;
+        }
+        let dir = state.ssh_dir();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(Error::io(&dir))?;
+        }
+        state.write(
+            &state.ssh_private_key(),
+            ssh_private.expose().as_bytes(),
+            MODE_SECRET,
+        )?;
+        state.write(
+            &state.ssh_public_key(),
+            format!("{ssh_public}\n").as_bytes(),
+            MODE_PUBLIC,
+        )?;
+    }
+    crate::ssh::write_authorized_keys(&state.authorized_keys(), &reply.authorized_keys)?;
+    let _ = client_der;
+    state.write(
+        &state.node_json(),
+        &state::to_json(&NodeIdentity {
+            uuid: reply.uuid.clone(),
+            name: node_name.to_owned(),
+            address: address.to_owned(),
+        })?,
+        MODE_PUBLIC,
+    )
+}

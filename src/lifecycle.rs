@@ -1,0 +1,407 @@
+//! Role changes (SPEC §6), as the master carries them out: promote, demote,
+//! offline, online, remove, and master failover (run on a candidate).
+//!
+//! Each runs under the cluster lock and ends with a [`cluster::commit`]; a
+//! node that could not be reached is named and the command exits 3.
+
+use crate::client::RpcClient;
+use crate::cluster::{self, ClusterLock, PushItems, PushOutcome};
+use crate::config::{ClusterConfig, NodeRecord, NodeRole};
+use crate::ctl::Outcome;
+use crate::error::{Error, Result};
+use crate::frame::{Procedure, Reply};
+use crate::pki::Secret;
+use crate::state::{self, StateDir};
+
+fn find<'a>(config: &'a ClusterConfig, name: &str) -> Result<&'a NodeRecord> {
+    config.node(name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "unknown node {name:?}; `nodectl list` shows the cluster's nodes"
+        ))
+    })
+}
+
+fn find_mut<'a>(config: &'a mut ClusterConfig, name: &str) -> Result<&'a mut NodeRecord> {
+    config
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .ok_or_else(|| Error::Invalid(format!("unknown node {name:?}")))
+}
+
+fn online_candidates(config: &ClusterConfig) -> usize {
+    config
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_candidate() && !n.offline)
+        .count()
+}
+
+fn config_json(config: &ClusterConfig) -> Result<String> {
+    String::from_utf8(state::to_json(config)?)
+        .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))
+}
+
+fn outcome(push: &PushOutcome) -> Outcome {
+    push.report();
+    if push.is_complete() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    }
+}
+
+/// The context every master-side change needs.
+struct Master {
+    state: StateDir,
+    client: RpcClient,
+    config: ClusterConfig,
+    _lock: ClusterLock,
+}
+
+impl Master {
+    fn open(state: &StateDir, wait: bool, what: &str) -> Result<Master> {
+        cluster::master_config(state)?;
+        let lock = ClusterLock::acquire(state, wait, what)?;
+        // Re-read under the lock: another command may have just changed it.
+        let config = cluster::master_config(state)?;
+        Ok(Master {
+            state: state.clone(),
+            client: RpcClient::from_state(state)?,
+            config,
+            _lock: lock,
+        })
+    }
+
+    async fn commit(&mut self, items: PushItems, skip: &[&str]) -> Result<PushOutcome> {
+        cluster::commit(&self.state, &self.client, &mut self.config, items, skip).await
+    }
+
+    /// Makes `name` a master candidate: CA key and config to it, its own SSH
+    /// key pair, then the new map, config and authorized_keys everywhere.
+    async fn promote(&mut self, name: &str) -> Result<PushOutcome> {
+        let node = find(&self.config, name)?.clone();
+        if node.offline {
+            return Err(Error::Invalid(format!(
+                "{name} is offline; bring it online first (`nodectl modify {name} --offline=no`)"
+            )));
+        }
+        let ca_key = Secret::new(
+            std::fs::read_to_string(self.state.ca_key()).map_err(Error::io(self.state.ca_key()))?,
+        );
+        let mut next = self.config.clone();
+        find_mut(&mut next, name)?.role = NodeRole::Candidate;
+        let unreachable =
+            |e: Error| Error::Invalid(format!("cannot promote {name}: {e}; nothing was changed"));
+        let mut conn = self
+            .client
+            .connect(&node.name, &node.address)
+            .await
+            .map_err(unreachable)?;
+        conn.call(Procedure::InstallCandidateFiles {
+            ca_key,
+            config_json: config_json(&next)?,
+        })
+        .await
+        .map_err(unreachable)?;
+        let public = match conn.call(Procedure::GenerateSshKey).await {
+            Ok(Reply::SshPublicKey(key)) => key,
+            other => {
+                // Take back what the node was given.
+                let _ = conn.call(Procedure::RemoveCandidateFiles).await;
+                return Err(Error::Invalid(format!(
+                    "cannot promote {name}: no SSH key from it ({other:?}); nothing was changed"
+                )));
+            }
+        };
+        crate::ssh::check_public(&public)?;
+        let record = find_mut(&mut self.config, name)?;
+        record.role = NodeRole::Candidate;
+        record.ssh_public_key = Some(public);
+        self.commit(PushItems::ALL, &[]).await
+    }
+
+    /// Makes `name` a regular node: the new map reaches every online node
+    /// first, then its CA key, config and SSH private key go, then its
+    /// public key leaves every authorized_keys.
+    async fn demote(&mut self, name: &str) -> Result<PushOutcome> {
+        let node = find(&self.config, name)?.clone();
+        let record = find_mut(&mut self.config, name)?;
+        record.role = NodeRole::Regular;
+        record.ssh_public_key = None;
+        let mut result = self
+            .commit(
+                PushItems {
+                    ssconf: true,
+                    config: true,
+                    authorized_keys: false,
+                },
+                &[],
+            )
+            .await?;
+        if !node.offline {
+            if let Err(e) =
+                cluster::call(&self.client, &node, Procedure::RemoveCandidateFiles).await
+            {
+                result.unreachable.push((
+                    name.to_owned(),
+                    format!("its CA key, config and SSH key could not be removed: {e}"),
+                ));
+            }
+        }
+        let keys = self.push_authorized_keys().await?;
+        result.unreachable.extend(keys.unreachable);
+        Ok(result)
+    }
+
+    async fn push_authorized_keys(&self) -> Result<PushOutcome> {
+        let items = PushItems {
+            ssconf: false,
+            config: false,
+            authorized_keys: true,
+        };
+        cluster::apply_locally(&self.state, &self.config, items)?;
+        let me = self.state.load_identity()?.name;
+        cluster::push(&self.client, &self.config, items, &[&me]).await
+    }
+
+    /// An online regular node to promote in place of `leaving`.
+    fn replacement(&self, leaving: &str) -> Option<String> {
+        let mut eligible: Vec<&NodeRecord> = self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Regular && !n.offline && n.name != leaving)
+            .collect();
+        eligible.sort_by(|a, b| a.name.cmp(&b.name));
+        eligible.first().map(|n| n.name.clone())
+    }
+
+    /// Applies the pool-size rule to `name` leaving the candidates.
+    async fn keep_pool(
+        &mut self,
+        name: &str,
+        auto_promote: bool,
+        strict: bool,
+    ) -> Result<PushOutcome> {
+        let remaining = online_candidates(&self.config).saturating_sub(1);
+        let pool = self.config.candidate_pool_size as usize;
+        if remaining >= pool {
+            return Ok(PushOutcome::default());
+        }
+        if auto_promote {
+            let Some(other) = self.replacement(name) else {
+                return Err(Error::Invalid(format!(
+                    "no online regular node to promote in place of {name}"
+                )));
+            };
+            println!("promoting {other} to keep {pool} master candidates");
+            return self.promote(&other).await;
+        }
+        if strict {
+            return Err(Error::Invalid(format!(
+                "this would leave {remaining} master candidates, fewer than the pool size {pool}; pass --auto-promote to promote another node"
+            )));
+        }
+        eprintln!("warning: {remaining} master candidates remain, fewer than the pool size {pool}");
+        Ok(PushOutcome::default())
+    }
+}
+
+/// `nodectl modify NODE --master-candidate=yes|no`.
+pub async fn set_candidate(
+    state: &StateDir,
+    name: &str,
+    yes: bool,
+    auto_promote: bool,
+    wait: bool,
+) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("modify {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if yes {
+        if node.role.is_candidate() {
+            println!("{name} is already a master candidate");
+            return Ok(Outcome::Success);
+        }
+        let push = master.promote(name).await?;
+        println!(
+            "{name} is now a master candidate (serial {})",
+            master.config.serial
+        );
+        return Ok(outcome(&push));
+    }
+    match node.role {
+        NodeRole::Master => Err(Error::Invalid(format!(
+            "{name} is the master and cannot be demoted; run `nodectl master-failover` on another candidate first"
+        ))),
+        NodeRole::Regular => {
+            println!("{name} is already a regular node");
+            Ok(Outcome::Success)
+        }
+        NodeRole::Candidate => {
+            let mut push = master.keep_pool(name, auto_promote, true).await?;
+            let demoted = master.demote(name).await?;
+            push.unreachable.extend(demoted.unreachable);
+            println!("{name} is now a regular node (serial {})", master.config.serial);
+            Ok(outcome(&push))
+        }
+    }
+}
+
+/// `nodectl modify NODE --offline=yes|no`.
+pub async fn set_offline(
+    state: &StateDir,
+    name: &str,
+    yes: bool,
+    auto_promote: bool,
+    wait: bool,
+) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("modify {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if node.role == NodeRole::Master {
+        return Err(Error::Invalid(format!(
+            "{name} is the master and cannot be offlined; run `nodectl master-failover` on another candidate first"
+        )));
+    }
+    if yes == node.offline {
+        println!(
+            "{name} is already {}",
+            if yes { "offline" } else { "online" }
+        );
+        return Ok(Outcome::Success);
+    }
+    if yes {
+        let mut push = if node.role.is_candidate() {
+            master.keep_pool(name, auto_promote, false).await?
+        } else {
+            PushOutcome::default()
+        };
+        find_mut(&mut master.config, name)?.offline = true;
+        // As a demotion for the map: every other node first.
+        let others = master.commit(PushItems::ALL, &[name]).await?;
+        push.unreachable.extend(others.unreachable);
+        // Best effort: the node may be gone.
+        match cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await {
+            Ok(_) => {}
+            Err(e) if node.role.is_candidate() => eprintln!(
+                "warning: could not remove the CA key and config from {name} ({e}); they will be removed when it comes back online"
+            ),
+            Err(_) => {}
+        }
+        println!("{name} is offline (serial {})", master.config.serial);
+        return Ok(outcome(&push));
+    }
+    // Online: the node gets the current state first, then everyone else.
+    find_mut(&mut master.config, name)?.offline = false;
+    let reach =
+        |e: Error| Error::Invalid(format!("cannot bring {name} online: {e}; it stays offline"));
+    let mut conn = master
+        .client
+        .connect(&node.name, &node.address)
+        .await
+        .map_err(reach)?;
+    if let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? {
+        let alg: ssconf::DigestAlgorithm = master.config.digest.into();
+        let actual = match alg {
+            ssconf::DigestAlgorithm::Sha256 => info.client_digest_sha256,
+            ssconf::DigestAlgorithm::Sha1 => info.client_digest_sha1,
+        };
+        if actual != node.digest {
+            return Err(Error::Invalid(format!(
+                "{name}'s client certificate ({actual}) is not the one the master signed for it ({}); it stays offline",
+                node.digest
+            )));
+        }
+    }
+    drop(conn);
+    let mut push = PushOutcome::default();
+    if node.role.is_candidate() {
+        find_mut(&mut master.config, name)?.role = NodeRole::Regular;
+        // Re-promote: CA key, config, its own SSH key, everywhere.
+        push = master.promote(name).await?;
+    } else {
+        let removed = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await;
+        if let Err(e) = removed {
+            push.unreachable.push((name.to_owned(), e.to_string()));
+        }
+        let done = master.commit(PushItems::ALL, &[]).await?;
+        push.unreachable.extend(done.unreachable);
+    }
+    println!("{name} is online (serial {})", master.config.serial);
+    Ok(outcome(&push))
+}
+
+/// `nodectl remove NODE`.
+pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("remove {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if node.role == NodeRole::Master {
+        return Err(Error::Invalid(format!(
+            "{name} is the master and cannot be removed; run `nodectl master-failover` on another candidate first"
+        )));
+    }
+    if node.role.is_candidate() && !node.offline {
+        master.keep_pool(name, false, false).await?;
+    }
+    master.config.nodes.retain(|n| n.name != name);
+    let mut push = master.commit(PushItems::ALL, &[]).await?;
+    if !node.offline {
+        if let Err(e) = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await
+        {
+            if node.role.is_candidate() {
+                push.unreachable
+                    .push((name.to_owned(), format!("its keys could not be wiped: {e}")));
+            }
+        }
+    }
+    println!("{name} removed (serial {})", master.config.serial);
+    Ok(outcome(&push))
+}
+
+/// `nodectl master-failover`, on a master candidate.
+pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
+    state.check_initialised()?;
+    let identity = state.load_identity()?;
+    if !state.config_json().exists() {
+        return Err(Error::Invalid(
+            "this node is not a master candidate (it holds no config.json); run master-failover on a master candidate".into(),
+        ));
+    }
+    let _lock = ClusterLock::acquire(state, wait, "master-failover")?;
+    let mut config = cluster::load_config(state)?;
+    let me = config
+        .nodes
+        .iter()
+        .find(|n| n.uuid == identity.uuid)
+        .cloned()
+        .ok_or_else(|| Error::Invalid("this node is not in its own cluster config".into()))?;
+    match me.role {
+        NodeRole::Master => {
+            println!("{} is already the master", me.name);
+            return Ok(Outcome::Success);
+        }
+        NodeRole::Regular => {
+            return Err(Error::Invalid(
+                "this node is not a master candidate; promote it first".into(),
+            ))
+        }
+        NodeRole::Candidate => {}
+    }
+    let old = config.master()?.name.clone();
+    for node in &mut config.nodes {
+        if node.role == NodeRole::Master {
+            node.role = NodeRole::Candidate;
+        }
+        if node.uuid == identity.uuid {
+            node.role = NodeRole::Master;
+            node.offline = false;
+        }
+    }
+    let client = RpcClient::from_state(state)?;
+    let push = cluster::commit(state, &client, &mut config, PushItems::ALL, &[]).await?;
+    println!(
+        "{} is the master now (serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
+        me.name, config.serial
+    );
+    Ok(outcome(&push))
+}

@@ -1,0 +1,91 @@
+//! The files a node's role allows (SPEC §3), as the node itself installs
+//! and removes them on the master's request.
+
+use ssconf::Ssconf;
+
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::pki::Secret;
+use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
+
+/// Parses a pushed config and checks it may replace the one held here:
+/// same cluster, serial not older.
+fn accept_config(state: &StateDir, config_json: &str) -> Result<ClusterConfig> {
+    let config: ClusterConfig = serde_json::from_str(config_json)
+        .map_err(|e| Error::Invalid(format!("pushed config is malformed: {e}")))?;
+    if let Ok(ssconf) = Ssconf::load(&state.ssconf_dir()) {
+        if ssconf.cluster_name != config.cluster_name {
+            return Err(Error::Invalid(format!(
+                "config for cluster {:?} refused: this node belongs to cluster {:?}",
+                config.cluster_name, ssconf.cluster_name
+            )));
+        }
+    }
+    if state.config_json().exists() {
+        let current: ClusterConfig = crate::state::read_json(&state.config_json())?;
+        if config.serial < current.serial {
+            return Err(Error::Invalid(format!(
+                "config serial {} is older than the serial {} this node holds; refusing to roll back",
+                config.serial, current.serial
+            )));
+        }
+    }
+    Ok(config)
+}
+
+/// Replaces `config.json` (serial-checked).
+pub fn write_config(state: &StateDir, config_json: &str) -> Result<()> {
+    accept_config(state, config_json)?;
+    state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)
+}
+
+/// Makes this node a master candidate: CA key and config.
+pub fn install_candidate_files(state: &StateDir, ca_key: &Secret, config_json: &str) -> Result<()> {
+    accept_config(state, config_json)?;
+    // The key must belong to the CA this node trusts.
+    let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+    crate::pki::CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?.check_key_matches()?;
+    state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+    state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)
+}
+
+/// Makes this node a regular one: removes the CA key, config, tokens and
+/// the SSH key pair.
+pub fn remove_candidate_files(state: &StateDir) -> Result<()> {
+    for path in [
+        state.ca_key(),
+        state.config_json(),
+        state.tokens_json(),
+        state.ssh_private_key(),
+        state.ssh_public_key(),
+    ] {
+        ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))?;
+    }
+    Ok(())
+}
+
+/// This node's SSH public key, making the key pair first if there is none.
+pub fn ensure_ssh_key(state: &StateDir, comment: &str) -> Result<String> {
+    let private = state.ssh_private_key();
+    if private.exists() {
+        let text = std::fs::read_to_string(&private).map_err(Error::io(&private))?;
+        return crate::ssh::public_of(&text);
+    }
+    let dir = state.ssh_dir();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::io(&dir))?;
+    }
+    let (key, public) = crate::ssh::generate(comment)?;
+    state.write(&private, key.expose().as_bytes(), MODE_SECRET)?;
+    state.write(
+        &state.ssh_public_key(),
+        format!("{public}\n").as_bytes(),
+        MODE_PUBLIC,
+    )?;
+    Ok(public)
+}
