@@ -47,6 +47,8 @@ pub enum DenialReason {
     Handshake(String),
     /// A client without a certificate asked for something other than a join.
     AnonymousRequest(String),
+    /// A join request was refused (bad token, duplicate name, ...).
+    JoinRefused(String),
 }
 
 impl fmt::Display for DenialReason {
@@ -61,6 +63,7 @@ impl fmt::Display for DenialReason {
                 f.write_str("certificate digest removed from the candidate map; connection closed")
             }
             DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
+            DenialReason::JoinRefused(why) => write!(f, "join refused: {why}"),
             DenialReason::AnonymousRequest(p) => {
                 write!(
                     f,

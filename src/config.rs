@@ -169,7 +169,8 @@ pub fn check_address(address: &str) -> Result<()> {
     if port == 0 || host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(invalid());
     }
-    if host.starts_with('[') != host.ends_with(']') {
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.starts_with('[') != host.ends_with(']') || (host.contains(':') && !bracketed) {
         return Err(invalid());
     }
     Ok(())

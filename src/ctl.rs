@@ -88,7 +88,9 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
         Command::Generate(Generate::Man { dir }) => generate_man(&dir),
         Command::Generate(Generate::Completions { shell }) => {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "nodectl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "nodectl", &mut script);
+            write_stdout(&String::from_utf8_lossy(&script))?;
             Ok(Outcome::Success)
         }
     }
@@ -187,17 +189,19 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
         .first()
         .map(|n| n.digest.clone())
         .unwrap_or_default();
-    println!(
+    crate::say!(
         "initialised cluster {} with master {} ({})",
-        args.cluster_name, args.node_name, args.address
+        args.cluster_name,
+        args.node_name,
+        args.address
     );
-    println!("  state directory  {}", state.root().display());
-    println!(
+    crate::say!("  state directory  {}", state.root().display());
+    crate::say!(
         "  CA sha256        {}",
         DigestAlgorithm::Sha256.digest(ca.cert_der())
     );
-    println!("  client digest    {digest} ({digest_alg})");
-    println!(
+    crate::say!("  client digest    {digest} ({digest_alg})");
+    crate::say!(
         "start the daemon:  noded --state-dir {}",
         state.root().display()
     );
@@ -319,7 +323,7 @@ fn token_revoke(state: &StateDir, id: &str, wait: bool) -> Result<Outcome> {
         )));
     }
     tokens.save(state)?;
-    println!("token {id} revoked");
+    crate::say!("token {id} revoked");
     Ok(Outcome::Success)
 }
 
@@ -538,7 +542,7 @@ fn generate_man(dir: &Path) -> Result<Outcome> {
         let path = dir.join(format!("{name}.8"));
         let page = crate::man::render(&cmd).map_err(Error::io(&path))?;
         ssconf::write_atomic(&path, &page, MODE_PUBLIC).map_err(Error::io(&path))?;
-        println!("{}", path.display());
+        crate::say!("{}", path.display());
     }
     Ok(Outcome::Success)
 }
@@ -583,6 +587,11 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) -> Result<()> {
         line(&mut row.iter().map(String::as_str));
     }
     write_stdout(&out)
+}
+
+/// Writes one line to stdout, ignoring a closed pipe.
+pub fn say_line(text: &str) {
+    let _ = write_stdout(&format!("{text}\n"));
 }
 
 /// Writes to stdout; a closed pipe (`nodectl list | head -1`) is not an error.

@@ -243,15 +243,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    // Only now, with the length known to be within the limit, allocate.
-    let mut payload = vec![0u8; len as usize];
-    reader.read_exact(&mut payload).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    // Within the limit; still, memory grows with the bytes that arrive,
+    // not with what the prefix claims.
+    let len = len as usize;
+    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    let got = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if got < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(payload))
 }
 

@@ -33,6 +33,11 @@ pub fn admit(
 ) -> Result<(JoinReply, crate::config::ClusterConfig)> {
     check_name("node name", &req.node_name)?;
     check_address(&req.address)?;
+    // Check the token before queueing for the lock, so that a peer without
+    // a valid token cannot hold up the cluster's administration.
+    TokenStore::load(state)?
+        .check(&req.token_id, req.secret.expose(), token::now())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
     let mut config = cluster::master_config(state)?;
     let mut tokens = TokenStore::load(state)?;
@@ -280,6 +285,7 @@ pub async fn join(
     };
     install(
         state,
+        token.ca_pin()?,
         node_name,
         address,
         &key,
@@ -287,7 +293,7 @@ pub async fn join(
         &ssh_public,
         &reply,
     )?;
-    println!(
+    crate::say!(
         "joined cluster as {node_name} ({}), uuid {}",
         if reply.master_candidate {
             "master candidate"
@@ -296,7 +302,7 @@ pub async fn join(
         },
         reply.uuid
     );
-    println!(
+    crate::say!(
         "start the daemon:  noded --state-dir {}",
         state.root().display()
     );
@@ -314,8 +320,10 @@ pub async fn join(
 
 /// Writes what the master sent; `node.json` last, so an interrupted join
 /// leaves an uninitialised directory.
+#[allow(clippy::too_many_arguments)]
 fn install(
     state: &StateDir,
+    pin: [u8; 32],
     node_name: &str,
     address: &str,
     key: &NodeKey,
@@ -331,8 +339,17 @@ fn install(
             .create(state.root())
             .map_err(Error::io(state.root()))?;
     }
-    // What arrived must fit together before anything is written.
+    // What arrived must fit together before anything is written: the CA is
+    // the pinned one, the certificate is for our key and chains to that CA.
+    let ca_der = pki::load_certs_from_pem(&reply.ca_pem)?;
+    if DigestAlgorithm::Sha256.digest(&ca_der).as_bytes() != pin {
+        return Err(Error::Invalid(
+            "the master sent a CA certificate other than the pinned one; nothing was written"
+                .into(),
+        ));
+    }
     let client_der = pki::load_certs_from_pem(&reply.client_pem)?;
+    pki::check_client_certificate(&client_der, &ca_der, key)?;
     let ssconf = Ssconf::parse_files(&reply.ssconf_files, &state.ssconf_dir())?;
     state.write(&state.ca_pem(), reply.ca_pem.as_bytes(), MODE_PUBLIC)?;
     state.write(
@@ -382,7 +399,6 @@ fn install(
         )?;
     }
     crate::ssh::write_authorized_keys(&state.authorized_keys(), &reply.authorized_keys)?;
-    let _ = client_der;
     state.write(
         &state.node_json(),
         &state::to_json(&NodeIdentity {

@@ -29,6 +29,15 @@
 //! 4. Meanwhile, the connection watches the map: when a new map no longer
 //!    holds its digest, it is closed.
 
+/// Prints a line to stdout like `println!`, except that a closed stdout
+/// (`nodectl list | head -1`) is not a panic.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::ctl::say_line(&format!($($arg)*))
+    };
+}
+
 pub mod auth;
 pub mod cli;
 pub mod client;

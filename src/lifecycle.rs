@@ -195,7 +195,7 @@ impl Master {
                     "no online regular node to promote in place of {name}"
                 )));
             };
-            println!("promoting {other} to keep {pool} master candidates");
+            crate::say!("promoting {other} to keep {pool} master candidates");
             return self.promote(&other).await;
         }
         if strict {
@@ -220,11 +220,11 @@ pub async fn set_candidate(
     let node = find(&master.config, name)?.clone();
     if yes {
         if node.role.is_candidate() {
-            println!("{name} is already a master candidate");
+            crate::say!("{name} is already a master candidate");
             return Ok(Outcome::Success);
         }
         let push = master.promote(name).await?;
-        println!(
+        crate::say!(
             "{name} is now a master candidate (serial {})",
             master.config.serial
         );
@@ -235,14 +235,14 @@ pub async fn set_candidate(
             "{name} is the master and cannot be demoted; run `nodectl master-failover` on another candidate first"
         ))),
         NodeRole::Regular => {
-            println!("{name} is already a regular node");
+            crate::say!("{name} is already a regular node");
             Ok(Outcome::Success)
         }
         NodeRole::Candidate => {
             let mut push = master.keep_pool(name, auto_promote, true).await?;
             let demoted = master.demote(name).await?;
             push.unreachable.extend(demoted.unreachable);
-            println!("{name} is now a regular node (serial {})", master.config.serial);
+            crate::say!("{name} is now a regular node (serial {})", master.config.serial);
             Ok(outcome(&push))
         }
     }
@@ -264,7 +264,7 @@ pub async fn set_offline(
         )));
     }
     if yes == node.offline {
-        println!(
+        crate::say!(
             "{name} is already {}",
             if yes { "offline" } else { "online" }
         );
@@ -288,7 +288,7 @@ pub async fn set_offline(
             ),
             Err(_) => {}
         }
-        println!("{name} is offline (serial {})", master.config.serial);
+        crate::say!("{name} is offline (serial {})", master.config.serial);
         return Ok(outcome(&push));
     }
     // Online: the node gets the current state first, then everyone else.
@@ -327,7 +327,7 @@ pub async fn set_offline(
         let done = master.commit(PushItems::ALL, &[]).await?;
         push.unreachable.extend(done.unreachable);
     }
-    println!("{name} is online (serial {})", master.config.serial);
+    crate::say!("{name} is online (serial {})", master.config.serial);
     Ok(outcome(&push))
 }
 
@@ -354,7 +354,7 @@ pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome>
             }
         }
     }
-    println!("{name} removed (serial {})", master.config.serial);
+    crate::say!("{name} removed (serial {})", master.config.serial);
     Ok(outcome(&push))
 }
 
@@ -377,7 +377,7 @@ pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
         .ok_or_else(|| Error::Invalid("this node is not in its own cluster config".into()))?;
     match me.role {
         NodeRole::Master => {
-            println!("{} is already the master", me.name);
+            crate::say!("{} is already the master", me.name);
             return Ok(Outcome::Success);
         }
         NodeRole::Regular => {
@@ -399,7 +399,7 @@ pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
     }
     let client = RpcClient::from_state(state)?;
     let push = cluster::commit(state, &client, &mut config, PushItems::ALL, &[]).await?;
-    println!(
+    crate::say!(
         "{} is the master now (serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
         me.name, config.serial
     );

@@ -317,6 +317,43 @@ pub fn load_certs_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
     })
 }
 
+/// Checks that `cert` carries `key`'s public key and chains to `ca` for
+/// client authentication.
+pub fn check_client_certificate(
+    cert: &CertificateDer<'_>,
+    ca: &CertificateDer<'_>,
+    key: &NodeKey,
+) -> Result<()> {
+    use rcgen::PublicKeyData;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.0.der_bytes() {
+        return Err(Error::Certificate(
+            "the signed certificate is not for this node's key".into(),
+        ));
+    }
+    let anchor = webpki::anchor_from_trusted_cert(ca)
+        .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+    let end_entity = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| Error::Certificate(format!("certificate: {e}")))?;
+    end_entity
+        .verify_for_usage(
+            crate::tls::provider().signature_verification_algorithms.all,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            Error::Certificate(format!(
+                "the signed certificate does not chain to the cluster CA: {e}"
+            ))
+        })?;
+    Ok(())
+}
+
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path).map_err(|source| {

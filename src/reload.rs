@@ -30,6 +30,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 pub struct CandidateMapHandle {
     current: Arc<ArcSwap<CandidateMap>>,
     generation: Arc<watch::Sender<u64>>,
+    /// Held across load-compare-publish, so two reloads finishing out of
+    /// order cannot publish an older map after a newer one.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl CandidateMapHandle {
@@ -38,6 +41,7 @@ impl CandidateMapHandle {
         CandidateMapHandle {
             current: Arc::new(ArcSwap::from_pointee(map)),
             generation: Arc::new(watch::channel(0).0),
+            reloading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -62,6 +66,7 @@ impl CandidateMapHandle {
 /// one. A missing file publishes an empty map (nobody is admitted); a
 /// malformed one keeps the current map. Returns whether a new map went out.
 pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
+    let _one_at_a_time = handle.reloading.lock().await;
     let owned = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || CandidateMap::load(&owned)).await;
     match loaded {

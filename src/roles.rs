@@ -13,13 +13,12 @@ use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
 fn accept_config(state: &StateDir, config_json: &str) -> Result<ClusterConfig> {
     let config: ClusterConfig = serde_json::from_str(config_json)
         .map_err(|e| Error::Invalid(format!("pushed config is malformed: {e}")))?;
-    if let Ok(ssconf) = Ssconf::load(&state.ssconf_dir()) {
-        if ssconf.cluster_name != config.cluster_name {
-            return Err(Error::Invalid(format!(
-                "config for cluster {:?} refused: this node belongs to cluster {:?}",
-                config.cluster_name, ssconf.cluster_name
-            )));
-        }
+    let ssconf = Ssconf::load(&state.ssconf_dir())?;
+    if ssconf.cluster_name != config.cluster_name {
+        return Err(Error::Invalid(format!(
+            "config for cluster {:?} refused: this node belongs to cluster {:?}",
+            config.cluster_name, ssconf.cluster_name
+        )));
     }
     if state.config_json().exists() {
         let current: ClusterConfig = crate::state::read_json(&state.config_json())?;

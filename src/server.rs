@@ -256,6 +256,16 @@ async fn serve_connection(
             daemon.denials.record(peer, &denial);
             return;
         }
+        // The certificate was acceptable but the handshake still failed:
+        // most likely the client holds the certificate (public) but not its
+        // key, so it could not prove possession. Name what it claimed to be.
+        (Err(e), Some(Verdict::Admitted(claimed))) => {
+            let mut denial = handshake_denial(&e);
+            denial.subject = Some(format!("claimed candidate {}", claimed.uuid));
+            denial.digest = Some(claimed.digest);
+            daemon.denials.record(peer, &denial);
+            return;
+        }
         (Err(e), _) => {
             daemon.denials.record(peer, &handshake_denial(&e));
             return;
@@ -333,6 +343,10 @@ async fn serve_connection(
                 break;
             }
         };
+        // The map may have changed while the frame arrived.
+        if !daemon.map.load().contains(&admission.digest) {
+            continue;
+        }
         let (id, result, keep_open) = match frame::decode_request(&payload) {
             Ok(request) => {
                 let name = request.procedure.name();
@@ -361,7 +375,9 @@ async fn serve_connection(
                 (id, Err(error), keep)
             }
         };
-        if reply(&mut tls, id, result).await.is_err() || !keep_open {
+        let sent =
+            tokio::time::timeout(daemon.limits.request_timeout, reply(&mut tls, id, result)).await;
+        if !matches!(sent, Ok(Ok(()))) || !keep_open {
             break;
         }
     }
@@ -388,21 +404,9 @@ async fn serve_anonymous(
     };
     let (id, result) = match frame::decode_request(&payload) {
         Ok(request) => match request.procedure {
-            Procedure::Join(join) => {
-                let result = match tokio::time::timeout(
-                    daemon.limits.request_timeout,
-                    handle_join(daemon, join),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(RpcError {
-                        kind: RpcErrorKind::Timeout,
-                        message: "join took too long".into(),
-                    }),
-                };
-                (request.id, result)
-            }
+            // No timeout around the join: once admitted under the lock, the
+            // node is in the config and the joiner must get its reply.
+            Procedure::Join(join) => (request.id, handle_join(daemon, join).await),
             other => {
                 daemon.denials.record(
                     peer,
@@ -424,7 +428,14 @@ async fn serve_anonymous(
         Err((id, error)) => (id, Err(error)),
     };
     if let Err(e) = &result {
-        tracing::warn!(%peer, "join refused: {}", e.message);
+        daemon.denials.record(
+            peer,
+            &Denial {
+                reason: DenialReason::JoinRefused(e.message.clone()),
+                subject: None,
+                digest: None,
+            },
+        );
     }
     let _ = reply(&mut tls, id, result).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
@@ -551,13 +562,18 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             let serial = set.serial;
             let write_dir = dir.clone();
             tokio::task::spawn_blocking(move || -> Result<(), String> {
-                if let Ok(current) = Ssconf::load(&write_dir) {
-                    if current.cluster_name != set.cluster_name {
+                let name_file = write_dir.join(ssconf::SsconfKey::ClusterName.file_name());
+                match std::fs::read_to_string(&name_file) {
+                    Ok(current) if current.trim_end() != set.cluster_name => {
                         return Err(format!(
                             "ssconf for cluster {:?} refused: this node belongs to cluster {:?}",
-                            set.cluster_name, current.cluster_name
+                            set.cluster_name,
+                            current.trim_end()
                         ));
                     }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("{}: {e}", name_file.display())),
                 }
                 set.store(&write_dir).map_err(|e| e.to_string())
             })

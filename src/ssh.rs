@@ -132,7 +132,7 @@ mod tests {
         assert!(text.starts_with(operator));
         assert_eq!(managed_keys(&text)?, [a.clone(), b]);
         let text = format!("{text}# trailing operator comment\n");
-        let again = with_managed_keys(&text, &[a.clone()])?;
+        let again = with_managed_keys(&text, std::slice::from_ref(&a))?;
         assert!(again.starts_with(operator));
         assert!(again.ends_with("# trailing operator comment\n"));
         assert_eq!(managed_keys(&again)?, [a]);

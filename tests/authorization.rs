@@ -27,20 +27,24 @@ async fn authorization_table() {
     let selfsigned = self_signed("selfsigned1");
     let foreign_ca = foreign("foreign1");
     let expired_cert = expired(&node, "expired1");
+    // Every node holds the shared server certificate and key; it must not
+    // serve as a client certificate (its EKU is serverAuth only).
+    let server = server_identity(&node);
 
     let alg = DigestAlgorithm::Sha256;
     let mut entries: Vec<_> = node.map().entries().to_vec();
     entries.push(("uuid-self".into(), selfsigned.digest(alg)));
     entries.push(("uuid-foreign".into(), foreign_ca.digest(alg)));
     entries.push(("uuid-expired".into(), expired_cert.digest(alg)));
+    entries.push(("uuid-server".into(), server.digest(alg)));
     node.write_map(&CandidateMap::from_entries(entries));
     assert!(
-        daemon.wait_log("4 entries", Duration::from_secs(10)),
+        daemon.wait_log("5 entries", Duration::from_secs(10)),
         "map not reloaded: {}",
         daemon.log()
     );
 
-    let cases: Vec<(&str, Option<&Identity>, Expect)> = vec![
+    let mut cases: Vec<(&str, Option<&Identity>, Expect)> = vec![
         ("candidate", Some(&candidate), Expect::Admitted),
         (
             "CA-signed, not in map",
@@ -71,6 +75,11 @@ async fn authorization_table() {
             ),
         ),
     ];
+    cases.push((
+        "server certificate as client, digest in map",
+        Some(&server),
+        Expect::Refused("certificate not accepted"),
+    ));
     for (name, identity, expect) in cases {
         let before = daemon.log();
         let result = ping(&client(&node, identity), &node).await;
@@ -123,6 +132,29 @@ async fn authorization_table() {
             .await
             .unwrap_or_else(|e| panic!("candidate refused after {name}: {e}"));
     }
+}
+
+/// Proof of possession: the candidate's certificate (public, in the map)
+/// presented with another key is refused, and the denial names the digest
+/// it claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_certificate_without_its_key_is_refused() {
+    let node = init_master("m11");
+    let daemon = Daemon::start(&node, &[]);
+    let candidate = node_identity(&node);
+    let other = ca_signed(&node, "other");
+    let result = ping(&client_without_the_key(&node, &candidate, &other), &node).await;
+    assert!(
+        matches!(result, Err(Error::NotAuthorized { .. })),
+        "{result:?}"
+    );
+    let digest = candidate.digest(DigestAlgorithm::Sha256).to_string();
+    assert!(
+        daemon.wait_log(&digest, Duration::from_secs(5)),
+        "{}",
+        daemon.log()
+    );
+    ping(&client(&node, Some(&candidate)), &node).await.unwrap();
 }
 
 fn x509_cn(id: &Identity) -> String {

@@ -385,3 +385,51 @@ pub async fn eventually(client: &RpcClient, node: &Node, admitted: bool) -> bool
     }
     false
 }
+
+/// A client presenting `cert`'s chain but signing with `key`: it has the
+/// certificate (which is public) without its private key.
+pub fn client_without_the_key(node: &Node, cert: &Identity, key: &Identity) -> RpcClient {
+    use rustls::client::ResolvesClientCert;
+    use rustls::sign::CertifiedKey;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+    impl ResolvesClientCert for Fixed {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let provider = noded::tls::provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key.key.clone_key())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in node.ca_certs() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Fixed(Arc::new(CertifiedKey::new(
+            cert.chain.clone(),
+            signing,
+        )))));
+    let mut client = RpcClient::new(Arc::new(config));
+    client.connect_timeout = Duration::from_secs(5);
+    client.call_timeout = Duration::from_secs(5);
+    client
+}
+
+/// The node's shared server certificate and key, as a client identity.
+pub fn server_identity(node: &Node) -> Identity {
+    Identity::from_pem(
+        std::fs::read_to_string(node.state.server_pem()).unwrap(),
+        std::fs::read_to_string(node.state.server_key()).unwrap(),
+    )
+}

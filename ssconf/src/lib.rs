@@ -48,6 +48,9 @@ pub enum SsconfError {
     /// The file is larger than any sane ssconf file.
     #[error("{}: larger than {limit} bytes; refusing to read it", path.display())]
     TooLarge { path: PathBuf, limit: u64 },
+    /// A set with the serial on disk but different content was offered.
+    #[error("ssconf serial {serial} is already held with different content; the master must bump the serial")]
+    Conflict { serial: u64 },
     /// A set with an older serial than the one on disk was offered.
     #[error("ssconf serial {offered} is older than the serial {current} this node holds; refusing to roll back")]
     Rollback { current: u64, offered: u64 },
@@ -75,10 +78,10 @@ pub(crate) fn read_bounded(path: &std::path::Path) -> Result<String> {
             }
         }
     })?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     let read = file
         .take(MAX_FILE_SIZE + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|source| SsconfError::Io {
             path: path.to_path_buf(),
             source,
@@ -89,13 +92,26 @@ pub(crate) fn read_bounded(path: &std::path::Path) -> Result<String> {
             limit: MAX_FILE_SIZE,
         });
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e
+            .as_bytes()
+            .get(..valid)
+            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+            + 1;
+        SsconfError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            reason: "not valid UTF-8 text".into(),
+        }
+    })
 }
 
 /// Splits a file's text into lines; the final `\n` is optional (Ganeti
 /// writes the last line without one).
 pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    let text = text.strip_suffix('\n').unwrap_or(text);
+    // Ganeti's reader strips every trailing newline (`rstrip("\n")`).
+    let text = text.trim_end_matches('\n');
     let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
     // An empty file has no lines, not one empty line.
     let empty = text.is_empty();

@@ -248,12 +248,30 @@ impl Ssconf {
     pub fn store(&self, dir: &Path) -> Result<()> {
         let io = |path: PathBuf| move |source| SsconfError::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        // One writer at a time, across processes: the serial check and the
+        // writes form one step.
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(lock_path.clone()))?;
+        lock.lock().map_err(io(lock_path))?;
         if let Some(current) = Self::stored_serial(dir)? {
             if self.serial < current {
                 return Err(SsconfError::Rollback {
                     current,
                     offered: self.serial,
                 });
+            }
+            // The same serial is a retried push only if it says the same.
+            if self.serial == current {
+                if let Ok(stored) = Self::load(dir) {
+                    if stored != *self {
+                        return Err(SsconfError::Conflict { serial: current });
+                    }
+                }
             }
         }
         for (name, text) in self.render() {
