@@ -433,3 +433,52 @@ pub fn server_identity(node: &Node) -> Identity {
         std::fs::read_to_string(node.state.server_key()).unwrap(),
     )
 }
+
+impl Node {
+    /// An empty state directory for a node that will join, with a free
+    /// loopback address.
+    pub fn fresh(name: &str) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(name);
+        Node {
+            _tmp: tmp,
+            state: StateDir::new(dir),
+            name: name.to_owned(),
+            address: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+}
+
+/// `nodectl token create` on `master`; returns the connection string.
+pub fn create_token(master: &Node, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create"];
+    args.extend_from_slice(extra);
+    let out = nodectl(master.dir(), &args);
+    assert!(out.status.success(), "token create: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Joins a new node with a fresh token and starts its daemon.
+pub fn join_and_start(master: &Node, name: &str, token_args: &[&str]) -> (Node, Daemon) {
+    let token = create_token(master, token_args);
+    let node = Node::fresh(name);
+    let out = nodectl(
+        node.dir(),
+        &[
+            "join",
+            &token,
+            "--node-name",
+            name,
+            "--address",
+            &node.address,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "join {name}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let daemon = Daemon::start(&node, &[]);
+    (node, daemon)
+}

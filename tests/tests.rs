@@ -13,4 +13,5 @@ mod support;
 mod authorization;
 mod cli;
 mod frames;
+mod lifecycle;
 mod openssl;

@@ -1,0 +1,366 @@
+//! A cluster's life on loopback: real daemons, one state dir and port each.
+
+use std::time::Duration;
+
+use noded::frame::Procedure;
+use ssconf::Ssconf;
+
+use crate::support::*;
+
+fn ping_all(from: &Node) -> (Option<i32>, serde_json::Value) {
+    let out = nodectl(from.dir(), &["ping", "--json"]);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
+}
+
+fn all_ok(doc: &serde_json::Value) -> bool {
+    doc["results"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|x| x["ok"] == true))
+}
+
+fn all_refused(doc: &serde_json::Value) -> bool {
+    doc["results"].as_array().is_some_and(|r| {
+        !r.is_empty()
+            && r.iter().all(|x| {
+                x["ok"] == false
+                    && x["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("not authorized")
+            })
+    })
+}
+
+fn holds_candidate_files(node: &Node) -> bool {
+    node.state.ca_key().exists()
+        && node.state.config_json().exists()
+        && node.state.ssh_private_key().exists()
+}
+
+fn holds_no_candidate_files(node: &Node) -> bool {
+    !node.state.ca_key().exists()
+        && !node.state.config_json().exists()
+        && !node.state.ssh_private_key().exists()
+}
+
+fn public_key(node: &Node) -> String {
+    std::fs::read_to_string(node.state.ssh_public_key())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn authorized(node: &Node) -> String {
+    std::fs::read_to_string(node.state.authorized_keys()).unwrap_or_default()
+}
+
+fn run_ok(node: &Node, args: &[&str]) -> String {
+    let out = nodectl(node.dir(), args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Waits until every node's ssconf serial equals the master's.
+fn serial(node: &Node) -> u64 {
+    Ssconf::stored_serial(&node.state.ssconf_dir())
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grow_promote_demote_offline_failover_remove() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let (c, _dc) = join_and_start(&m, "c", &[]);
+    let all = [&m, &a, &b, &c];
+    for n in all {
+        assert_eq!(serial(n), serial(&m), "{} lags", n.name);
+    }
+    // Only the master commands nodes.
+    let (code, doc) = ping_all(&m);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["results"].as_array().unwrap().len(), 4);
+    for n in [&a, &b, &c] {
+        let (code, doc) = ping_all(n);
+        assert_eq!(code, Some(1));
+        assert!(all_refused(&doc), "{} not refused: {doc}", n.name);
+        assert!(
+            holds_no_candidate_files(n),
+            "{} holds candidate files",
+            n.name
+        );
+    }
+
+    // Promote b: it commands every node and holds the candidate's files.
+    run_ok(&m, &["modify", "b", "--master-candidate=yes"]);
+    assert!(holds_candidate_files(&b));
+    let (code, doc) = ping_all(&b);
+    assert_eq!(code, Some(0), "{doc}");
+    assert!(all_ok(&doc));
+    let b_key = public_key(&b);
+    for n in all {
+        assert!(authorized(n).contains(&b_key), "{} lacks b's key", n.name);
+        assert_eq!(serial(n), serial(&m));
+    }
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&m, &["list", "--json"])).unwrap();
+    let role_of = |list: &serde_json::Value, name: &str| {
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()["role"]
+            .clone()
+    };
+    assert_eq!(role_of(&list, "b"), "candidate");
+
+    // b holds a connection open to c, then is demoted: the connection is
+    // closed, new ones are refused, and its secrets and key are gone.
+    let b_client = noded::client::RpcClient::from_state(&b.state).unwrap();
+    let mut open = b_client.connect("c", &c.address).await.unwrap();
+    open.call(Procedure::Ping).await.unwrap();
+    run_ok(&m, &["modify", "b", "--master-candidate=no"]);
+    let closed = tokio::time::timeout(Duration::from_secs(5), open.read_response()).await;
+    assert!(
+        matches!(closed, Ok(Ok(None)) | Ok(Err(_))),
+        "open connection survived: {closed:?}"
+    );
+    let (code, doc) = ping_all(&b);
+    assert_eq!(code, Some(1));
+    assert!(all_refused(&doc), "demoted b not refused: {doc}");
+    assert!(holds_no_candidate_files(&b));
+    for n in all {
+        assert!(
+            !authorized(n).contains(&b_key),
+            "{} still trusts b's key",
+            n.name
+        );
+    }
+
+    // Offline and back: c leaves ssconf's online list, then catches up.
+    run_ok(&m, &["modify", "c", "--offline=yes"]);
+    let ssconf = Ssconf::load(&m.state.ssconf_dir()).unwrap();
+    assert_eq!(ssconf.offline_nodes, ["c"]);
+    assert!(serial(&c) < serial(&m), "an offline node is not pushed to");
+    run_ok(&m, &["modify", "c", "--offline=no"]);
+    assert_eq!(serial(&c), serial(&m));
+
+    // Failover to a, then a role change from the new master.
+    run_ok(&m, &["modify", "a", "--master-candidate=yes"]);
+    run_ok(&a, &["master-failover"]);
+    let out = nodectl(m.dir(), &["modify", "c", "--master-candidate=yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("this node is not the master (master is a); run this on a"),
+        "{}",
+        text(&out.stderr)
+    );
+    run_ok(&a, &["modify", "c", "--master-candidate=yes"]);
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&a, &["list", "--json"])).unwrap();
+    assert_eq!(role_of(&list, "a"), "master");
+    assert_eq!(role_of(&list, "m"), "candidate");
+    assert_eq!(role_of(&list, "c"), "candidate");
+    assert!(all_ok(&ping_all(&c).1));
+    assert!(all_ok(&ping_all(&m).1));
+
+    // Remove b.
+    run_ok(&a, &["remove", "b"]);
+    let ssconf = Ssconf::load(&c.state.ssconf_dir()).unwrap();
+    assert!(!ssconf.node_list.contains(&"b".to_owned()));
+    assert_eq!(ssconf.master_node, "a");
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&a, &["list", "--json"])).unwrap();
+    assert_eq!(list["nodes"].as_array().unwrap().len(), 3);
+}
+
+/// Fingerprint of the cluster state a refused join must leave untouched.
+fn snapshot(m: &Node) -> (u64, String) {
+    (serial(m), m.map().render())
+}
+
+#[test]
+fn refused_joins_leave_the_cluster_unchanged() {
+    use base64::Engine;
+    let m = init_master("m");
+    let _dm = Daemon::start(&m, &[]);
+    let try_join = |token: &str, name: &str| {
+        let node = Node::fresh(name);
+        let out = nodectl(
+            node.dir(),
+            &[
+                "join",
+                token,
+                "--node-name",
+                name,
+                "--address",
+                &node.address,
+            ],
+        );
+        assert!(
+            !node.state.is_initialised(),
+            "a refused join left state behind"
+        );
+        (out.status.code(), text(&out.stderr))
+    };
+    let before = snapshot(&m);
+
+    // Garbage.
+    let (code, err) = try_join("noded-join:bm90IGpzb24", "x1");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with("error: not a valid join connection string"),
+        "{err}"
+    );
+
+    // Revoked.
+    let token = create_token(&m, &[]);
+    let id = noded::token::JoinToken::parse(&token).unwrap().id;
+    run_ok(&m, &["token", "revoke", &id]);
+    let (code, err) = try_join(&token, "x2");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown, already used, or revoked"), "{err}");
+
+    // Expired.
+    let token = create_token(&m, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, err) = try_join(&token, "x3");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expired"), "{err}");
+
+    // Tampered CA pin: refused before anything is sent.
+    let token = create_token(&m, &[]);
+    let body = token.strip_prefix("noded-join:").unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .unwrap(),
+    )
+    .unwrap();
+    json["ca_sha256"] = serde_json::Value::String("00".repeat(32));
+    let tampered = format!(
+        "noded-join:{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json).unwrap())
+    );
+    let (code, err) = try_join(&tampered, "x4");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not match the CA pin"), "{err}");
+    // The secret never reached the master: the untampered token still works.
+    assert_eq!(snapshot(&m), before);
+    let ok = Node::fresh("x5");
+    run_ok(
+        &ok,
+        &[
+            "join",
+            &token,
+            "--node-name",
+            "x5",
+            "--address",
+            &ok.address,
+        ],
+    );
+    let after_good = snapshot(&m);
+    assert_ne!(after_good, before);
+
+    // Reused.
+    let (code, err) = try_join(&token, "x6");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown, already used, or revoked"), "{err}");
+
+    // Duplicate name, duplicate address: refused, token not burned.
+    let token = create_token(&m, &[]);
+    let (code, err) = try_join(&token, "x5");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already in the cluster"), "{err}");
+    let dup = Node::fresh("x7");
+    let out = nodectl(
+        dup.dir(),
+        &["join", &token, "--node-name", "x7", "--address", &m.address],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("already used by another node"));
+    assert_eq!(snapshot(&m), after_good);
+    // Master unreachable.
+    let lone = init_master("lone");
+    let dead = create_token(&lone, &[]);
+    let (code, err) = try_join(&dead, "x8");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot connect"), "{err}");
+    assert_eq!(snapshot(&m), after_good);
+    let tokens: serde_json::Value =
+        serde_json::from_str(&run_ok(&m, &["token", "list", "--json"])).unwrap();
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1, "{tokens}");
+    assert!(!std::fs::read_to_string(m.state.tokens_json())
+        .unwrap()
+        .contains(
+            noded::token::JoinToken::parse(&token)
+                .unwrap()
+                .secret
+                .expose()
+        ));
+}
+
+#[test]
+fn pool_size_rule_and_auto_promote() {
+    // Default pool size 3: the first two joins become candidates.
+    let m = init_master("m");
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let (c, _dc) = join_and_start(&m, "c", &[]);
+    assert!(holds_candidate_files(&a) && holds_candidate_files(&b));
+    assert!(holds_no_candidate_files(&c));
+    let out = nodectl(m.dir(), &["modify", "a", "--master-candidate=no"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--auto-promote"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(holds_candidate_files(&a));
+    run_ok(
+        &m,
+        &["modify", "a", "--master-candidate=no", "--auto-promote"],
+    );
+    assert!(holds_no_candidate_files(&a));
+    assert!(holds_candidate_files(&c), "c was not promoted in a's place");
+    let out = nodectl(m.dir(), &["modify", "m", "--master-candidate=no"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot be demoted"));
+    // A second mutating command while the lock is held fails fast.
+    let lock = noded::cluster::ClusterLock::acquire(&m.state, false, "test holder").unwrap();
+    let out = nodectl(m.dir(), &["token", "create"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("test holder"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(lock);
+}
+
+/// A push that cannot reach a node names it and exits 3.
+#[test]
+fn unreachable_nodes_are_named_with_exit_3() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (_a, da) = join_and_start(&m, "a", &[]);
+    let (_b, _db) = join_and_start(&m, "b", &[]);
+    drop(da);
+    let out = nodectl(m.dir(), &["modify", "b", "--master-candidate=yes"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("a not updated"),
+        "{}",
+        text(&out.stderr)
+    );
+}
