@@ -130,6 +130,8 @@ pub enum Command {
         /// Address this node's daemon listens on and peers connect to.
         #[arg(long, value_name = "HOST:PORT")]
         address: String,
+        #[command(flatten)]
+        ssh: SshArgs,
     },
     /// Change a node's role: promote/demote, offline/online.
     Modify(ModifyArgs),
@@ -265,9 +267,24 @@ pub struct InitArgs {
     /// Master candidates to keep, the master included.
     #[arg(long, default_value_t = 3, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub candidate_pool_size: u32,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Validity of node and server certificates, in days (the CA gets ten times as long).
     #[arg(long, default_value_t = 365, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub cert_days: u32,
+}
+
+/// Where a node keeps its SSH files (recorded in node.json).
+#[derive(Debug, Clone, Args)]
+pub struct SshArgs {
+    /// Directory of this node's SSH key pair, if it becomes a master
+    /// candidate (default: <state-dir>/ssh; e.g. /root/.ssh in production).
+    #[arg(long, value_name = "DIR")]
+    pub ssh_dir: Option<PathBuf>,
+    /// authorized_keys file whose managed block noded maintains (default:
+    /// <ssh-dir>/authorized_keys). Lines outside the block are never touched.
+    #[arg(long, value_name = "FILE")]
+    pub authorized_keys: Option<PathBuf>,
 }
 
 /// `--digest` values.

@@ -69,7 +69,8 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
             token,
             node_name,
             address,
-        } => crate::join::join(&state, &token, &node_name, &address).await,
+            ssh,
+        } => crate::join::join(&state, &token, &node_name, &address, &ssh).await,
         Command::Modify(m) => match (m.master_candidate, m.offline) {
             (Some(mc), None) => {
                 crate::lifecycle::set_candidate(&state, &m.node, mc.yes(), m.auto_promote, m.wait)
@@ -148,7 +149,12 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
         uuid,
         name: args.node_name.clone(),
         address: args.address.clone(),
+        ssh_dir: args.ssh.ssh_dir.clone(),
+        authorized_keys: args.ssh.authorized_keys.clone(),
     };
+    let state = &state
+        .clone()
+        .with_ssh_paths(args.ssh.ssh_dir.clone(), args.ssh.authorized_keys.clone());
     // Keys and certificates first, node.json last: a node without node.json
     // is not initialised, so an interrupted init can simply be run again.
     state.write(&state.ca_pem(), ca.cert_pem().as_bytes(), MODE_PUBLIC)?;

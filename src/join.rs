@@ -219,7 +219,11 @@ pub async fn join(
     token_text: &str,
     node_name: &str,
     address: &str,
+    ssh: &crate::cli::SshArgs,
 ) -> Result<Outcome> {
+    let state = &state
+        .clone()
+        .with_ssh_paths(ssh.ssh_dir.clone(), ssh.authorized_keys.clone());
     let token = JoinToken::parse(token_text)?;
     check_name("node name", node_name)?;
     check_address(address)?;
@@ -285,6 +289,7 @@ pub async fn join(
     };
     install(
         state,
+        ssh,
         token.ca_pin()?,
         node_name,
         address,
@@ -323,6 +328,7 @@ pub async fn join(
 #[allow(clippy::too_many_arguments)]
 fn install(
     state: &StateDir,
+    ssh: &crate::cli::SshArgs,
     pin: [u8; 32],
     node_name: &str,
     address: &str,
@@ -405,6 +411,8 @@ fn install(
             uuid: reply.uuid.clone(),
             name: node_name.to_owned(),
             address: address.to_owned(),
+            ssh_dir: ssh.ssh_dir.clone(),
+            authorized_keys: ssh.authorized_keys.clone(),
         })?,
         MODE_PUBLIC,
     )

@@ -24,18 +24,53 @@ pub struct NodeIdentity {
     pub name: String,
     /// `host:port` the daemon listens on and peers connect to.
     pub address: String,
+    /// Where this node keeps its SSH key pair (default `<state-dir>/ssh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_dir: Option<PathBuf>,
+    /// The authorized_keys file whose managed block noded maintains
+    /// (default `<ssh-dir>/authorized_keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<PathBuf>,
 }
 
 /// The files of one node's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// SSH paths given on the command line before node.json exists.
+    ssh: Option<(Option<PathBuf>, Option<PathBuf>)>,
 }
 
 impl StateDir {
     /// The state directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+        StateDir {
+            root: root.into(),
+            ssh: None,
+        }
+    }
+
+    /// The same directory, with SSH paths that node.json does not hold yet
+    /// (during init and join).
+    pub fn with_ssh_paths(
+        mut self,
+        dir: Option<PathBuf>,
+        authorized_keys: Option<PathBuf>,
+    ) -> Self {
+        self.ssh = Some((dir, authorized_keys));
+        self
+    }
+
+    /// `(ssh dir, authorized_keys)` overrides: from the command line during
+    /// init/join, from node.json afterwards.
+    fn ssh_overrides(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        match &self.ssh {
+            Some(paths) => paths.clone(),
+            None => self
+                .load_identity()
+                .map(|i| (i.ssh_dir, i.authorized_keys))
+                .unwrap_or((None, None)),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -72,7 +107,9 @@ impl StateDir {
         self.root.join("ssconf")
     }
     pub fn ssh_dir(&self) -> PathBuf {
-        self.root.join("ssh")
+        self.ssh_overrides()
+            .0
+            .unwrap_or_else(|| self.root.join("ssh"))
     }
     pub fn ssh_private_key(&self) -> PathBuf {
         self.ssh_dir().join("id_ed25519")
@@ -81,7 +118,11 @@ impl StateDir {
         self.ssh_dir().join("id_ed25519.pub")
     }
     pub fn authorized_keys(&self) -> PathBuf {
-        self.ssh_dir().join("authorized_keys")
+        let (dir, file) = self.ssh_overrides();
+        file.unwrap_or_else(|| {
+            dir.unwrap_or_else(|| self.root.join("ssh"))
+                .join("authorized_keys")
+        })
     }
 
     /// Whether `node.json` exists (the last file `init`/`join` writes).

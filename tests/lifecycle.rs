@@ -364,3 +364,58 @@ fn unreachable_nodes_are_named_with_exit_3() {
         text(&out.stderr)
     );
 }
+
+/// The SSH directory and authorized_keys file can live outside the state
+/// directory (a production node points them at /root/.ssh); lines the
+/// operator keeps outside the managed block survive.
+#[test]
+fn ssh_paths_are_configurable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m_ssh = tmp.path().join("m-ssh");
+    let m_keys = tmp.path().join("m-authorized_keys");
+    std::fs::write(&m_keys, "# operator line\n").unwrap();
+    let m = init_master_with(
+        "m",
+        &[
+            "--ssh-dir",
+            m_ssh.to_str().unwrap(),
+            "--authorized-keys",
+            m_keys.to_str().unwrap(),
+        ],
+    );
+    let _dm = Daemon::start(&m, &[]);
+    assert!(m_ssh.join("id_ed25519").exists());
+    assert!(!m.dir().join("ssh").join("id_ed25519").exists());
+    let m_pub = std::fs::read_to_string(m_ssh.join("id_ed25519.pub")).unwrap();
+    let keys = std::fs::read_to_string(&m_keys).unwrap();
+    assert!(
+        keys.starts_with("# operator line\n") && keys.contains(m_pub.trim()),
+        "{keys}"
+    );
+
+    let a_ssh = tmp.path().join("a-ssh");
+    let a = Node::fresh("a");
+    let token = create_token(&m, &["--master-candidate"]);
+    run_ok(
+        &a,
+        &[
+            "join",
+            &token,
+            "--node-name",
+            "a",
+            "--address",
+            &a.address,
+            "--ssh-dir",
+            a_ssh.to_str().unwrap(),
+        ],
+    );
+    let a_pub = std::fs::read_to_string(a_ssh.join("id_ed25519.pub")).unwrap();
+    let keys = std::fs::read_to_string(&m_keys).unwrap();
+    assert!(
+        keys.starts_with("# operator line\n") && keys.contains(a_pub.trim()),
+        "{keys}"
+    );
+    assert!(std::fs::read_to_string(a_ssh.join("authorized_keys"))
+        .unwrap()
+        .contains(m_pub.trim()));
+}

@@ -153,6 +153,8 @@ pub fn regular_node(master: &Node, name: &str) -> Node {
         uuid: format!("uuid-{name}"),
         name: name.to_owned(),
         address: address.clone(),
+        ssh_dir: None,
+        authorized_keys: None,
     };
     std::fs::write(state.node_json(), serde_json::to_vec(&identity).unwrap()).unwrap();
     Node {
