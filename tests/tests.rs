@@ -15,3 +15,4 @@ mod cli;
 mod frames;
 mod lifecycle;
 mod openssl;
+mod sshd;
