@@ -52,6 +52,11 @@ pub enum Procedure {
     GenerateSshKey,
     /// Replace the managed block of authorized_keys with these keys.
     WriteAuthorizedKeys { keys: Vec<String> },
+    /// Make a new client key (kept pending on the node) and answer with a
+    /// CSR for it.
+    PrepareClientKey,
+    /// Install a client certificate for the pending key.
+    InstallClientCert { cert_pem: String },
 }
 
 /// What a joining node sends.
@@ -87,7 +92,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -102,6 +107,8 @@ impl Procedure {
             Procedure::RemoveCandidateFiles => "remove-candidate-files",
             Procedure::GenerateSshKey => "generate-ssh-key",
             Procedure::WriteAuthorizedKeys { .. } => "write-authorized-keys",
+            Procedure::PrepareClientKey => "prepare-client-key",
+            Procedure::InstallClientCert { .. } => "install-client-cert",
         }
     }
 }
@@ -143,6 +150,7 @@ pub enum Reply {
     Joined(Box<JoinReply>),
     Done,
     SshPublicKey(String),
+    Csr(String),
 }
 
 /// Why a request failed.
@@ -364,7 +372,10 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::WriteAuthorizedKeys { keys: vec![] }).unwrap();
+        let last = postcard::to_allocvec(&Procedure::InstallClientCert {
+            cert_pem: String::new(),
+        })
+        .unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 

@@ -307,10 +307,30 @@ pub async fn set_offline(
             ssconf::DigestAlgorithm::Sha1 => info.client_digest_sha1,
         };
         if actual != node.digest {
-            return Err(Error::Invalid(format!(
-                "{name}'s client certificate ({actual}) is not the one the master signed for it ({}); it stays offline",
-                node.digest
-            )));
+            // Not the certificate the master signed for it: issue a new one,
+            // for a key the node makes now.
+            crate::say!("{name}'s client certificate is not the one on record; issuing a new one");
+            let Reply::Csr(csr) = conn
+                .call(Procedure::PrepareClientKey)
+                .await
+                .map_err(reach)?
+            else {
+                return Err(reach(Error::Invalid("no CSR in the reply".into())));
+            };
+            let ca = crate::pki::CertificateAuthority::from_pem(
+                &std::fs::read_to_string(master.state.ca_pem())
+                    .map_err(Error::io(master.state.ca_pem()))?,
+                &std::fs::read_to_string(master.state.ca_key())
+                    .map_err(Error::io(master.state.ca_key()))?,
+            )?;
+            let cert_pem = ca.sign_client_csr(&csr, master.config.cert_days)?;
+            let der = crate::pki::load_certs_from_pem(&cert_pem)?;
+            conn.call(Procedure::InstallClientCert { cert_pem })
+                .await
+                .map_err(reach)?;
+            let record = find_mut(&mut master.config, name)?;
+            record.digest = alg.digest(&der).to_string();
+            record.cert_expires = crate::pki::CertInfo::from_der(&der)?.not_after;
         }
     }
     drop(conn);

@@ -63,6 +63,47 @@ pub fn remove_candidate_files(state: &StateDir) -> Result<()> {
     Ok(())
 }
 
+/// Makes a new client key, kept as `client.key.new` until its certificate
+/// arrives; returns a CSR for it.
+pub fn prepare_client_key(state: &StateDir, node_name: &str) -> Result<String> {
+    let key = crate::pki::NodeKey::generate()?;
+    let pending = state.root().join("client.key.new");
+    state.write(&pending, key.to_pem().expose().as_bytes(), MODE_SECRET)?;
+    key.client_csr(node_name)
+}
+
+/// Installs a certificate for the pending key: checks that it is for that
+/// key and chains to this node's CA, then replaces client.key and
+/// client.pem.
+pub fn install_client_cert(state: &StateDir, cert_pem: &str) -> Result<()> {
+    let pending = state.root().join("client.key.new");
+    let key_pem = std::fs::read_to_string(&pending).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Invalid("no pending client key; ask for a CSR first".into())
+        } else {
+            Error::io(&pending)(e)
+        }
+    })?;
+    let key = crate::pki::NodeKey::from_pem(&key_pem)?;
+    let cert = crate::pki::load_certs_from_pem(cert_pem)?;
+    let ca = crate::pki::load_certs(&state.ca_pem())?;
+    let checked = ca
+        .iter()
+        .map(|c| crate::pki::check_client_certificate(&cert, c, &key))
+        .find(|r| r.is_ok())
+        .unwrap_or_else(|| {
+            Err(Error::Certificate(
+                "the new client certificate does not chain to this node's CA".into(),
+            ))
+        });
+    checked?;
+    // Key first: a certificate is public, a key without its certificate is
+    // replaced again at the next renewal; the pending file goes last.
+    state.write(&state.client_key(), key_pem.as_bytes(), MODE_SECRET)?;
+    state.write(&state.client_pem(), cert_pem.as_bytes(), MODE_PUBLIC)?;
+    ssconf::atomic::remove_durable(&pending).map_err(Error::io(&pending))
+}
+
 /// This node's SSH public key, making the key pair first if there is none.
 pub fn ensure_ssh_key(state: &StateDir, comment: &str) -> Result<String> {
     let private = state.ssh_private_key();

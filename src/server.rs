@@ -621,6 +621,22 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             let public = blocking(move || crate::roles::ensure_ssh_key(&state, &name)).await?;
             Ok(Reply::SshPublicKey(public))
         }
+        Procedure::PrepareClientKey => {
+            let state = daemon.state.clone();
+            let name = daemon.identity.name.clone();
+            let csr = blocking(move || crate::roles::prepare_client_key(&state, &name)).await?;
+            Ok(Reply::Csr(csr))
+        }
+        Procedure::InstallClientCert { cert_pem } => {
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::install_client_cert(&state, &cert_pem)).await?;
+            match crate::daemon::load_client_facts(&daemon.state) {
+                Ok(facts) => daemon.client_cert.store(Arc::new(facts)),
+                Err(e) => tracing::error!("new client certificate unreadable: {e}"),
+            }
+            tracing::info!("client certificate replaced");
+            Ok(Reply::Done)
+        }
         Procedure::WriteAuthorizedKeys { keys } => {
             let path = daemon.state.authorized_keys();
             blocking(move || crate::ssh::write_authorized_keys(&path, &keys)).await?;

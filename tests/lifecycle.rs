@@ -419,3 +419,51 @@ fn ssh_paths_are_configurable() {
         .unwrap()
         .contains(m_pub.trim()));
 }
+
+/// A node whose certificate changed while it was offline gets a new one,
+/// for a key it makes, when it comes back; as a candidate it then commands
+/// the cluster again.
+#[test]
+fn online_reissues_a_certificate_that_changed() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, da) = join_and_start(&m, "a", &[]);
+    assert!(holds_candidate_files(&a));
+    run_ok(&m, &["modify", "a", "--offline=yes", "--wait"]);
+    // While offline, a's certificate is replaced by one the master never
+    // recorded (signed by the same CA).
+    let foreign_cert = ca_signed(&m, "a");
+    drop(da);
+    ssconf::write_atomic(
+        &a.state.client_pem(),
+        foreign_cert.cert_pem.as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    ssconf::write_atomic(
+        &a.state.client_key(),
+        foreign_cert.key_pem.as_bytes(),
+        0o600,
+    )
+    .unwrap();
+    let replaced =
+        noded::ctl::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
+    let _da = Daemon::start(&a, &[]);
+    let out = run_ok(&m, &["modify", "a", "--offline=no"]);
+    assert!(out.contains("issuing a new one"), "{out}");
+    let now =
+        noded::ctl::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
+    assert_ne!(now, replaced);
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&m, &["list", "--json"])).unwrap();
+    let rec = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(rec["digest"], now.to_string().as_str());
+    assert_eq!(rec["role"], "candidate");
+    assert!(holds_candidate_files(&a));
+    assert!(all_ok(&ping_all(&a).1));
+}
