@@ -108,6 +108,78 @@ nodectl ping \-\-json node2
 .fi
 "#;
 
+/// Escapes text for roff: backslashes, and a leading dot or quote.
+fn roff(text: &str) -> String {
+    let text = text.replace('\\', "\\e").replace('-', "\\-");
+    match text.chars().next() {
+        Some('.') | Some('\'') => format!("\\&{text}"),
+        _ => text,
+    }
+}
+
+/// One `.SS` section per (sub)command, with its options.
+fn render_commands(page: &mut Vec<u8>, cmd: &clap::Command, path: &str) {
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let full = format!("{path} {}", sub.get_name());
+        if sub.has_subcommands() {
+            render_commands(page, sub, &full);
+            continue;
+        }
+        let mut usage = full.clone();
+        for arg in sub.get_positionals() {
+            let name = arg
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| arg.get_id().to_string().to_uppercase());
+            usage.push_str(&format!(" {name}"));
+        }
+        page.extend_from_slice(format!(".SS \"{}\"\n", roff(&usage)).as_bytes());
+        let about = sub
+            .get_long_about()
+            .or(sub.get_about())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        for para in about.split("\n\n") {
+            page.extend_from_slice(format!("{}\n.PP\n", roff(para.trim())).as_bytes());
+        }
+        for arg in sub
+            .get_arguments()
+            .filter(|a| !a.is_global_set() && !a.is_positional())
+        {
+            let Some(long) = arg.get_long() else { continue };
+            let value = if arg.get_action().takes_values() {
+                arg.get_value_names()
+                    .and_then(|v| v.first())
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let default = arg
+                .get_default_values()
+                .first()
+                .map(|d| format!(" [default: {}]", d.to_string_lossy()))
+                .unwrap_or_default();
+            page.extend_from_slice(
+                format!(
+                    ".TP\n\\fB\\-\\-{}\\fR{}\n{}{}\n",
+                    roff(long),
+                    roff(&value),
+                    roff(&help),
+                    roff(&default)
+                )
+                .as_bytes(),
+            );
+        }
+    }
+}
+
 /// Renders one page.
 pub fn render(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     let mut page = Vec::new();
@@ -118,7 +190,8 @@ pub fn render(cmd: &clap::Command) -> std::io::Result<Vec<u8>> {
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
     if cmd.has_subcommands() {
-        man.render_subcommands_section(&mut page)?;
+        page.extend_from_slice(b".SH COMMANDS\n");
+        render_commands(&mut page, cmd, cmd.get_name());
     }
     page.extend_from_slice(FILES.as_bytes());
     page.extend_from_slice(EXIT.as_bytes());

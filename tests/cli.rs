@@ -249,3 +249,19 @@ fn generate_man_and_completions() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("nodectl"));
 }
+
+#[test]
+fn man_pages_render_without_warnings() {
+    for page in ["noded.8", "nodectl.8"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("man")
+            .join(page);
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&path)
+            .output()
+            .expect("groff is required (apt-get install groff-base)");
+        assert!(out.status.success(), "{page}: {}", text(&out.stderr));
+        assert!(out.stderr.is_empty(), "{page}: {}", text(&out.stderr));
+    }
+}
