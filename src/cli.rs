@@ -149,6 +149,16 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Check the cluster's consistency (run on the master or a candidate).
+    ///
+    /// Gathers every online node's state over RPC and reports each finding as
+    /// ERROR or WARNING with the node and the command that fixes it. Exit 0
+    /// with warnings only, 1 with any error.
+    Verify {
+        /// Print one JSON document: {"findings": [{"severity", "node", "code", "message", "fix"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate man pages or shell completions.
     #[command(subcommand)]
     Generate(Generate),

@@ -86,6 +86,7 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
         },
         Command::Remove { node, wait } => crate::lifecycle::remove(&state, &node, wait).await,
         Command::MasterFailover { wait } => crate::lifecycle::master_failover(&state, wait).await,
+        Command::Verify { json } => crate::verify::verify(&state, json).await,
         Command::Generate(Generate::Man { dir }) => generate_man(&dir),
         Command::Generate(Generate::Completions { shell }) => {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
@@ -346,7 +347,7 @@ struct ListedNode {
     cert_expires: String,
 }
 
-fn rfc3339(unix: i64) -> String {
+pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -565,7 +566,7 @@ struct PingResults {
     results: Vec<PingResult>,
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Invalid(format!("cannot encode JSON: {e}")))?;
     write_stdout(&format!("{text}\n"))

@@ -138,13 +138,22 @@ pub struct NodeInfo {
     pub ssconf_serial: u64,
     pub role_files: RoleFiles,
     pub version: String,
+    /// `client.pem` as it is on disk now.
+    pub client_cert_pem: String,
+    /// SHA-256 (hex) of the node's whole ssconf set, or the error reading it.
+    pub ssconf_sha256: Result<String, String>,
+    /// SHA-256 (hex) of `server.pem` and of `ca.pem` as files.
+    pub server_pem_sha256: String,
+    pub ca_pem_sha256: String,
+    /// The managed block of the node's authorized_keys, or the error.
+    pub authorized_keys: Result<Vec<String>, String>,
 }
 
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Pong { node: String, version: String },
-    NodeInfo(NodeInfo),
+    NodeInfo(Box<NodeInfo>),
     SsconfWritten { serial: u64 },
     Echoed { len: u64 },
     Joined(Box<JoinReply>),

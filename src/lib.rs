@@ -61,3 +61,4 @@ pub mod lifecycle;
 pub mod roles;
 pub mod ssh;
 pub mod token;
+pub mod verify;

@@ -219,10 +219,13 @@ pub async fn set_candidate(
     let mut master = Master::open(state, wait, &format!("modify {name}"))?;
     let node = find(&master.config, name)?.clone();
     if yes {
-        if node.role.is_candidate() {
-            crate::say!("{name} is already a master candidate");
-            return Ok(Outcome::Success);
+        if node.role == NodeRole::Master {
+            // Nothing to promote; send everyone the state again.
+            let push = master.commit(PushItems::ALL, &[]).await?;
+            crate::say!("{name} is the master; cluster state sent again");
+            return Ok(outcome(&push));
         }
+        // On a candidate this re-installs its files and key: a repair.
         let push = master.promote(name).await?;
         crate::say!(
             "{name} is now a master candidate (serial {})",
@@ -235,8 +238,17 @@ pub async fn set_candidate(
             "{name} is the master and cannot be demoted; run `nodectl master-failover` on another candidate first"
         ))),
         NodeRole::Regular => {
-            crate::say!("{name} is already a regular node");
-            Ok(Outcome::Success)
+            // A repair: make sure it holds nothing a candidate holds.
+            let mut push = PushOutcome::default();
+            if !node.offline {
+                if let Err(e) = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await {
+                    push.unreachable.push((name.to_owned(), e.to_string()));
+                }
+            }
+            let sent = master.commit(PushItems::ALL, &[]).await?;
+            push.unreachable.extend(sent.unreachable);
+            crate::say!("{name} is a regular node; candidate files removed, state sent again");
+            Ok(outcome(&push))
         }
         NodeRole::Candidate => {
             let mut push = master.keep_pool(name, auto_promote, true).await?;
@@ -259,17 +271,23 @@ pub async fn set_offline(
     let mut master = Master::open(state, wait, &format!("modify {name}"))?;
     let node = find(&master.config, name)?.clone();
     if node.role == NodeRole::Master {
+        if !yes {
+            // The master is online by definition: send everyone the state.
+            let push = master.commit(PushItems::ALL, &[]).await?;
+            crate::say!("{name} is the master; cluster state sent again");
+            return Ok(outcome(&push));
+        }
         return Err(Error::Invalid(format!(
             "{name} is the master and cannot be offlined; run `nodectl master-failover` on another candidate first"
         )));
     }
-    if yes == node.offline {
-        crate::say!(
-            "{name} is already {}",
-            if yes { "offline" } else { "online" }
-        );
+    if yes && node.offline {
+        crate::say!("{name} is already offline");
         return Ok(Outcome::Success);
     }
+    // `--offline=no` on an online node goes through the online steps
+    // again: a repair that re-sends its state and re-issues a certificate
+    // that does not match the record.
     if yes {
         let mut push = if node.role.is_candidate() {
             master.keep_pool(name, auto_promote, false).await?
@@ -302,10 +320,10 @@ pub async fn set_offline(
         .map_err(reach)?;
     if let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? {
         let alg: ssconf::DigestAlgorithm = master.config.digest.into();
-        let actual = match alg {
-            ssconf::DigestAlgorithm::Sha256 => info.client_digest_sha256,
-            ssconf::DigestAlgorithm::Sha1 => info.client_digest_sha1,
-        };
+        // The certificate as it is on the node's disk now.
+        let actual = crate::pki::load_certs_from_pem(&info.client_cert_pem)
+            .map(|der| alg.digest(&der).to_string())
+            .unwrap_or_default();
         if actual != node.digest {
             // Not the certificate the master signed for it: issue a new one,
             // for a key the node makes now.

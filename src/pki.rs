@@ -332,26 +332,40 @@ pub fn check_client_certificate(
             "the signed certificate is not for this node's key".into(),
         ));
     }
-    let anchor = webpki::anchor_from_trusted_cert(ca)
-        .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
-    let end_entity = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| Error::Certificate(format!("certificate: {e}")))?;
-    end_entity
+    chains_to(
+        cert,
+        std::slice::from_ref(ca),
+        rustls_pki_types::UnixTime::now(),
+    )
+    .map_err(|e| {
+        Error::Certificate(format!(
+            "the signed certificate does not chain to the cluster CA: {e}"
+        ))
+    })
+}
+
+/// Checks that `cert` is a client certificate issued by one of `cas`, valid
+/// at `when`.
+pub fn chains_to(
+    cert: &CertificateDer<'_>,
+    cas: &[CertificateDer<'_>],
+    when: rustls_pki_types::UnixTime,
+) -> std::result::Result<(), webpki::Error> {
+    let anchors = cas
+        .iter()
+        .map(webpki::anchor_from_trusted_cert)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    webpki::EndEntityCert::try_from(cert)?
         .verify_for_usage(
             crate::tls::provider().signature_verification_algorithms.all,
-            &[anchor],
+            &anchors,
             &[],
-            rustls_pki_types::UnixTime::now(),
+            when,
             webpki::KeyUsage::client_auth(),
             None,
             None,
         )
-        .map_err(|e| {
-            Error::Certificate(format!(
-                "the signed certificate does not chain to the cluster CA: {e}"
-            ))
-        })?;
-    Ok(())
+        .map(|_| ())
 }
 
 /// Reads every certificate in a PEM file.

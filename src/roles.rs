@@ -8,6 +8,71 @@ use crate::error::{Error, Result};
 use crate::pki::Secret;
 use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn file_sha256(path: &std::path::Path) -> String {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b))
+        .unwrap_or_default()
+}
+
+/// SHA-256 (hex) of a whole ssconf set, as `node-info` reports it.
+pub fn ssconf_sha256(set: &Ssconf) -> String {
+    let mut all = String::new();
+    for (name, text) in set.render() {
+        all.push_str(&name);
+        all.push('\0');
+        all.push_str(&text);
+        all.push('\0');
+    }
+    sha256_hex(all.as_bytes())
+}
+
+/// SHA-256 (hex) of a file's bytes ("" if unreadable).
+pub fn file_sha256_hex(path: &std::path::Path) -> String {
+    file_sha256(path)
+}
+
+/// What this node reports about itself (`node-info`), read from disk now.
+pub fn node_info(
+    state: &StateDir,
+    identity: &crate::state::NodeIdentity,
+    cert: &crate::server::ClientCertFacts,
+) -> crate::frame::NodeInfo {
+    let ssconf = Ssconf::load(&state.ssconf_dir());
+    let ssconf_sha256 = match &ssconf {
+        Ok(set) => Ok(ssconf_sha256(set)),
+        Err(e) => Err(e.to_string()),
+    };
+    let authorized_keys = match std::fs::read_to_string(state.authorized_keys()) {
+        Ok(text) => crate::ssh::managed_keys(&text).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", state.authorized_keys().display())),
+    };
+    crate::frame::NodeInfo {
+        uuid: identity.uuid.clone(),
+        name: identity.name.clone(),
+        address: identity.address.clone(),
+        client_digest_sha256: cert.sha256.to_string(),
+        client_digest_sha1: cert.sha1.to_string(),
+        client_cert_expires: cert.expires,
+        ssconf_serial: ssconf.as_ref().map(|s| s.serial).unwrap_or(0),
+        role_files: state.role_files(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        client_cert_pem: std::fs::read_to_string(state.client_pem()).unwrap_or_default(),
+        ssconf_sha256,
+        server_pem_sha256: file_sha256(&state.server_pem()),
+        ca_pem_sha256: file_sha256(&state.ca_pem()),
+        authorized_keys,
+    }
+}
+
 /// Parses a pushed config and checks it may replace the one held here:
 /// same cluster, serial not older.
 fn accept_config(state: &StateDir, config_json: &str) -> Result<ClusterConfig> {

@@ -26,8 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Admission, Denial, DenialLog, DenialReason, Verdict, VERDICT};
 use crate::frame::{
-    self, FrameError, NodeInfo, Procedure, Reply, Response, RpcError, RpcErrorKind,
-    PROTOCOL_VERSION,
+    self, FrameError, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION,
 };
 use crate::reload::{self, CandidateMapHandle};
 use crate::state::{NodeIdentity, StateDir};
@@ -536,24 +535,14 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
         }),
         Procedure::NodeInfo => {
             let state = daemon.state.clone();
-            let (role_files, serial) = tokio::task::spawn_blocking(move || {
-                let serial = Ssconf::stored_serial(&state.ssconf_dir()).ok().flatten();
-                (state.role_files(), serial.unwrap_or(0))
+            let identity = daemon.identity.clone();
+            let cert = daemon.client_cert.load_full();
+            let info = tokio::task::spawn_blocking(move || {
+                crate::roles::node_info(&state, &identity, &cert)
             })
             .await
             .map_err(|e| failed(format!("node-info task failed: {e}")))?;
-            let cert = daemon.client_cert.load();
-            Ok(Reply::NodeInfo(NodeInfo {
-                uuid: daemon.identity.uuid.clone(),
-                name: daemon.identity.name.clone(),
-                address: daemon.identity.address.clone(),
-                client_digest_sha256: cert.sha256.to_string(),
-                client_digest_sha1: cert.sha1.to_string(),
-                client_cert_expires: cert.expires,
-                ssconf_serial: serial,
-                role_files,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-            }))
+            Ok(Reply::NodeInfo(Box::new(info)))
         }
         Procedure::WriteSsconf { files } => {
             let _guard = daemon.ssconf_write.lock().await;

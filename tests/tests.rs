@@ -16,3 +16,4 @@ mod frames;
 mod lifecycle;
 mod openssl;
 mod sshd;
+mod verify;
