@@ -159,9 +159,40 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate node certificates, the server certificate or SSH keys without
+    /// downtime.
+    ///
+    /// Node certificates switch through an overlapping candidate map (old and
+    /// new digests), so no candidate, the master included, is ever refused.
+    /// An interrupted run is completed by running it again.
+    RenewCrypto(RenewArgs),
     /// Generate man pages or shell completions.
     #[command(subcommand)]
     Generate(Generate),
+}
+
+/// `nodectl renew-crypto`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["new_node_certificates", "new_cluster_certificate", "new_ssh_keys", "new_ca"])))]
+pub struct RenewArgs {
+    /// Every online node (or each --node) makes a new key; the master signs.
+    #[arg(long)]
+    pub new_node_certificates: bool,
+    /// A new shared server certificate and key on every node.
+    #[arg(long)]
+    pub new_cluster_certificate: bool,
+    /// Every master candidate makes a new SSH key pair.
+    #[arg(long)]
+    pub new_ssh_keys: bool,
+    /// A new cluster CA (not available yet).
+    #[arg(long)]
+    pub new_ca: bool,
+    /// Renew only this node's certificate (repeatable).
+    #[arg(long, value_name = "NODE", requires = "new_node_certificates")]
+    pub node: Vec<String>,
+    /// Wait for the cluster lock instead of failing when it is taken.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// `nodectl token`.

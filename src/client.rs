@@ -43,6 +43,7 @@ impl RpcClient {
 
     /// A client with this node's CA and client certificate.
     pub fn from_state(state: &StateDir) -> Result<Self> {
+        crate::roles::recover_client_pair(state)?;
         let ca = pki::load_certs(&state.ca_pem())?;
         let chain = pki::load_certs(&state.client_pem())?;
         let key = pki::load_key(&state.client_key())?;

@@ -43,6 +43,10 @@ pub struct NodeRecord {
     pub digest: String,
     /// `notAfter` of that certificate, Unix seconds.
     pub cert_expires: i64,
+    /// During a certificate renewal: the digest of the new certificate, in
+    /// the map next to the old one until the node uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_digest: Option<String>,
     /// The node's SSH public key (master candidates only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
@@ -118,11 +122,17 @@ impl ClusterConfig {
         };
         let mut entries = Vec::new();
         for n in nodes.iter().filter(|n| n.role.is_candidate() && !n.offline) {
-            let digest: CertDigest = n
-                .digest
-                .parse()
-                .map_err(|e| Error::Invalid(format!("config: node {}: bad digest: {e}", n.name)))?;
-            entries.push((n.uuid.clone(), digest));
+            // An empty digest: no valid certificate on record (a renewal
+            // that did not reach the node); no entry until it is renewed.
+            for text in std::iter::once(&n.digest).chain(n.next_digest.iter()) {
+                if text.is_empty() {
+                    continue;
+                }
+                let digest: CertDigest = text.parse().map_err(|e| {
+                    Error::Invalid(format!("config: node {}: bad digest: {e}", n.name))
+                })?;
+                entries.push((n.uuid.clone(), digest));
+            }
         }
         Ok(Ssconf {
             cluster_name: self.cluster_name.clone(),

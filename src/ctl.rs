@@ -87,6 +87,20 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
         Command::Remove { node, wait } => crate::lifecycle::remove(&state, &node, wait).await,
         Command::MasterFailover { wait } => crate::lifecycle::master_failover(&state, wait).await,
         Command::Verify { json } => crate::verify::verify(&state, json).await,
+        Command::RenewCrypto(r) => {
+            if r.new_ca {
+                return Err(Error::Invalid(
+                    "--new-ca is not implemented yet; the other renewals are".into(),
+                ));
+            }
+            let plan = crate::renew::RenewPlan {
+                node_certificates: r.new_node_certificates,
+                cluster_certificate: r.new_cluster_certificate,
+                ssh_keys: r.new_ssh_keys,
+                nodes: r.node,
+            };
+            crate::renew::renew(&state, &plan, r.wait).await
+        }
         Command::Generate(Generate::Man { dir }) => generate_man(&dir),
         Command::Generate(Generate::Completions { shell }) => {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
@@ -144,6 +158,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
             digest: digest_alg.digest(&client_der).to_string(),
             cert_expires: CertInfo::from_der(&client_der)?.not_after,
             ssh_public_key: Some(ssh_public.clone()),
+            next_digest: None,
         }],
     };
     let identity = NodeIdentity {

@@ -87,6 +87,7 @@ fn role_of(ssconf: Option<&Ssconf>, name: &str) -> &'static str {
 pub async fn serve(args: NodedArgs) -> Result<()> {
     let state = StateDir::new(&args.global.state_dir);
     state.check_initialised()?;
+    crate::roles::recover_client_pair(&state)?;
     let identity = state.load_identity()?;
     let map_path = Ssconf::candidate_map_path(&state.ssconf_dir());
     let map = match CandidateMap::load(&map_path) {
@@ -112,6 +113,7 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),
+        allow_tls12: args.allow_tls12,
         ..Limits::default()
     };
     let address = args
@@ -154,7 +156,7 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading certificates and ssconf");
                 let _ = reload_tx.send(()).await;
-                reload_certificates(&daemon, args.allow_tls12);
+                reload_certificates(&daemon);
                 notify_systemd(&[sd_notify::NotifyState::Status(&status_line(&daemon, local))]);
             }
         })
@@ -185,9 +187,15 @@ fn status_line(daemon: &Daemon, local: SocketAddr) -> String {
 
 /// Rebuilds the TLS configuration from the state directory; on any error
 /// the current one stays in force.
-fn reload_certificates(daemon: &Daemon, allow_tls12: bool) {
-    let rebuilt = load_server_material(&daemon.state)
-        .and_then(|m| tls::server_config(m, &daemon.map, daemon.is_master.clone(), allow_tls12));
+pub fn reload_certificates(daemon: &Daemon) {
+    let rebuilt = load_server_material(&daemon.state).and_then(|m| {
+        tls::server_config(
+            m,
+            &daemon.map,
+            daemon.is_master.clone(),
+            daemon.limits.allow_tls12,
+        )
+    });
     match rebuilt {
         Ok(config) => {
             daemon.tls.store(config);

@@ -57,6 +57,10 @@ pub enum Procedure {
     PrepareClientKey,
     /// Install a client certificate for the pending key.
     InstallClientCert { cert_pem: String },
+    /// Replace the shared server certificate and key, and serve with them.
+    InstallServerCert { cert_pem: String, key: Secret },
+    /// Replace this candidate's SSH key pair; reply with the new public key.
+    ReplaceSshKey,
 }
 
 /// What a joining node sends.
@@ -92,7 +96,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -109,6 +113,8 @@ impl Procedure {
             Procedure::WriteAuthorizedKeys { .. } => "write-authorized-keys",
             Procedure::PrepareClientKey => "prepare-client-key",
             Procedure::InstallClientCert { .. } => "install-client-cert",
+            Procedure::InstallServerCert { .. } => "install-server-cert",
+            Procedure::ReplaceSshKey => "replace-ssh-key",
         }
     }
 }
@@ -381,10 +387,7 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::InstallClientCert {
-            cert_pem: String::new(),
-        })
-        .unwrap();
+        let last = postcard::to_allocvec(&Procedure::ReplaceSshKey).unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 

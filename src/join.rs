@@ -90,6 +90,7 @@ pub fn admit(
         digest: alg.digest(&client_der).to_string(),
         cert_expires: CertInfo::from_der(&client_der)?.not_after,
         ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
+        next_digest: None,
     });
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses one.

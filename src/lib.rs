@@ -58,6 +58,7 @@ pub use error::{Error, Result};
 pub mod cluster;
 pub mod join;
 pub mod lifecycle;
+pub mod renew;
 pub mod roles;
 pub mod ssh;
 pub mod token;

@@ -317,6 +317,14 @@ pub fn load_certs_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
     })
 }
 
+/// Whether `cert` carries `key`'s public key.
+pub fn cert_has_key(cert: &CertificateDer<'_>, key: &NodeKey) -> Result<bool> {
+    use rcgen::PublicKeyData;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| Error::Certificate(format!("unparsable certificate: {e}")))?;
+    Ok(parsed.public_key().subject_public_key.data.as_ref() == key.0.der_bytes())
+}
+
 /// Checks that `cert` carries `key`'s public key and chains to `ca` for
 /// client authentication.
 pub fn check_client_certificate(

@@ -162,11 +162,73 @@ pub fn install_client_cert(state: &StateDir, cert_pem: &str) -> Result<()> {
             ))
         });
     checked?;
-    // Key first: a certificate is public, a key without its certificate is
-    // replaced again at the next renewal; the pending file goes last.
-    state.write(&state.client_key(), key_pem.as_bytes(), MODE_SECRET)?;
+    switch_client_pair(state, cert_pem)
+}
+
+/// Switches to the pending key (`client.key.new`) and its certificate.
+///
+/// Two files cannot be replaced in one step, so: the certificate replaces
+/// client.pem, then the pending key is renamed over client.key. A crash in
+/// between leaves the new certificate with the pending key beside it, which
+/// [`recover_client_pair`] finishes before the pair is next used.
+pub fn switch_client_pair(state: &StateDir, cert_pem: &str) -> Result<()> {
     state.write(&state.client_pem(), cert_pem.as_bytes(), MODE_PUBLIC)?;
-    ssconf::atomic::remove_durable(&pending).map_err(Error::io(&pending))
+    recover_client_pair(state)
+}
+
+/// Finishes an interrupted [`switch_client_pair`]: if the pending key is the
+/// one client.pem was issued for, it becomes client.key. A pending key whose
+/// certificate never arrived is left alone (the old pair still matches).
+pub fn recover_client_pair(state: &StateDir) -> Result<()> {
+    let pending = state.root().join("client.key.new");
+    let Ok(key_pem) = std::fs::read_to_string(&pending) else {
+        return Ok(());
+    };
+    let key = crate::pki::NodeKey::from_pem(&key_pem)?;
+    let cert = crate::pki::load_certs(&state.client_pem())?;
+    let Some(cert) = cert.first() else {
+        return Ok(());
+    };
+    if !crate::pki::cert_has_key(cert, &key)? {
+        return Ok(());
+    }
+    std::fs::rename(&pending, state.client_key()).map_err(Error::io(&pending))?;
+    std::fs::File::open(state.root())
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(state.root()))
+}
+
+/// Installs a new shared server certificate and key (after checking that
+/// they belong together and chain to this node's CA).
+pub fn install_server_cert(state: &StateDir, cert_pem: &str, key: &Secret) -> Result<()> {
+    let chain = vec![crate::pki::load_certs_from_pem(cert_pem)?];
+    let key_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+            .map_err(|e| Error::Certificate(format!("new server key: {e}")))?
+    };
+    // Builds a throwaway config: fails unless key and certificate match.
+    let ca = crate::pki::load_certs(&state.ca_pem())?;
+    crate::tls::server_config(
+        crate::tls::ServerMaterial {
+            ca_certs: ca,
+            server_chain: chain,
+            server_key: key_der,
+        },
+        &crate::reload::CandidateMapHandle::new(ssconf::CandidateMap::empty()),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        false,
+    )?;
+    state.write(&state.server_key(), key.expose().as_bytes(), MODE_SECRET)?;
+    state.write(&state.server_pem(), cert_pem.as_bytes(), MODE_PUBLIC)
+}
+
+/// Replaces this node's SSH key pair with a new one.
+pub fn replace_ssh_key(state: &StateDir, comment: &str) -> Result<String> {
+    for path in [state.ssh_private_key(), state.ssh_public_key()] {
+        ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))?;
+    }
+    ensure_ssh_key(state, comment)
 }
 
 /// This node's SSH public key, making the key pair first if there is none.

@@ -47,6 +47,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Time in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Whether TLS 1.2 is accepted besides 1.3.
+    pub allow_tls12: bool,
 }
 
 impl Default for Limits {
@@ -58,6 +60,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            allow_tls12: false,
         }
     }
 }
@@ -625,6 +628,18 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             }
             tracing::info!("client certificate replaced");
             Ok(Reply::Done)
+        }
+        Procedure::InstallServerCert { cert_pem, key } => {
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::install_server_cert(&state, &cert_pem, &key)).await?;
+            crate::daemon::reload_certificates(daemon);
+            Ok(Reply::Done)
+        }
+        Procedure::ReplaceSshKey => {
+            let state = daemon.state.clone();
+            let name = daemon.identity.name.clone();
+            let public = blocking(move || crate::roles::replace_ssh_key(&state, &name)).await?;
+            Ok(Reply::SshPublicKey(public))
         }
         Procedure::WriteAuthorizedKeys { keys } => {
             let path = daemon.state.authorized_keys();

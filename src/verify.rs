@@ -77,7 +77,7 @@ fn resync(node: &str) -> String {
 }
 
 fn reissue(node: &str) -> String {
-    format!("nodectl modify {node} --offline=no (issues it a new client certificate)")
+    format!("nodectl renew-crypto --new-node-certificates --node {node}")
 }
 
 /// Checks a certificate's expiry.
@@ -166,7 +166,11 @@ fn check(
                     "{} is a master candidate but has no entry in the candidate map",
                     n.name
                 ),
-                format!("nodectl modify {} --master-candidate=yes", n.name),
+                if n.digest.is_empty() {
+                    reissue(&n.name)
+                } else {
+                    format!("nodectl modify {} --master-candidate=yes", n.name)
+                },
             );
         }
     }

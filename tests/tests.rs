@@ -15,5 +15,6 @@ mod cli;
 mod frames;
 mod lifecycle;
 mod openssl;
+mod renew;
 mod sshd;
 mod verify;

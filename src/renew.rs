@@ -1,0 +1,352 @@
+//! `nodectl renew-crypto` (SPEC §8): rotation without downtime.
+//!
+//! Node certificates go through an overlapping map: the new digest enters
+//! the map next to the old one (`next_digest` in the config) before any node
+//! switches, and the old one leaves only after. Every other node is renewed
+//! with the master's current certificate; the master's own certificate is
+//! renewed last and the final push uses it. Each step leaves a state in
+//! which every node serves and the master can command every node, so a
+//! rerun after a crash simply completes the job.
+
+use std::sync::Arc;
+
+use ssconf::DigestAlgorithm;
+use tokio::sync::Semaphore;
+
+use crate::client::RpcClient;
+use crate::cluster::{self, ClusterLock, PushItems, PushOutcome, PUSH_CONCURRENCY};
+use crate::config::{ClusterConfig, NodeRecord};
+use crate::ctl::Outcome;
+use crate::error::{Error, Result};
+use crate::frame::{Procedure, Reply};
+use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey, Secret};
+use crate::state::StateDir;
+
+/// What to renew.
+#[derive(Debug, Clone, Default)]
+pub struct RenewPlan {
+    pub node_certificates: bool,
+    pub cluster_certificate: bool,
+    pub ssh_keys: bool,
+    /// Limit node-certificate renewal to these nodes (default: all online).
+    pub nodes: Vec<String>,
+}
+
+fn load_ca(state: &StateDir) -> Result<CertificateAuthority> {
+    CertificateAuthority::from_pem(
+        &std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?,
+        &std::fs::read_to_string(state.ca_key()).map_err(Error::io(state.ca_key()))?,
+    )
+}
+
+/// Runs `op` on every node in `nodes`, at most [`PUSH_CONCURRENCY`] at once;
+/// returns each node's result, in order.
+async fn fan_out<T, F, Fut>(nodes: &[NodeRecord], op: F) -> Vec<(NodeRecord, Result<T>)>
+where
+    T: Send + 'static,
+    F: Fn(NodeRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, node) in nodes.iter().cloned().enumerate() {
+        let limit = limit.clone();
+        let fut = op(node.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            (i, node, fut.await)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::error!("renewal task failed: {e}"),
+        }
+    }
+    out.sort_by_key(|(i, _, _)| *i);
+    out.into_iter().map(|(_, n, r)| (n, r)).collect()
+}
+
+fn progress(node: &str, what: &str, result: &Result<impl Sized>) {
+    match result {
+        Ok(_) => crate::say!("{node}: {what}: ok"),
+        Err(e) => eprintln!("{node}: {what}: FAILED: {e}"),
+    }
+}
+
+/// `nodectl renew-crypto`.
+pub async fn renew(state: &StateDir, plan: &RenewPlan, wait: bool) -> Result<Outcome> {
+    cluster::master_config(state)?;
+    let _lock = ClusterLock::acquire(state, wait, "renew-crypto")?;
+    let mut config = cluster::master_config(state)?;
+    let mut unreachable = PushOutcome::default();
+    if plan.node_certificates {
+        node_certificates(state, &mut config, &plan.nodes, &mut unreachable).await?;
+    }
+    if plan.cluster_certificate {
+        cluster_certificate(state, &config, &mut unreachable).await?;
+    }
+    if plan.ssh_keys {
+        ssh_keys(state, &mut config, &mut unreachable).await?;
+    }
+    // One line per node: the first (most specific) reason.
+    let mut seen = std::collections::BTreeSet::new();
+    unreachable
+        .unreachable
+        .retain(|(node, _)| seen.insert(node.clone()));
+    unreachable.report();
+    Ok(if unreachable.is_complete() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
+
+async fn node_certificates(
+    state: &StateDir,
+    config: &mut ClusterConfig,
+    only: &[String],
+    failed: &mut PushOutcome,
+) -> Result<()> {
+    for name in only {
+        let node = config.node(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown node {name:?}; `nodectl list` shows the cluster's nodes"
+            ))
+        })?;
+        if node.offline {
+            return Err(Error::Invalid(format!(
+                "{name} is offline; bring it online first (`nodectl modify {name} --offline=no`)"
+            )));
+        }
+    }
+    let me = state.load_identity()?;
+    let alg: DigestAlgorithm = config.digest.into();
+    let ca = Arc::new(load_ca(state)?);
+    let days = config.cert_days;
+    let targets: Vec<NodeRecord> = config
+        .nodes
+        .iter()
+        .filter(|n| !n.offline && (only.is_empty() || only.contains(&n.name)))
+        .cloned()
+        .collect();
+    let others: Vec<NodeRecord> = targets
+        .iter()
+        .filter(|n| n.uuid != me.uuid)
+        .cloned()
+        .collect();
+    let renew_self = targets.iter().any(|n| n.uuid == me.uuid);
+    let client = RpcClient::from_state(state)?;
+
+    // 1. Every other node makes a key and a CSR; the master signs.
+    let signed = fan_out(&others, |node| {
+        let client = client.clone();
+        let ca = ca.clone();
+        async move {
+            let mut conn = client.connect(&node.name, &node.address).await?;
+            let Reply::Csr(csr) = conn.call(Procedure::PrepareClientKey).await? else {
+                return Err(Error::Invalid("no CSR in the reply".into()));
+            };
+            ca.sign_client_csr(&csr, days)
+        }
+    })
+    .await;
+    let mut pending: Vec<(NodeRecord, String)> = Vec::new();
+    for (node, result) in signed {
+        progress(&node.name, "new key and CSR", &result);
+        let record = node_mut(config, &node.name)?;
+        match result {
+            Ok(cert_pem) => {
+                let der = pki::load_certs_from_pem(&cert_pem)?;
+                record.next_digest = Some(alg.digest(&der).to_string());
+                pending.push((node, cert_pem));
+            }
+            Err(e) => {
+                // Keeps no valid entry: fixed later with --node.
+                record.digest = String::new();
+                record.next_digest = None;
+                failed.unreachable.push((node.name.clone(), format!("{e}; renew it later with `nodectl renew-crypto --new-node-certificates --node {}`", node.name)));
+            }
+        }
+    }
+    // 2. The overlapping map (old and new digests) reaches every node.
+    let overlap = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(overlap.unreachable);
+
+    // 3. Each node switches to its new certificate.
+    let installed =
+        fan_out(
+            &pending.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            |node| {
+                let client = client.clone();
+                let cert_pem = pending
+                    .iter()
+                    .find(|(n, _)| n.uuid == node.uuid)
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_default();
+                async move {
+                    cluster::call(&client, &node, Procedure::InstallClientCert { cert_pem }).await
+                }
+            },
+        )
+        .await;
+    for (node, result) in installed {
+        progress(&node.name, "new client certificate", &result);
+        let cert_pem = pending
+            .iter()
+            .find(|(n, _)| n.uuid == node.uuid)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        let record = node_mut(config, &node.name)?;
+        match result {
+            Ok(_) => finish(record, &cert_pem, alg)?,
+            Err(e) => {
+                record.digest = String::new();
+                record.next_digest = None;
+                failed.unreachable.push((node.name.clone(), format!("{e}; renew it later with `nodectl renew-crypto --new-node-certificates --node {}`", node.name)));
+            }
+        }
+    }
+    // The master's own certificate comes last, and only when every node
+    // holds a map with its new digest: a node that missed the pushes keeps
+    // the master's old digest, and the master must still be able to
+    // command it once it is back.
+    if renew_self {
+        if !failed.is_complete() {
+            eprintln!(
+                "{}: client certificate NOT renewed: some nodes did not get the new map; run `nodectl renew-crypto --new-node-certificates --node {}` once they are reachable",
+                me.name, me.name
+            );
+        } else {
+            let key = NodeKey::generate()?;
+            let cert_pem = ca.sign_client_csr(&key.client_csr(&me.name)?, days)?;
+            let der = pki::load_certs_from_pem(&cert_pem)?;
+            node_mut(config, &me.name)?.next_digest = Some(alg.digest(&der).to_string());
+            let overlap = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
+            if overlap.is_complete() {
+                state.write(
+                    &state.root().join("client.key.new"),
+                    key.to_pem().expose().as_bytes(),
+                    crate::state::MODE_SECRET,
+                )?;
+                crate::roles::switch_client_pair(state, &cert_pem)?;
+                finish(node_mut(config, &me.name)?, &cert_pem, alg)?;
+                crate::say!("{}: new client certificate: ok", me.name);
+            } else {
+                node_mut(config, &me.name)?.next_digest = None;
+                eprintln!(
+                    "{}: client certificate NOT renewed: some nodes did not get the new map",
+                    me.name
+                );
+                failed.unreachable.extend(overlap.unreachable);
+            }
+        }
+    }
+
+    // 4. Only the new digests remain.
+    let client = RpcClient::from_state(state)?;
+    let done = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(done.unreachable);
+    Ok(())
+}
+
+fn finish(record: &mut NodeRecord, cert_pem: &str, alg: DigestAlgorithm) -> Result<()> {
+    let der = pki::load_certs_from_pem(cert_pem)?;
+    record.digest = alg.digest(&der).to_string();
+    record.next_digest = None;
+    record.cert_expires = CertInfo::from_der(&der)?.not_after;
+    Ok(())
+}
+
+fn node_mut<'a>(config: &'a mut ClusterConfig, name: &str) -> Result<&'a mut NodeRecord> {
+    config
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .ok_or_else(|| Error::Invalid(format!("unknown node {name:?}")))
+}
+
+/// A new shared server certificate on every online node; each daemon
+/// serves with it from the next handshake, without a restart.
+async fn cluster_certificate(
+    state: &StateDir,
+    config: &ClusterConfig,
+    failed: &mut PushOutcome,
+) -> Result<()> {
+    let ca = load_ca(state)?;
+    let (cert_pem, key) = ca.issue_server_certificate(&config.cluster_name, config.cert_days)?;
+    let client = RpcClient::from_state(state)?;
+    let nodes: Vec<NodeRecord> = config
+        .nodes
+        .iter()
+        .filter(|n| !n.offline)
+        .cloned()
+        .collect();
+    let results = fan_out(&nodes, |node| {
+        let client = client.clone();
+        let cert_pem = cert_pem.clone();
+        let key: Secret = key.clone();
+        async move {
+            cluster::call(
+                &client,
+                &node,
+                Procedure::InstallServerCert { cert_pem, key },
+            )
+            .await
+        }
+    })
+    .await;
+    for (node, result) in results {
+        progress(&node.name, "new server certificate", &result);
+        if let Err(e) = result {
+            failed.unreachable.push((
+                node.name,
+                format!("{e}; run `nodectl renew-crypto --new-cluster-certificate` again"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new SSH key pair on every online master candidate (made there), then
+/// the new public keys in every authorized_keys.
+async fn ssh_keys(
+    state: &StateDir,
+    config: &mut ClusterConfig,
+    failed: &mut PushOutcome,
+) -> Result<()> {
+    let client = RpcClient::from_state(state)?;
+    let candidates: Vec<NodeRecord> = config
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_candidate() && !n.offline)
+        .cloned()
+        .collect();
+    let results = fan_out(&candidates, |node| {
+        let client = client.clone();
+        async move {
+            match cluster::call(&client, &node, Procedure::ReplaceSshKey).await? {
+                Reply::SshPublicKey(key) => {
+                    crate::ssh::check_public(&key)?;
+                    Ok(key)
+                }
+                other => Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+            }
+        }
+    })
+    .await;
+    for (node, result) in results {
+        progress(&node.name, "new SSH key", &result);
+        match result {
+            Ok(key) => node_mut(config, &node.name)?.ssh_public_key = Some(key),
+            Err(e) => failed.unreachable.push((
+                node.name,
+                format!("{e}; run `nodectl renew-crypto --new-ssh-keys` again"),
+            )),
+        }
+    }
+    let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(pushed.unreachable);
+    Ok(())
+}

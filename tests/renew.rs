@@ -1,0 +1,246 @@
+//! `nodectl renew-crypto` on a running cluster.
+
+use std::process::Command;
+
+use ssconf::DigestAlgorithm;
+
+use crate::support::*;
+
+fn digest(node: &Node) -> String {
+    noded::ctl::file_digest(&node.state.client_pem(), DigestAlgorithm::Sha256)
+        .unwrap()
+        .to_string()
+}
+
+fn run(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = nodectl(node.dir(), args);
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn verify_clean(m: &Node) {
+    let (code, out, err) = run(m, &["verify"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("no findings"), "{out}");
+}
+
+fn pings_all(node: &Node) -> bool {
+    run(node, &["ping"]).0 == Some(0)
+}
+
+#[test]
+fn node_certificates_switch_through_an_overlapping_map() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let before: Vec<String> = [&m, &a, &b].iter().map(|n| digest(n)).collect();
+    let old_a = node_identity(&a);
+
+    // While the renewal runs, candidate a keeps commanding: with whatever
+    // certificate it has at that moment, every ping succeeds.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        let dir = a.dir().to_path_buf();
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            let mut failures = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = nodectl(&dir, &["ping"]);
+                runs += 1;
+                if !out.status.success() {
+                    failures.push(text(&out.stdout) + &text(&out.stderr));
+                }
+            }
+            (runs, failures)
+        })
+    };
+    let (code, out, err) = run(&m, &["renew-crypto", "--new-node-certificates"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, failures) = pinger.join().unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(runs > 0);
+    // A ping that read the key and certificate files while they were being
+    // replaced may fail locally; none may be refused by a node.
+    for f in &failures {
+        assert!(
+            !f.contains("not authorized"),
+            "candidate refused during renewal: {f}"
+        );
+    }
+    let after: Vec<String> = [&m, &a, &b].iter().map(|n| digest(n)).collect();
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old, new);
+    }
+    // The map holds exactly the new digests of the candidates.
+    let map = m.map();
+    assert_eq!(map.len(), 2, "{}", map.render());
+    for d in &after[..2] {
+        assert!(map.render().contains(d.as_str()));
+    }
+    assert!(pings_all(&m) && pings_all(&a));
+    verify_clean(&m);
+    // The old certificate of a is refused now.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let refused = rt.block_on(ping(&client(&m, Some(&old_a)), &m));
+    assert!(
+        matches!(refused, Err(noded::Error::NotAuthorized { .. })),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_node_keeps_no_entry_and_is_renewed_later() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, da) = join_and_start(&m, "a", &[]);
+    let (_b, _db) = join_and_start(&m, "b", &[]);
+    drop(da);
+    let (code, _, err) = run(&m, &["renew-crypto", "--new-node-certificates"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("a not updated") || err.contains("a: "),
+        "{err}"
+    );
+    assert!(err.contains("--node a"), "{err}");
+    // No valid entry for a.
+    assert_eq!(m.map().len(), 1);
+    let _da = Daemon::start(&a, &[]);
+    assert!(!pings_all(&a), "a commands without an entry");
+    let (code, out, err) = run(&m, &["verify"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("renew-crypto --new-node-certificates --node a"),
+        "{out}{err}"
+    );
+    let (code, _, err) = run(
+        &m,
+        &["renew-crypto", "--new-node-certificates", "--node", "a"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(pings_all(&a));
+    verify_clean(&m);
+}
+
+#[test]
+fn cluster_certificate_and_ssh_keys() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let old_server = std::fs::read_to_string(m.state.server_pem()).unwrap();
+    let old_keys = (
+        std::fs::read_to_string(m.state.ssh_public_key()).unwrap(),
+        std::fs::read_to_string(a.state.ssh_public_key()).unwrap(),
+    );
+    let (code, out, err) = run(
+        &m,
+        &[
+            "renew-crypto",
+            "--new-cluster-certificate",
+            "--new-ssh-keys",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let new_server = std::fs::read_to_string(m.state.server_pem()).unwrap();
+    assert_ne!(old_server, new_server);
+    for n in [&a, &b] {
+        assert_eq!(
+            std::fs::read_to_string(n.state.server_pem()).unwrap(),
+            new_server
+        );
+    }
+    // The running daemons serve the new certificate without a restart.
+    let served = Command::new("timeout")
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-connect",
+            &b.address,
+            "-showcerts",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let served = text(&served.stdout);
+    let first_cert_in = |pem: &str| {
+        pem.split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert!(
+        served.contains(&first_cert_in(&new_server)),
+        "b still serves the old certificate"
+    );
+    let new_keys = (
+        std::fs::read_to_string(m.state.ssh_public_key()).unwrap(),
+        std::fs::read_to_string(a.state.ssh_public_key()).unwrap(),
+    );
+    assert_ne!(old_keys.0, new_keys.0);
+    assert_ne!(old_keys.1, new_keys.1);
+    let authorized = std::fs::read_to_string(b.state.authorized_keys()).unwrap();
+    assert!(authorized.contains(new_keys.1.trim()) && !authorized.contains(old_keys.1.trim()));
+    assert!(pings_all(&m) && pings_all(&a));
+    verify_clean(&m);
+    drop(dm);
+}
+
+#[test]
+fn usage_errors() {
+    let m = init_master("m");
+    let (code, _, _) = run(&m, &["renew-crypto"]);
+    assert_eq!(code, Some(2));
+    let (code, _, _) = run(&m, &["renew-crypto", "--node", "m"]);
+    assert_eq!(code, Some(2));
+}
+
+/// kill -9 of `nodectl renew-crypto` at several points: afterwards the
+/// master still commands every node, and a rerun leaves a clean cluster.
+#[test]
+fn killed_renewals_are_completed_by_a_rerun() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (_b, _db) = join_and_start(&m, "b", &[]);
+    for delay_ms in [10u64, 40, 80, 150, 250, 400] {
+        let mut child = Command::new(NODECTL)
+            .arg("--state-dir")
+            .arg(m.dir())
+            .args([
+                "renew-crypto",
+                "--new-node-certificates",
+                "--new-cluster-certificate",
+                "--new-ssh-keys",
+                "--wait",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            pings_all(&m),
+            "after a kill at {delay_ms} ms the master cannot command every node"
+        );
+        assert!(
+            pings_all(&a),
+            "after a kill at {delay_ms} ms candidate a cannot command every node"
+        );
+    }
+    let (code, out, err) = run(
+        &m,
+        &[
+            "renew-crypto",
+            "--new-node-certificates",
+            "--new-cluster-certificate",
+            "--new-ssh-keys",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    verify_clean(&m);
+}
