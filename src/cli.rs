@@ -184,7 +184,8 @@ pub struct RenewArgs {
     /// Every master candidate makes a new SSH key pair.
     #[arg(long)]
     pub new_ssh_keys: bool,
-    /// A new cluster CA (not available yet).
+    /// A new cluster CA: trusted beside the old one, every certificate
+    /// reissued, then the old one dropped. Needs every online node reachable.
     #[arg(long)]
     pub new_ca: bool,
     /// Renew only this node's certificate (repeatable).

@@ -88,15 +88,11 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
         Command::MasterFailover { wait } => crate::lifecycle::master_failover(&state, wait).await,
         Command::Verify { json } => crate::verify::verify(&state, json).await,
         Command::RenewCrypto(r) => {
-            if r.new_ca {
-                return Err(Error::Invalid(
-                    "--new-ca is not implemented yet; the other renewals are".into(),
-                ));
-            }
             let plan = crate::renew::RenewPlan {
                 node_certificates: r.new_node_certificates,
                 cluster_certificate: r.new_cluster_certificate,
                 ssh_keys: r.new_ssh_keys,
+                ca: r.new_ca,
                 nodes: r.node,
             };
             crate::renew::renew(&state, &plan, r.wait).await

@@ -61,6 +61,8 @@ pub enum Procedure {
     InstallServerCert { cert_pem: String, key: Secret },
     /// Replace this candidate's SSH key pair; reply with the new public key.
     ReplaceSshKey,
+    /// Replace ca.pem (one or two CA certificates) and trust exactly those.
+    InstallCaBundle { ca_pem: String },
 }
 
 /// What a joining node sends.
@@ -96,7 +98,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -115,6 +117,7 @@ impl Procedure {
             Procedure::InstallClientCert { .. } => "install-client-cert",
             Procedure::InstallServerCert { .. } => "install-server-cert",
             Procedure::ReplaceSshKey => "replace-ssh-key",
+            Procedure::InstallCaBundle { .. } => "install-ca-bundle",
         }
     }
 }
@@ -387,7 +390,10 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::ReplaceSshKey).unwrap();
+        let last = postcard::to_allocvec(&Procedure::InstallCaBundle {
+            ca_pem: String::new(),
+        })
+        .unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 

@@ -176,15 +176,30 @@ impl CertificateAuthority {
     }
 
     /// Loads the CA from its certificate and key PEM text.
+    ///
+    /// `cert_pem` may hold several CA certificates (during a CA rotation);
+    /// the one the key belongs to is the signing CA.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+        use rcgen::PublicKeyData;
         let key = KeyPair::from_pem(key_pem).map_err(cert_error)?;
-        Ok(CertificateAuthority {
-            cert_pem: cert_pem.to_owned(),
-            cert_der,
-            key,
-        })
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
+        for cert_der in certs {
+            let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
+                .map_err(|e| Error::Certificate(format!("unparsable CA certificate: {e}")))?;
+            if parsed.public_key().subject_public_key.data.as_ref() == key.der_bytes() {
+                let one = pem_of(&cert_der);
+                return Ok(CertificateAuthority {
+                    cert_pem: one,
+                    cert_der,
+                    key,
+                });
+            }
+        }
+        Err(Error::Certificate(
+            "the CA key does not belong to any CA certificate in ca.pem".into(),
+        ))
     }
 
     /// Fails unless the key is the one the CA certificate was made for.
@@ -279,6 +294,19 @@ impl CertificateAuthority {
             .map_err(cert_error)?;
         Ok(cert.pem())
     }
+}
+
+/// A DER certificate as PEM text.
+pub fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// What the tools show of a certificate.

@@ -22,12 +22,16 @@ use crate::frame::{Procedure, Reply};
 use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey, Secret};
 use crate::state::StateDir;
 
+/// How long the old digests stay in the map after the nodes switched.
+pub const SWITCH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What to renew.
 #[derive(Debug, Clone, Default)]
 pub struct RenewPlan {
     pub node_certificates: bool,
     pub cluster_certificate: bool,
     pub ssh_keys: bool,
+    pub ca: bool,
     /// Limit node-certificate renewal to these nodes (default: all online).
     pub nodes: Vec<String>,
 }
@@ -81,10 +85,13 @@ pub async fn renew(state: &StateDir, plan: &RenewPlan, wait: bool) -> Result<Out
     let _lock = ClusterLock::acquire(state, wait, "renew-crypto")?;
     let mut config = cluster::master_config(state)?;
     let mut unreachable = PushOutcome::default();
-    if plan.node_certificates {
+    if plan.ca {
+        // Reissues every certificate itself.
+        new_ca(state, &mut config, &mut unreachable).await?;
+    } else if plan.node_certificates {
         node_certificates(state, &mut config, &plan.nodes, &mut unreachable).await?;
     }
-    if plan.cluster_certificate {
+    if plan.cluster_certificate && !plan.ca {
         cluster_certificate(state, &config, &mut unreachable).await?;
     }
     if plan.ssh_keys {
@@ -139,16 +146,29 @@ async fn node_certificates(
     let renew_self = targets.iter().any(|n| n.uuid == me.uuid);
     let client = RpcClient::from_state(state)?;
 
+    // A run that was interrupted after a node switched, but before the
+    // switch was recorded, left the certificate the node uses as
+    // `next_digest`: adopt it before anything else, or it would fall out
+    // of the map.
+    let own = crate::ctl::file_digest(&state.client_pem(), alg)?.to_string();
+    adopt(node_mut(config, &me.name)?, &own);
+
     // 1. Every other node makes a key and a CSR; the master signs.
     let signed = fan_out(&others, |node| {
         let client = client.clone();
         let ca = ca.clone();
         async move {
             let mut conn = client.connect(&node.name, &node.address).await?;
+            let actual = match conn.call(Procedure::NodeInfo).await? {
+                Reply::NodeInfo(info) => pki::load_certs_from_pem(&info.client_cert_pem)
+                    .map(|der| alg.digest(&der).to_string())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
             let Reply::Csr(csr) = conn.call(Procedure::PrepareClientKey).await? else {
                 return Err(Error::Invalid("no CSR in the reply".into()));
             };
-            ca.sign_client_csr(&csr, days)
+            Ok((actual, ca.sign_client_csr(&csr, days)?))
         }
     })
     .await;
@@ -157,7 +177,8 @@ async fn node_certificates(
         progress(&node.name, "new key and CSR", &result);
         let record = node_mut(config, &node.name)?;
         match result {
-            Ok(cert_pem) => {
+            Ok((actual, cert_pem)) => {
+                adopt(record, &actual);
                 let der = pki::load_certs_from_pem(&cert_pem)?;
                 record.next_digest = Some(alg.digest(&der).to_string());
                 pending.push((node, cert_pem));
@@ -191,6 +212,9 @@ async fn node_certificates(
             },
         )
         .await;
+    // Switched nodes keep both digests in the map until the grace period
+    // below has passed; they are recorded as switched only then.
+    let mut switched: Vec<(String, String)> = Vec::new();
     for (node, result) in installed {
         progress(&node.name, "new client certificate", &result);
         let cert_pem = pending
@@ -200,7 +224,7 @@ async fn node_certificates(
             .unwrap_or_default();
         let record = node_mut(config, &node.name)?;
         match result {
-            Ok(_) => finish(record, &cert_pem, alg)?,
+            Ok(_) => switched.push((node.name.clone(), cert_pem)),
             Err(e) => {
                 record.digest = String::new();
                 record.next_digest = None;
@@ -231,7 +255,7 @@ async fn node_certificates(
                     crate::state::MODE_SECRET,
                 )?;
                 crate::roles::switch_client_pair(state, &cert_pem)?;
-                finish(node_mut(config, &me.name)?, &cert_pem, alg)?;
+                switched.push((me.name.clone(), cert_pem));
                 crate::say!("{}: new client certificate: ok", me.name);
             } else {
                 node_mut(config, &me.name)?.next_digest = None;
@@ -244,11 +268,27 @@ async fn node_certificates(
         }
     }
 
-    // 4. Only the new digests remain.
+    // 4. Only the new digests remain — after a grace period, so that a
+    // command that loaded a node's old certificate just before the switch
+    // still completes with it.
+    if !switched.is_empty() {
+        tokio::time::sleep(SWITCH_GRACE).await;
+    }
+    for (name, cert_pem) in &switched {
+        finish(node_mut(config, name)?, cert_pem, alg)?;
+    }
     let client = RpcClient::from_state(state)?;
     let done = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
     failed.unreachable.extend(done.unreachable);
     Ok(())
+}
+
+/// Records `actual` as the node's certificate if it is the pending one.
+fn adopt(record: &mut NodeRecord, actual: &str) {
+    if record.next_digest.as_deref() == Some(actual) {
+        record.digest = actual.to_owned();
+        record.next_digest = None;
+    }
 }
 
 fn finish(record: &mut NodeRecord, cert_pem: &str, alg: DigestAlgorithm) -> Result<()> {
@@ -348,5 +388,182 @@ async fn ssh_keys(
     }
     let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
     failed.unreachable.extend(pushed.unreachable);
+    Ok(())
+}
+
+/// Sends `ca_pem` to every online node (this one included, through its
+/// daemon, which reloads its TLS configuration). Returns whether all took it.
+async fn install_bundle(
+    client: &RpcClient,
+    config: &ClusterConfig,
+    ca_pem: &str,
+    what: &str,
+    failed: &mut PushOutcome,
+) -> bool {
+    let nodes: Vec<NodeRecord> = config
+        .nodes
+        .iter()
+        .filter(|n| !n.offline)
+        .cloned()
+        .collect();
+    let results = fan_out(&nodes, |node| {
+        let client = client.clone();
+        let ca_pem = ca_pem.to_owned();
+        async move { cluster::call(&client, &node, Procedure::InstallCaBundle { ca_pem }).await }
+    })
+    .await;
+    let mut all = true;
+    for (node, result) in results {
+        progress(&node.name, what, &result);
+        if let Err(e) = result {
+            all = false;
+            failed.unreachable.push((
+                node.name,
+                format!("{e}; run `nodectl renew-crypto --new-ca` again once it is reachable"),
+            ));
+        }
+    }
+    all
+}
+
+/// `--new-ca`: a new CA trusted beside the old one, every certificate
+/// reissued by it, then the old one dropped. Each phase is recorded on disk
+/// (`ca.key.new` while the new CA is being distributed, two certificates in
+/// ca.pem until the old one is dropped), so a rerun resumes where a crash
+/// or an unreachable node stopped it.
+async fn new_ca(
+    state: &StateDir,
+    config: &mut ClusterConfig,
+    failed: &mut PushOutcome,
+) -> Result<()> {
+    let new_key_path = state.root().join("ca.key.new");
+    let new_cert_path = state.root().join("ca.new.pem");
+    let trusted = pki::load_certs(&state.ca_pem())?;
+    let client = RpcClient::from_state(state)?;
+
+    // 1. A new CA, kept aside until every node trusts it.
+    if !new_key_path.exists() && trusted.len() == 1 {
+        let days = config.cert_days.saturating_mul(10).min(36500);
+        let ca = CertificateAuthority::generate(&config.cluster_name, days)?;
+        state.write(
+            &new_cert_path,
+            ca.cert_pem().as_bytes(),
+            crate::state::MODE_PUBLIC,
+        )?;
+        state.write(
+            &new_key_path,
+            ca.key_pem().expose().as_bytes(),
+            crate::state::MODE_SECRET,
+        )?;
+        crate::say!(
+            "new CA made: {}",
+            DigestAlgorithm::Sha256.digest(ca.cert_der())
+        );
+    }
+    if new_key_path.exists() {
+        let new_key =
+            Secret::new(std::fs::read_to_string(&new_key_path).map_err(Error::io(&new_key_path))?);
+        let new_cert =
+            std::fs::read_to_string(&new_cert_path).map_err(Error::io(&new_cert_path))?;
+        let new_ca = CertificateAuthority::from_pem(&new_cert, new_key.expose())?;
+        // 2. Every node trusts both CAs.
+        let mut bundle = new_ca.cert_pem().to_owned();
+        for old in trusted
+            .iter()
+            .filter(|c| c.as_ref() != new_ca.cert_der().as_ref())
+        {
+            bundle.push_str(&pki::pem_of(old));
+        }
+        if !install_bundle(&client, config, &bundle, "trusts old and new CA", failed).await {
+            eprintln!(
+                "stopped: every online node must trust the new CA before anything is signed by it"
+            );
+            return Ok(());
+        }
+        // 3. The master and the candidates sign with the new CA from now on.
+        state.write(
+            &state.ca_key(),
+            new_key.expose().as_bytes(),
+            crate::state::MODE_SECRET,
+        )?;
+        config.ca_sha256 = DigestAlgorithm::Sha256
+            .digest(new_ca.cert_der())
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let me = state.load_identity()?;
+        let mut next = config.clone();
+        next.serial += 1;
+        let config_json = String::from_utf8(crate::state::to_json(&next)?)
+            .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?;
+        let candidates: Vec<NodeRecord> = config
+            .nodes
+            .iter()
+            .filter(|n| n.role.is_candidate() && !n.offline && n.uuid != me.uuid)
+            .cloned()
+            .collect();
+        let results = fan_out(&candidates, |node| {
+            let client = client.clone();
+            let ca_key = new_key.clone();
+            let config_json = config_json.clone();
+            async move {
+                cluster::call(
+                    &client,
+                    &node,
+                    Procedure::InstallCandidateFiles {
+                        ca_key,
+                        config_json,
+                    },
+                )
+                .await
+            }
+        })
+        .await;
+        for (node, result) in results {
+            progress(&node.name, "new CA key", &result);
+            if let Err(e) = result {
+                failed.unreachable.push((
+                    node.name,
+                    format!("{e}; run `nodectl renew-crypto --new-ca` again"),
+                ));
+            }
+        }
+        let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
+        failed.unreachable.extend(pushed.unreachable);
+        if !failed.is_complete() {
+            eprintln!(
+                "stopped: rerun `nodectl renew-crypto --new-ca` once every node is reachable"
+            );
+            return Ok(());
+        }
+        for path in [&new_key_path, &new_cert_path] {
+            ssconf::atomic::remove_durable(path).map_err(Error::io(path))?;
+        }
+    }
+    // 4. Every certificate reissued by the new CA.
+    cluster_certificate(state, config, failed).await?;
+    node_certificates(state, config, &[], failed).await?;
+    if !failed.is_complete() {
+        eprintln!("stopped before dropping the old CA: rerun `nodectl renew-crypto --new-ca` once every node is reachable");
+        return Ok(());
+    }
+    // 5. The old CA is dropped everywhere.
+    let ca = load_ca(state)?;
+    let client = RpcClient::from_state(state)?;
+    if install_bundle(
+        &client,
+        config,
+        ca.cert_pem(),
+        "trusts the new CA only",
+        failed,
+    )
+    .await
+    {
+        crate::say!(
+            "CA rotation complete: {}",
+            DigestAlgorithm::Sha256.digest(ca.cert_der())
+        );
+    }
     Ok(())
 }

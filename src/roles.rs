@@ -192,7 +192,12 @@ pub fn recover_client_pair(state: &StateDir) -> Result<()> {
     if !crate::pki::cert_has_key(cert, &key)? {
         return Ok(());
     }
-    std::fs::rename(&pending, state.client_key()).map_err(Error::io(&pending))?;
+    match std::fs::rename(&pending, state.client_key()) {
+        Ok(()) => {}
+        // Another process (the daemon, a concurrent nodectl) finished it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(&pending)(e)),
+    }
     std::fs::File::open(state.root())
         .and_then(|d| d.sync_all())
         .map_err(Error::io(state.root()))
@@ -221,6 +226,29 @@ pub fn install_server_cert(state: &StateDir, cert_pem: &str, key: &Secret) -> Re
     )?;
     state.write(&state.server_key(), key.expose().as_bytes(), MODE_SECRET)?;
     state.write(&state.server_pem(), cert_pem.as_bytes(), MODE_PUBLIC)
+}
+
+/// Replaces ca.pem with `ca_pem` (the CAs to trust). Refused if the CA key
+/// this node holds would match none of them.
+pub fn install_ca_bundle(state: &StateDir, ca_pem: &str) -> Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Certificate(format!("CA bundle: {e}")))?;
+    if certs.is_empty() || certs.len() > 2 {
+        return Err(Error::Certificate(format!(
+            "a CA bundle holds one or two certificates, not {}",
+            certs.len()
+        )));
+    }
+    for cert in &certs {
+        webpki::anchor_from_trusted_cert(cert)
+            .map_err(|e| Error::Certificate(format!("CA bundle: {e}")))?;
+    }
+    if let Ok(key) = std::fs::read_to_string(state.ca_key()) {
+        crate::pki::CertificateAuthority::from_pem(ca_pem, &key)?;
+    }
+    state.write(&state.ca_pem(), ca_pem.as_bytes(), MODE_PUBLIC)
 }
 
 /// Replaces this node's SSH key pair with a new one.

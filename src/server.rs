@@ -635,6 +635,12 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             crate::daemon::reload_certificates(daemon);
             Ok(Reply::Done)
         }
+        Procedure::InstallCaBundle { ca_pem } => {
+            let state = daemon.state.clone();
+            blocking(move || crate::roles::install_ca_bundle(&state, &ca_pem)).await?;
+            crate::daemon::reload_certificates(daemon);
+            Ok(Reply::Done)
+        }
         Procedure::ReplaceSshKey => {
             let state = daemon.state.clone();
             let name = daemon.identity.name.clone();

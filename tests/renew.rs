@@ -24,7 +24,11 @@ fn verify_clean(m: &Node) {
 }
 
 fn pings_all(node: &Node) -> bool {
-    run(node, &["ping"]).0 == Some(0)
+    let (code, out, err) = run(node, &["ping"]);
+    if code != Some(0) {
+        eprintln!("ping from {} failed:\n{out}{err}", node.name);
+    }
+    code == Some(0)
 }
 
 #[test]
@@ -242,5 +246,72 @@ fn killed_renewals_are_completed_by_a_rerun() {
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
+    verify_clean(&m);
+}
+
+/// --new-ca: both CAs trusted during the switch, every certificate
+/// reissued, the old CA dropped; no candidate refused on the way, and
+/// killed runs are completed by a rerun.
+#[test]
+fn ca_rotation_without_refusals() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let old_ca = std::fs::read_to_string(m.state.ca_pem()).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let stop = stop.clone();
+        let dir = a.dir().to_path_buf();
+        std::thread::spawn(move || {
+            let mut refusals = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = nodectl(&dir, &["ping"]);
+                let all = text(&out.stdout) + &text(&out.stderr);
+                if all.contains("not authorized") || all.contains("does not trust") {
+                    refusals.push(all);
+                }
+            }
+            refusals
+        })
+    };
+    // Interrupted twice, then completed.
+    for delay_ms in [30u64, 200] {
+        let mut child = Command::new(NODECTL)
+            .arg("--state-dir")
+            .arg(m.dir())
+            .args(["renew-crypto", "--new-ca", "--wait"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            pings_all(&m),
+            "after a kill at {delay_ms} ms the master cannot command every node"
+        );
+    }
+    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refusals = pinger.join().unwrap();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("CA rotation complete"), "{out}");
+    assert!(
+        refusals.is_empty(),
+        "refused during the CA rotation: {refusals:?}"
+    );
+    let new_ca = std::fs::read_to_string(m.state.ca_pem()).unwrap();
+    assert_ne!(new_ca, old_ca);
+    assert_eq!(new_ca.matches("BEGIN CERTIFICATE").count(), 1);
+    for n in [&a, &b] {
+        assert_eq!(std::fs::read_to_string(n.state.ca_pem()).unwrap(), new_ca);
+    }
+    assert!(pings_all(&m) && pings_all(&a));
+    verify_clean(&m);
+    // A node joins with a token that pins the new CA.
+    let (_c, _dc) = join_and_start(&m, "c", &[]);
     verify_clean(&m);
 }

@@ -140,7 +140,7 @@ pub fn regular_node(master: &Node, name: &str) -> Node {
     let key = NodeKey::generate().unwrap();
     let cert = master
         .ca()
-        .sign_client_csr(&key.client_csr(name).unwrap(), 30)
+        .sign_client_csr(&key.client_csr(name).unwrap(), 90)
         .unwrap();
     ssconf::write_atomic(&state.client_pem(), cert.as_bytes(), 0o644).unwrap();
     ssconf::write_atomic(&state.client_key(), key.to_pem().expose().as_bytes(), 0o600).unwrap();
@@ -326,7 +326,7 @@ pub fn ca_signed(node: &Node, name: &str) -> Identity {
         &node.ca(),
         name,
         TimeDuration::hours(-1),
-        TimeDuration::days(30),
+        TimeDuration::days(90),
     )
 }
 
@@ -343,7 +343,7 @@ pub fn expired(node: &Node, name: &str) -> Identity {
 /// A certificate from another cluster's CA.
 pub fn foreign(name: &str) -> Identity {
     let ca = CertificateAuthority::generate("othercluster", 30).unwrap();
-    signed_by(&ca, name, TimeDuration::hours(-1), TimeDuration::days(30))
+    signed_by(&ca, name, TimeDuration::hours(-1), TimeDuration::days(90))
 }
 
 /// A self-signed client certificate (a CA of its own).
