@@ -528,6 +528,12 @@ async fn ping(
     results.sort_by_key(|(i, _)| *i);
     let results: Vec<PingResult> = results.into_iter().map(|(_, r)| r).collect();
     let all_ok = results.iter().all(|r| r.ok);
+    let failure = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.error.clone().unwrap_or_else(|| "failed".into()))
+        .collect::<Vec<_>>();
+    let total = results.len();
     if json {
         print_json(&PingResults { results })?;
     } else {
@@ -543,9 +549,9 @@ async fn ping(
             })
             .collect();
         print_table(&["NODE", "RESULT", "DETAIL"], &table)?;
-        for r in results.iter().filter(|r| !r.ok) {
-            eprintln!("error: {}", r.error.as_deref().unwrap_or("failed"));
-        }
+    }
+    if let Some(first) = failure.first() {
+        eprintln!("error: {} of {total} nodes failed; {first}", failure.len());
     }
     Ok(if all_ok {
         Outcome::Success
