@@ -265,3 +265,34 @@ fn man_pages_render_without_warnings() {
         assert!(out.stderr.is_empty(), "{page}: {}", text(&out.stderr));
     }
 }
+
+/// The systemd unit: `systemd-analyze verify` accepts it (with the unit's
+/// binary path pointed at the built daemon), and its paths are the
+/// binaries' defaults.
+#[test]
+fn systemd_unit_verifies_and_matches_the_defaults() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("scripts").join("noded.service")).unwrap();
+    let state_dir = noded::state::DEFAULT_STATE_DIR;
+    assert!(unit.contains(&format!("ExecStart=/usr/bin/noded --state-dir {state_dir}")));
+    assert!(unit.contains(&format!("ReadWritePaths={state_dir}\n")));
+    assert!(unit.contains(&format!("ConditionPathExists={state_dir}/node.json")));
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let man8 = dir.path().join("man").join("man8");
+    std::fs::create_dir_all(&man8).unwrap();
+    for page in ["noded.8", "nodectl.8"] {
+        std::fs::copy(root.join("man").join(page), man8.join(page)).unwrap();
+    }
+    let local = dir.path().join("noded.service");
+    std::fs::write(&local, unit.replace("/usr/bin/noded", NODED)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .expect("systemd-analyze is required (apt-get install systemd)");
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).trim().is_empty(), "{}", text(&out.stderr));
+}
