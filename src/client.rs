@@ -50,6 +50,19 @@ impl RpcClient {
         Ok(Self::new(crate::tls::client_config(&ca, chain, key)?))
     }
 
+    /// A client with this node's previous client certificate, if it keeps
+    /// one (see `roles::keep_previous_identity`).
+    pub fn previous_from_state(state: &StateDir) -> Result<Option<Self>> {
+        let cert = state.root().join("client.prev.pem");
+        let key = state.root().join("client.prev.key");
+        if !cert.exists() || !key.exists() {
+            return Ok(None);
+        }
+        let ca = pki::load_certs(&state.ca_pem())?;
+        let config = crate::tls::client_config(&ca, pki::load_certs(&cert)?, pki::load_key(&key)?)?;
+        Ok(Some(Self::new(config)))
+    }
+
     /// Opens a verified connection to `node` at `address` (`host:port`).
     pub async fn connect(&self, node: &str, address: &str) -> Result<Connection> {
         let unreachable = |reason: String| Error::Unreachable {

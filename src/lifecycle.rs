@@ -311,6 +311,7 @@ pub async fn set_offline(
     }
     // Online: the node gets the current state first, then everyone else.
     find_mut(&mut master.config, name)?.offline = false;
+    catch_up(&master, &node).await;
     let reach =
         |e: Error| Error::Invalid(format!("cannot bring {name} online: {e}; it stays offline"));
     let mut conn = master
@@ -367,6 +368,43 @@ pub async fn set_offline(
     }
     crate::say!("{name} is online (serial {})", master.config.serial);
     Ok(outcome(&push))
+}
+
+/// A node that missed a renewal of the master's own certificate (it was
+/// offline) refuses the master's new one; the previous one, which its map
+/// still holds, brings it the current map once.
+async fn catch_up(master: &Master, node: &NodeRecord) {
+    let refused = matches!(
+        cluster::call(&master.client, node, Procedure::Ping).await,
+        Err(Error::NotAuthorized { .. })
+    );
+    if !refused {
+        return;
+    }
+    let Ok(Some(previous)) = RpcClient::previous_from_state(&master.state) else {
+        return;
+    };
+    let Ok(ssconf) = master.config.to_ssconf() else {
+        return;
+    };
+    match cluster::call(
+        &previous,
+        node,
+        Procedure::WriteSsconf {
+            files: ssconf.render(),
+        },
+    )
+    .await
+    {
+        Ok(_) => crate::say!(
+            "{}: sent the current map with the master's previous certificate",
+            node.name
+        ),
+        Err(e) => eprintln!(
+            "warning: {}: could not send it the current map: {e}",
+            node.name
+        ),
+    }
 }
 
 /// `nodectl remove NODE`.

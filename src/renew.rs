@@ -254,6 +254,7 @@ async fn node_certificates(
                     key.to_pem().expose().as_bytes(),
                     crate::state::MODE_SECRET,
                 )?;
+                crate::roles::keep_previous_identity(state)?;
                 crate::roles::switch_client_pair(state, &cert_pem)?;
                 switched.push((me.name.clone(), cert_pem));
                 crate::say!("{}: new client certificate: ok", me.name);

@@ -176,6 +176,18 @@ pub fn switch_client_pair(state: &StateDir, cert_pem: &str) -> Result<()> {
     recover_client_pair(state)
 }
 
+/// Keeps this node's current client certificate and key as
+/// `client.prev.pem`/`client.prev.key` before the master replaces its own:
+/// a node that was offline during the renewal still holds a map with the
+/// old digest, and the master reaches it once with the old pair to send it
+/// the current map.
+pub fn keep_previous_identity(state: &StateDir) -> Result<()> {
+    let cert = std::fs::read(state.client_pem()).map_err(Error::io(state.client_pem()))?;
+    let key = std::fs::read(state.client_key()).map_err(Error::io(state.client_key()))?;
+    state.write(&state.root().join("client.prev.key"), &key, MODE_SECRET)?;
+    state.write(&state.root().join("client.prev.pem"), &cert, MODE_PUBLIC)
+}
+
 /// Finishes an interrupted [`switch_client_pair`]: if the pending key is the
 /// one client.pem was issued for, it becomes client.key. A pending key whose
 /// certificate never arrived is left alone (the old pair still matches).

@@ -315,3 +315,70 @@ fn ca_rotation_without_refusals() {
     let (_c, _dc) = join_and_start(&m, "c", &[]);
     verify_clean(&m);
 }
+
+/// A node offline during a renewal (the master's own certificate included)
+/// comes back online, is caught up, and a rerun leaves a clean cluster.
+#[test]
+fn a_node_offline_during_the_renewal_comes_back() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (_a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let (code, _, err) = run(&m, &["modify", "b", "--offline=yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    let all = [
+        "renew-crypto",
+        "--new-node-certificates",
+        "--new-cluster-certificate",
+        "--new-ssh-keys",
+    ];
+    let (code, out, err) = run(&m, &all);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // b missed it all: its map still names the master's old certificate.
+    let (code, out, err) = run(&m, &["modify", "b", "--offline=no"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("master's previous certificate"), "{out}");
+    assert!(pings_all(&m));
+    let (code, out, err) = run(&m, &all);
+    assert_eq!(code, Some(0), "{out}{err}");
+    verify_clean(&m);
+    assert_eq!(serial_of(&b), serial_of(&m));
+}
+
+fn serial_of(n: &Node) -> u64 {
+    ssconf::Ssconf::stored_serial(&n.state.ssconf_dir())
+        .unwrap()
+        .unwrap()
+}
+
+/// A node's daemon stopped in the middle of a renewal: every other daemon
+/// still serves and is commanded; once it is back, a rerun completes.
+#[test]
+fn a_daemon_stopped_mid_renewal() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, db) = join_and_start(&m, "b", &[]);
+    let mut db = Some(db);
+    let all = [
+        "--state-dir",
+        m.dir().to_str().unwrap(),
+        "renew-crypto",
+        "--new-node-certificates",
+        "--new-cluster-certificate",
+        "--new-ssh-keys",
+    ];
+    let mut child = Command::new(NODECTL).args(all).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    drop(db.take());
+    let status = child.wait().unwrap();
+    assert!(matches!(status.code(), Some(0) | Some(3)), "{status:?}");
+    // Every reachable node is still commanded.
+    let out = nodectl(m.dir(), &["ping", "m", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _db = Daemon::start(&b, &[]);
+    let (code, out, err) = run(&m, &all[2..]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    verify_clean(&m);
+    assert!(pings_all(&a));
+}
