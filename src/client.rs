@@ -58,7 +58,13 @@ impl RpcClient {
         if !cert.exists() || !key.exists() {
             return Ok(None);
         }
-        let ca = pki::load_certs(&state.ca_pem())?;
+        // It also trusts the CA before the last rotation: a node that missed
+        // the rotation still serves with a certificate of that CA.
+        let mut ca = pki::load_certs(&state.ca_pem())?;
+        let prev_ca = state.root().join("ca.prev.pem");
+        if prev_ca.exists() {
+            ca.extend(pki::load_certs(&prev_ca)?);
+        }
         let config = crate::tls::client_config(&ca, pki::load_certs(&cert)?, pki::load_key(&key)?)?;
         Ok(Some(Self::new(config)))
     }

@@ -322,10 +322,17 @@ pub async fn set_offline(
     if let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? {
         let alg: ssconf::DigestAlgorithm = master.config.digest.into();
         // The certificate as it is on the node's disk now.
-        let actual = crate::pki::load_certs_from_pem(&info.client_cert_pem)
-            .map(|der| alg.digest(&der).to_string())
+        let der = crate::pki::load_certs_from_pem(&info.client_cert_pem).ok();
+        let actual = der
+            .as_ref()
+            .map(|der| alg.digest(der).to_string())
             .unwrap_or_default();
-        if actual != node.digest {
+        // Issued by a CA the cluster no longer uses (it missed a rotation)?
+        let current_ca = crate::pki::load_certs(&master.state.ca_pem())?;
+        let from_current_ca = der.as_ref().is_some_and(|der| {
+            crate::pki::chains_to(der, &current_ca, rustls_pki_types::UnixTime::now()).is_ok()
+        });
+        if actual != node.digest || !from_current_ca {
             // Not the certificate the master signed for it: issue a new one,
             // for a key the node makes now.
             crate::say!("{name}'s client certificate is not the one on record; issuing a new one");
@@ -366,6 +373,11 @@ pub async fn set_offline(
         let done = master.commit(PushItems::ALL, &[]).await?;
         push.unreachable.extend(done.unreachable);
     }
+    // Its ca.pem as every node's (after a CA rotation it missed, it still
+    // trusts the old CA too).
+    if let Err(e) = finish_ca_catch_up(&master, &node).await {
+        push.unreachable.push((name.to_owned(), e.to_string()));
+    }
     crate::say!("{name} is online (serial {})", master.config.serial);
     Ok(outcome(&push))
 }
@@ -374,37 +386,68 @@ pub async fn set_offline(
 /// offline) refuses the master's new one; the previous one, which its map
 /// still holds, brings it the current map once.
 async fn catch_up(master: &Master, node: &NodeRecord) {
-    let refused = matches!(
-        cluster::call(&master.client, node, Procedure::Ping).await,
-        Err(Error::NotAuthorized { .. })
-    );
-    if !refused {
+    let current = cluster::call(&master.client, node, Procedure::Ping).await;
+    let stale = match &current {
+        Ok(_) => false,
+        // Its map lacks the master's current certificate, or it serves with
+        // a certificate of a CA the master no longer trusts.
+        Err(Error::NotAuthorized { .. }) => true,
+        Err(Error::Unreachable { reason, .. }) => reason.contains("does not trust"),
+        Err(_) => false,
+    };
+    if !stale {
         return;
     }
     let Ok(Some(previous)) = RpcClient::previous_from_state(&master.state) else {
         return;
     };
-    let Ok(ssconf) = master.config.to_ssconf() else {
-        return;
-    };
-    match cluster::call(
-        &previous,
-        node,
-        Procedure::WriteSsconf {
+    let result = async {
+        let ssconf = master.config.to_ssconf()?;
+        let mut conn = previous.connect(&node.name, &node.address).await?;
+        // The CAs first (so it trusts the master's current certificate),
+        // then the server certificate of the current CA, then the map.
+        let ca_pem = std::fs::read_to_string(master.state.ca_pem())
+            .map_err(Error::io(master.state.ca_pem()))?;
+        let mut bundle = ca_pem.clone();
+        let prev_ca = master.state.root().join("ca.prev.pem");
+        if let Ok(old) = std::fs::read_to_string(&prev_ca) {
+            bundle.push_str(&old);
+        }
+        if bundle != ca_pem {
+            conn.call(Procedure::InstallCaBundle { ca_pem: bundle })
+                .await?;
+            let cert_pem = std::fs::read_to_string(master.state.server_pem())
+                .map_err(Error::io(master.state.server_pem()))?;
+            let key = crate::pki::Secret::new(
+                std::fs::read_to_string(master.state.server_key())
+                    .map_err(Error::io(master.state.server_key()))?,
+            );
+            conn.call(Procedure::InstallServerCert { cert_pem, key })
+                .await?;
+        }
+        conn.call(Procedure::WriteSsconf {
             files: ssconf.render(),
-        },
-    )
-    .await
-    {
-        Ok(_) => crate::say!(
-            "{}: sent the current map with the master's previous certificate",
-            node.name
-        ),
-        Err(e) => eprintln!(
-            "warning: {}: could not send it the current map: {e}",
-            node.name
-        ),
+        })
+        .await?;
+        Ok::<(), Error>(())
     }
+    .await;
+    match result {
+        Ok(()) => crate::say!(
+            "{}: caught up with the master's previous certificate",
+            node.name
+        ),
+        Err(e) => eprintln!("warning: {}: could not catch it up: {e}", node.name),
+    }
+}
+
+/// Once a node that missed a CA rotation has its new client certificate,
+/// it trusts the current CA only, like every other node.
+async fn finish_ca_catch_up(master: &Master, node: &NodeRecord) -> Result<()> {
+    let ca_pem =
+        std::fs::read_to_string(master.state.ca_pem()).map_err(Error::io(master.state.ca_pem()))?;
+    cluster::call(&master.client, node, Procedure::InstallCaBundle { ca_pem }).await?;
+    Ok(())
 }
 
 /// `nodectl remove NODE`.

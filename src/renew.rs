@@ -549,8 +549,21 @@ async fn new_ca(
         eprintln!("stopped before dropping the old CA: rerun `nodectl renew-crypto --new-ca` once every node is reachable");
         return Ok(());
     }
-    // 5. The old CA is dropped everywhere.
+    // 5. The old CA is dropped everywhere. The master keeps its certificate
+    // (ca.prev.pem) to reach, once, a node that was offline meanwhile.
     let ca = load_ca(state)?;
+    let old: String = pki::load_certs(&state.ca_pem())?
+        .iter()
+        .filter(|c| c.as_ref() != ca.cert_der().as_ref())
+        .map(|c| pki::pem_of(c))
+        .collect();
+    if !old.is_empty() {
+        state.write(
+            &state.root().join("ca.prev.pem"),
+            old.as_bytes(),
+            crate::state::MODE_PUBLIC,
+        )?;
+    }
     let client = RpcClient::from_state(state)?;
     if install_bundle(
         &client,

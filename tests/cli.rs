@@ -293,6 +293,11 @@ fn systemd_unit_verifies_and_matches_the_defaults() {
         .env("MANPATH", dir.path().join("man"))
         .output()
         .expect("systemd-analyze is required (apt-get install systemd)");
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stderr).trim().is_empty(), "{}", text(&out.stderr));
 }

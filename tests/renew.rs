@@ -337,7 +337,10 @@ fn a_node_offline_during_the_renewal_comes_back() {
     // b missed it all: its map still names the master's old certificate.
     let (code, out, err) = run(&m, &["modify", "b", "--offline=no"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("master's previous certificate"), "{out}");
+    assert!(
+        out.contains("caught up with the master's previous certificate"),
+        "{out}"
+    );
     assert!(pings_all(&m));
     let (code, out, err) = run(&m, &all);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -381,4 +384,33 @@ fn a_daemon_stopped_mid_renewal() {
     assert_eq!(code, Some(0), "{out}{err}");
     verify_clean(&m);
     assert!(pings_all(&a));
+}
+
+/// A node offline during a CA rotation comes back: it is caught up (CAs,
+/// server certificate, map), gets a certificate of the new CA, and ends up
+/// trusting the new CA only, like every node.
+#[test]
+fn a_node_offline_during_a_ca_rotation_comes_back() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let (code, _, err) = run(&m, &["modify", "a", "--offline=yes"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = run(&m, &["modify", "a", "--offline=no"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("caught up"), "{out}");
+    assert!(pings_all(&m) && pings_all(&a));
+    let ca = std::fs::read_to_string(m.state.ca_pem()).unwrap();
+    for n in [&a, &b] {
+        assert_eq!(
+            std::fs::read_to_string(n.state.ca_pem()).unwrap(),
+            ca,
+            "{}",
+            n.name
+        );
+    }
+    verify_clean(&m);
 }
