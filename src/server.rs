@@ -262,6 +262,15 @@ async fn serve_connection(
         // most likely the client holds the certificate (public) but not its
         // key, so it could not prove possession. Name what it claimed to be.
         (Err(e), Some(Verdict::Admitted(claimed))) => {
+            // A client that hangs up right after its Finished (as `openssl
+            // s_time` does) was admitted; that is no denial.
+            let tls_failure = e
+                .get_ref()
+                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some());
+            if !tls_failure {
+                tracing::debug!(%peer, uuid = %claimed.uuid, "admitted client left during the handshake: {e}");
+                return;
+            }
             let mut denial = handshake_denial(&e);
             denial.subject = Some(format!("claimed candidate {}", claimed.uuid));
             denial.digest = Some(claimed.digest);
