@@ -119,7 +119,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
             state.root().display()
         )));
     }
-    create_dir(state.root(), 0o755)?;
+    state::create_dir(state.root(), 0o755)?;
     let digest_alg = match args.digest {
         DigestArg::Sha256 => DigestAlgorithm::Sha256,
         DigestArg::Sha1 => DigestAlgorithm::Sha1,
@@ -189,17 +189,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     state.write(&state.client_pem(), client_pem.as_bytes(), MODE_PUBLIC)?;
     state.write(&state.config_json(), &state::to_json(&config)?, MODE_SECRET)?;
     config.to_ssconf()?.store(&state.ssconf_dir())?;
-    create_dir(&state.ssh_dir(), 0o700)?;
-    state.write(
-        &state.ssh_private_key(),
-        ssh_private.expose().as_bytes(),
-        MODE_SECRET,
-    )?;
-    state.write(
-        &state.ssh_public_key(),
-        format!("{ssh_public}\n").as_bytes(),
-        MODE_PUBLIC,
-    )?;
+    state.write_ssh_key_pair(&ssh_private, &ssh_public)?;
     crate::ssh::write_authorized_keys(&state.authorized_keys(), &[ssh_public])?;
     state.write(&state.node_json(), &state::to_json(&identity)?, MODE_PUBLIC)?;
     let digest = &config
@@ -224,15 +214,6 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
         state.root().display()
     );
     Ok(Outcome::Success)
-}
-
-fn create_dir(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(path)
-        .map_err(Error::io(path))
 }
 
 fn pem_first_der(pem: &str) -> Option<Vec<u8>> {
@@ -561,7 +542,7 @@ async fn ping(
 }
 
 fn generate_man(dir: &Path) -> Result<Outcome> {
-    create_dir(dir, 0o755)?;
+    state::create_dir(dir, 0o755)?;
     for (name, cmd) in crate::man::pages() {
         let path = dir.join(format!("{name}.8"));
         let page = crate::man::render(&cmd).map_err(Error::io(&path))?;

@@ -338,14 +338,7 @@ fn install(
     ssh_public: &str,
     reply: &JoinReply,
 ) -> Result<()> {
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(state.root())
-            .map_err(Error::io(state.root()))?;
-    }
+    state::create_dir(state.root(), 0o755)?;
     // What arrived must fit together before anything is written: the CA is
     // the pinned one, the certificate is for our key and chains to that CA.
     let ca_der = pki::load_certs_from_pem(&reply.ca_pem)?;
@@ -385,25 +378,7 @@ fn install(
             state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
             state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)?;
         }
-        let dir = state.ssh_dir();
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(Error::io(&dir))?;
-        }
-        state.write(
-            &state.ssh_private_key(),
-            ssh_private.expose().as_bytes(),
-            MODE_SECRET,
-        )?;
-        state.write(
-            &state.ssh_public_key(),
-            format!("{ssh_public}\n").as_bytes(),
-            MODE_PUBLIC,
-        )?;
+        state.write_ssh_key_pair(&ssh_private, ssh_public)?;
     }
     crate::ssh::write_authorized_keys(&state.authorized_keys(), &reply.authorized_keys)?;
     state.write(

@@ -278,21 +278,7 @@ pub fn ensure_ssh_key(state: &StateDir, comment: &str) -> Result<String> {
         let text = std::fs::read_to_string(&private).map_err(Error::io(&private))?;
         return crate::ssh::public_of(&text);
     }
-    let dir = state.ssh_dir();
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(Error::io(&dir))?;
-    }
     let (key, public) = crate::ssh::generate(comment)?;
-    state.write(&private, key.expose().as_bytes(), MODE_SECRET)?;
-    state.write(
-        &state.ssh_public_key(),
-        format!("{public}\n").as_bytes(),
-        MODE_PUBLIC,
-    )?;
+    state.write_ssh_key_pair(&key, &public)?;
     Ok(public)
 }

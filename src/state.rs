@@ -170,6 +170,34 @@ impl StateDir {
     }
 }
 
+/// Creates `path` (and its parents) with `mode` if it does not exist.
+pub fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(Error::io(path))
+}
+
+impl StateDir {
+    /// Writes this node's SSH key pair (private 0600, public 0644) into its
+    /// SSH directory (0700).
+    pub fn write_ssh_key_pair(&self, private: &crate::pki::Secret, public: &str) -> Result<()> {
+        create_dir(&self.ssh_dir(), 0o700)?;
+        self.write(
+            &self.ssh_private_key(),
+            private.expose().as_bytes(),
+            MODE_SECRET,
+        )?;
+        self.write(
+            &self.ssh_public_key(),
+            format!("{public}\n").as_bytes(),
+            MODE_PUBLIC,
+        )
+    }
+}
+
 /// Reads a JSON state file; a missing file means the node is not initialised.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|source| {
