@@ -66,6 +66,10 @@ pub struct NodedArgs {
     /// Also accept TLS 1.2 (AEAD suites only). TLS 1.3 alone by default.
     #[arg(long)]
     pub allow_tls12: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no
+    /// authentication; a loopback address is required, e.g. 127.0.0.1:9811).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<String>,
 }
 
 /// nodectl: runs a noded cluster: init, membership, roles, checks, rotation.

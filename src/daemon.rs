@@ -85,6 +85,11 @@ fn role_of(ssconf: Option<&Ssconf>, name: &str) -> &'static str {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(args: NodedArgs) -> Result<()> {
+    let metrics_addr = args
+        .metrics
+        .as_deref()
+        .map(crate::metrics::parse_address)
+        .transpose()?;
     let state = StateDir::new(&args.global.state_dir);
     state.check_initialised()?;
     crate::roles::recover_client_pair(&state)?;
@@ -132,6 +137,19 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
         is_master,
     ));
 
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let listener = bind(&addr.to_string()).await?;
+            let local = listener.local_addr().map_err(Error::io(state.root()))?;
+            tracing::info!("metrics on http://{local}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                daemon.clone(),
+            )))
+        }
+        None => None,
+    };
+
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let watched = daemon.clone();
     let watcher = reload::spawn_watcher(state.ssconf_dir(), reload_rx, move || {
@@ -171,6 +189,9 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
     };
     server::run(listener, daemon, shutdown).await;
     reloader.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     watcher.abort();
     tracing::info!("stopped");
     Ok(())

@@ -12,6 +12,7 @@
 //! - [`reload`]: the candidate map's hot reload.
 //! - [`frame`]: the wire format; [`server`]: the daemon's accept loop and
 //!   connection handler; [`client`]: the RPC client.
+//! - [`metrics`]: the opt-in Prometheus endpoint (`noded --metrics`).
 //! - [`daemon`], [`ctl`], [`cli`], [`man`], [`logging`]: what the `noded`
 //!   and `nodectl` binaries run.
 //!
@@ -48,6 +49,7 @@ pub mod error;
 pub mod frame;
 pub mod logging;
 pub mod man;
+pub mod metrics;
 pub mod pki;
 pub mod reload;
 pub mod server;
@@ -63,3 +65,4 @@ pub mod roles;
 pub mod ssh;
 pub mod token;
 pub mod verify;
+pub mod progress;

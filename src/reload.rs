@@ -12,8 +12,9 @@
 //! [`reload_map`]. A new map that fails to parse keeps the previous one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
@@ -33,6 +34,14 @@ pub struct CandidateMapHandle {
     /// Held across load-compare-publish, so two reloads finishing out of
     /// order cannot publish an older map after a newer one.
     reloading: Arc<tokio::sync::Mutex<()>>,
+    /// Unix time the current map was published (for metrics).
+    published_at: Arc<AtomicI64>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl CandidateMapHandle {
@@ -42,6 +51,7 @@ impl CandidateMapHandle {
             current: Arc::new(ArcSwap::from_pointee(map)),
             generation: Arc::new(watch::channel(0).0),
             reloading: Arc::new(tokio::sync::Mutex::new(())),
+            published_at: Arc::new(AtomicI64::new(unix_now())),
         }
     }
 
@@ -53,7 +63,13 @@ impl CandidateMapHandle {
     /// Replaces the map and wakes every subscriber.
     pub fn publish(&self, map: CandidateMap) {
         self.current.store(Arc::new(map));
+        self.published_at.store(unix_now(), Ordering::Relaxed);
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Unix time the current map was published.
+    pub fn published_at(&self) -> i64 {
+        self.published_at.load(Ordering::Relaxed)
     }
 
     /// A receiver that changes whenever a map is published.

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
@@ -28,6 +28,7 @@ use crate::auth::{Admission, Denial, DenialLog, DenialReason, Verdict, VERDICT};
 use crate::frame::{
     self, FrameError, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION,
 };
+use crate::metrics::{Metrics, Refusal};
 use crate::reload::{self, CandidateMapHandle};
 use crate::state::{NodeIdentity, StateDir};
 
@@ -84,6 +85,8 @@ pub struct Daemon {
     pub limits: Limits,
     pub client_cert: ArcSwap<ClientCertFacts>,
     pub denials: DenialLog,
+    /// Counters for the opt-in metrics endpoint (relaxed atomics only).
+    pub metrics: Arc<Metrics>,
     /// Whether this node is the master (per its ssconf); shared with the
     /// verifier, which admits certificate-less clients (for join) only then.
     pub is_master: Arc<AtomicBool>,
@@ -110,11 +113,18 @@ impl Daemon {
             limits,
             client_cert: ArcSwap::from_pointee(client_cert),
             denials: DenialLog::default(),
+            metrics: Arc::new(Metrics::default()),
             is_master,
             ssconf_write: tokio::sync::Mutex::new(()),
         };
         daemon.refresh_role();
         daemon
+    }
+
+    /// Counts and logs (rate-limited) one refused connection.
+    pub fn deny(&self, peer: SocketAddr, denial: &Denial) {
+        self.metrics.refused(Refusal::from(&denial.reason));
+        self.denials.record(peer, denial);
     }
 
     /// Re-reads who the master is from ssconf.
@@ -172,6 +182,7 @@ pub async fn run(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            daemon.metrics.refused(Refusal::ConnectionLimit);
             daemon.denials.record(
                 peer,
                 &Denial {
@@ -241,7 +252,7 @@ async fn serve_connection(
                     "not completed within {:?}",
                     daemon.limits.handshake_timeout
                 ));
-                daemon.denials.record(
+                daemon.deny(
                     peer,
                     &Denial {
                         reason,
@@ -255,7 +266,7 @@ async fn serve_connection(
     let (mut tls, admission) = match (result, verdict) {
         (Ok(tls), Some(Verdict::Admitted(admission))) => (tls, admission),
         (Err(_), Some(Verdict::Denied(denial))) => {
-            daemon.denials.record(peer, &denial);
+            daemon.deny(peer, &denial);
             return;
         }
         // The certificate was acceptable but the handshake still failed:
@@ -274,11 +285,11 @@ async fn serve_connection(
             let mut denial = handshake_denial(&e);
             denial.subject = Some(format!("claimed candidate {}", claimed.uuid));
             denial.digest = Some(claimed.digest);
-            daemon.denials.record(peer, &denial);
+            daemon.deny(peer, &denial);
             return;
         }
         (Err(e), _) => {
-            daemon.denials.record(peer, &handshake_denial(&e));
+            daemon.deny(peer, &handshake_denial(&e));
             return;
         }
         (Ok(tls), None)
@@ -291,7 +302,7 @@ async fn serve_connection(
         // Fail closed: a handshake that completed without our verifier's
         // verdict is not trusted.
         (Ok(_), _) => {
-            daemon.denials.record(
+            daemon.deny(
                 peer,
                 &Denial {
                     reason: DenialReason::Handshake("no authorization verdict".into()),
@@ -303,6 +314,7 @@ async fn serve_connection(
         }
     };
     tracing::debug!(%peer, uuid = %admission.uuid, "admitted");
+    daemon.metrics.accepted();
     // `revoked` first checks the map as it is now, which covers a change
     // between the verifier's check and this subscription.
     let mut generation = daemon.map.subscribe();
@@ -310,7 +322,7 @@ async fn serve_connection(
         let read = tokio::select! {
             biased;
             _ = revoked(&mut generation, &daemon.map, &admission) => {
-                daemon.denials.record(peer, &Denial {
+                daemon.deny(peer, &Denial {
                     reason: DenialReason::RemovedFromMap,
                     subject: tls.get_ref().1.peer_certificates()
                         .and_then(|c| c.first())
@@ -361,6 +373,7 @@ async fn serve_connection(
         let (id, result, keep_open) = match frame::decode_request(&payload) {
             Ok(request) => {
                 let name = request.procedure.name();
+                let started = Instant::now();
                 let result = match tokio::time::timeout(
                     daemon.limits.request_timeout,
                     dispatch(daemon, request.procedure),
@@ -376,6 +389,7 @@ async fn serve_connection(
                         ),
                     }),
                 };
+                daemon.metrics.rpc(name, result.is_ok(), started.elapsed());
                 (request.id, result, true)
             }
             Err((id, error)) => {
@@ -413,13 +427,21 @@ async fn serve_anonymous(
         Ok(Ok(Some(p))) => p,
         _ => return,
     };
-    let (id, result) = match frame::decode_request(&payload) {
+    // `counted`: the refusal is already recorded (once per connection).
+    let (id, result, counted) = match frame::decode_request(&payload) {
         Ok(request) => match request.procedure {
             // No timeout around the join: once admitted under the lock, the
             // node is in the config and the joiner must get its reply.
-            Procedure::Join(join) => (request.id, handle_join(daemon, join).await),
+            Procedure::Join(join) => {
+                let started = Instant::now();
+                let result = handle_join(daemon, join).await;
+                daemon
+                    .metrics
+                    .rpc("join", result.is_ok(), started.elapsed());
+                (request.id, result, false)
+            }
             other => {
-                daemon.denials.record(
+                daemon.deny(
                     peer,
                     &Denial {
                         reason: DenialReason::AnonymousRequest(other.name().to_owned()),
@@ -433,13 +455,14 @@ async fn serve_anonymous(
                         kind: RpcErrorKind::NotAuthorized,
                         message: "a client without a certificate may only join".into(),
                     }),
+                    true,
                 )
             }
         },
-        Err((id, error)) => (id, Err(error)),
+        Err((id, error)) => (id, Err(error), false),
     };
-    if let Err(e) = &result {
-        daemon.denials.record(
+    if let (Err(e), false) = (&result, counted) {
+        daemon.deny(
             peer,
             &Denial {
                 reason: DenialReason::JoinRefused(e.message.clone()),

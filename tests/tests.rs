@@ -14,6 +14,7 @@ mod authorization;
 mod cli;
 mod frames;
 mod lifecycle;
+mod metrics;
 mod openssl;
 mod renew;
 mod sshd;

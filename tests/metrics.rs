@@ -1,0 +1,108 @@
+//! The opt-in Prometheus endpoint (`noded --metrics`), scraped with curl.
+
+use std::process::Command;
+
+use noded::Error;
+
+use crate::support::*;
+
+/// Runs `curl` against `url`; returns (HTTP status, body).
+fn curl(url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl failed: {}", text(&out.stderr));
+    let all = text(&out.stdout);
+    let (body, status) = all.rsplit_once('\n').unwrap();
+    (status.to_owned(), body.to_owned())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_endpoint() {
+    let node = init_master("m1");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let daemon = Daemon::start(&node, &["--metrics", &addr]);
+    assert!(daemon
+        .log()
+        .contains(&format!("metrics on http://{addr}/metrics")));
+
+    const PINGS: usize = 3;
+    let master = client(&node, Some(&node_identity(&node)));
+    for _ in 0..PINGS {
+        ping(&master, &node).await.unwrap();
+    }
+    let refused = ping(&client(&node, Some(&ca_signed(&node, "regular1"))), &node).await;
+    assert!(
+        matches!(refused, Err(Error::NotAuthorized { .. })),
+        "{refused:?}"
+    );
+    // The refusal is counted by the daemon's connection task; wait for it.
+    assert!(daemon.wait_log("denied", std::time::Duration::from_secs(5)));
+
+    let (status, body) = curl(&format!("http://{addr}/metrics"));
+    assert_eq!(status, "200", "{body}");
+    assert!(body.contains("# TYPE noded_rpc_duration_seconds histogram"));
+    let pings = PINGS as f64;
+    assert!(sample(&body, "noded_connections_accepted_total") >= pings);
+    assert_eq!(
+        sample(
+            &body,
+            "noded_connections_refused_total{reason=\"not_in_map\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&body, "noded_connections_refused_total{reason=\"chain\"}"),
+        0.0
+    );
+    assert!(sample(&body, "noded_rpc_total{procedure=\"ping\",outcome=\"ok\"}") >= pings);
+    assert!(sample(&body, "noded_rpc_duration_seconds_count") >= pings);
+    assert_eq!(
+        sample(&body, "noded_rpc_duration_seconds_bucket{le=\"+Inf\"}"),
+        sample(&body, "noded_rpc_duration_seconds_count")
+    );
+    assert_eq!(sample(&body, "noded_candidate_map_entries"), 1.0);
+    assert!(sample(&body, "noded_candidate_map_last_reload_timestamp_seconds") > 1.6e9);
+    for cert in ["ca", "server", "client"] {
+        let series = format!("noded_certificate_expiry_seconds{{certificate=\"{cert}\"}}");
+        assert!(sample(&body, &series) > 0.0, "{series}");
+    }
+
+    let (status, _) = curl(&format!("http://{addr}/other"));
+    assert_eq!(status, "404");
+    // The RPC port still serves after the scrapes.
+    ping(&master, &node).await.unwrap();
+    daemon.terminate();
+}
+
+#[test]
+fn metrics_refuses_a_non_loopback_address() {
+    let node = init_master("m1");
+    for bad in [
+        format!("0.0.0.0:{}", free_port()),
+        "[::]:9811".to_owned(),
+        "localhost:9811".to_owned(),
+    ] {
+        let out = Command::new(NODED)
+            .arg("--state-dir")
+            .arg(node.dir())
+            .args(["--metrics", &bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}: {out:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{bad}: {err}");
+        assert!(err.contains("loopback"), "{bad}: {err}");
+    }
+}
