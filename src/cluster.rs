@@ -211,7 +211,9 @@ pub async fn push(
         });
     }
     let mut outcome = PushOutcome::default();
+    let progress = crate::progress::Progress::new(tasks.len(), "pushing cluster state");
     while let Some(joined) = tasks.join_next().await {
+        progress.step();
         match joined {
             Ok((_, Ok(()))) => {}
             Ok((name, Err(e))) => outcome.unreachable.push((name, e.to_string())),

@@ -62,7 +62,9 @@ where
         });
     }
     let mut out = Vec::new();
+    let progress = crate::progress::Progress::new(tasks.len(), "renewing");
     while let Some(joined) = tasks.join_next().await {
+        progress.step();
         match joined {
             Ok(r) => out.push(r),
             Err(e) => tracing::error!("renewal task failed: {e}"),

@@ -470,7 +470,9 @@ async fn gather(
         });
     }
     let mut out = BTreeMap::new();
+    let progress = crate::progress::Progress::new(tasks.len(), "checking nodes");
     while let Some(joined) = tasks.join_next().await {
+        progress.step();
         if let Ok((name, result)) = joined {
             out.insert(name, result);
         }
