@@ -16,6 +16,41 @@ use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey};
 use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::token::{JoinToken, TokenStore};
 
+/// Appended to the bash completion: node names (from the state directory's
+/// ssconf) where a command takes a NODE.
+const BASH_NODE_NAMES: &str = r#"
+# Node names from ssconf for NODE arguments (modify, remove, ping, --node).
+_nodectl_node_names() {
+    local dir="${NODED_STATE_DIR:-/var/lib/noded}" i
+    for ((i = 1; i < ${#COMP_WORDS[@]}; i++)); do
+        case ${COMP_WORDS[i]} in
+            --state-dir) dir=${COMP_WORDS[i + 1]} ;;
+            --state-dir=*) dir=${COMP_WORDS[i]#--state-dir=} ;;
+        esac
+    done
+    cat "$dir/ssconf/ssconf_node_list" 2>/dev/null
+}
+_nodectl_with_nodes() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]} word
+    if [[ $cur != -* ]]; then
+        case $prev in
+            modify | remove | --node)
+                COMPREPLY=($(compgen -W "$(_nodectl_node_names)" -- "$cur"))
+                return 0
+                ;;
+        esac
+        for word in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
+            if [[ $word == ping ]]; then
+                COMPREPLY=($(compgen -W "$(_nodectl_node_names)" -- "$cur"))
+                return 0
+            fi
+        done
+    fi
+    _nodectl "$@"
+}
+complete -F _nodectl_with_nodes -o nosort -o bashdefault -o default nodectl
+"#;
+
 /// How a command ended (errors are returned as `Err`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -102,7 +137,11 @@ pub async fn run(args: NodectlArgs) -> Result<Outcome> {
             let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cmd, "nodectl", &mut script);
-            write_stdout(&String::from_utf8_lossy(&script))?;
+            let mut text = String::from_utf8_lossy(&script).into_owned();
+            if shell == clap_complete::Shell::Bash {
+                text.push_str(BASH_NODE_NAMES);
+            }
+            write_stdout(&text)?;
             Ok(Outcome::Success)
         }
     }

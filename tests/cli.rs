@@ -301,3 +301,35 @@ fn systemd_unit_verifies_and_matches_the_defaults() {
     );
     assert!(text(&out.stderr).trim().is_empty(), "{}", text(&out.stderr));
 }
+
+/// The bash completion loads, and completes node names from ssconf.
+#[test]
+fn bash_completion_offers_node_names() {
+    let node = init_master("nodecomplete1");
+    let out = nodectl(node.dir(), &["generate", "completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("nodectl.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let run = |words: &str, cword: usize| {
+        let program = format!(
+            "source '{}'; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; COMP_POINT=${{#COMP_LINE}}; \
+             _nodectl_with_nodes nodectl; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let state = node.dir().to_str().unwrap().to_owned();
+    let got = run(&format!("nodectl --state-dir {state} modify nodec"), 4);
+    assert_eq!(got.trim(), "nodecomplete1");
+    let got = run(&format!("nodectl --state-dir {state} ping ''"), 4);
+    assert_eq!(got.trim(), "nodecomplete1");
+    // Subcommands still complete as clap generated them.
+    let got = run("nodectl veri", 1);
+    assert!(got.contains("verify"), "{got}");
+}
