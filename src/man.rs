@@ -92,15 +92,50 @@ list
 .TP
 ping
 {"results": [{"node", "ok", "rtt_ms", "error"}]}
+.TP
+verify
+{"findings": [{"severity", "node", "code", "message", "fix"}]}
+.TP
+token create
+{"id", "expires", "master_candidate", "connection_string"}
+.TP
+token list
+{"tokens": [{"id", "expires", "master_candidate"}]}
 .SH EXAMPLES
 Create a cluster and start its master:
 .PP
 .nf
 nodectl \-\-state\-dir /var/lib/noded init \-\-cluster\-name prod \-\-node\-name node1 \-\-address 192.0.2.1:1811
-noded \-\-state\-dir /var/lib/noded
+systemctl enable \-\-now noded
 .fi
 .PP
-Check that every online node answers:
+Join a node: on the master, make a token; on the new node, use it:
+.PP
+.nf
+nodectl token create \-\-ttl 30m
+nodectl join 'noded\-join:...' \-\-node\-name node2 \-\-address 192.0.2.2:1811
+systemctl enable \-\-now noded
+.fi
+.PP
+Move the master-candidate role, take a node out for maintenance:
+.PP
+.nf
+nodectl modify node2 \-\-master\-candidate=yes
+nodectl modify node3 \-\-master\-candidate=no \-\-auto\-promote
+nodectl modify node4 \-\-offline=yes
+nodectl modify node4 \-\-offline=no
+.fi
+.PP
+Check the cluster, rotate its crypto, check again:
+.PP
+.nf
+nodectl verify
+nodectl renew\-crypto \-\-new\-node\-certificates \-\-new\-cluster\-certificate \-\-new\-ssh\-keys
+nodectl renew\-crypto \-\-new\-ca
+nodectl verify \-\-json
+.fi
+.PP
+Check that every online node answers, from any node:
 .PP
 .nf
 nodectl ping
