@@ -17,5 +17,6 @@ mod lifecycle;
 mod metrics;
 mod openssl;
 mod renew;
+mod secrets;
 mod sshd;
 mod verify;
