@@ -241,6 +241,12 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(mut self) -> ExitStatus {
         self.signal("TERM");

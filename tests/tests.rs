@@ -12,6 +12,7 @@ mod support;
 
 mod authorization;
 mod cli;
+mod crash;
 mod frames;
 mod lifecycle;
 mod metrics;
