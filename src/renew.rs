@@ -340,15 +340,12 @@ async fn cluster_certificate(
         }
     })
     .await;
-    for (node, result) in results {
-        progress(&node.name, "new server certificate", &result);
-        if let Err(e) = result {
-            failed.unreachable.push((
-                node.name,
-                format!("{e}; run `nodectl renew-crypto --new-cluster-certificate` again"),
-            ));
-        }
-    }
+    report(
+        results,
+        "new server certificate",
+        "nodectl renew-crypto --new-cluster-certificate",
+        failed,
+    );
     Ok(())
 }
 
@@ -415,6 +412,17 @@ async fn install_bundle(
         async move { cluster::call(&client, &node, Procedure::InstallCaBundle { ca_pem }).await }
     })
     .await;
+    report(results, what, "nodectl renew-crypto --new-ca", failed)
+}
+
+/// Prints each node's outcome of step `what`; records every failure with
+/// the command to rerun. Returns whether every node succeeded.
+fn report<T>(
+    results: Vec<(NodeRecord, Result<T>)>,
+    what: &str,
+    rerun: &str,
+    failed: &mut PushOutcome,
+) -> bool {
     let mut all = true;
     for (node, result) in results {
         progress(&node.name, what, &result);
@@ -422,7 +430,7 @@ async fn install_bundle(
             all = false;
             failed.unreachable.push((
                 node.name,
-                format!("{e}; run `nodectl renew-crypto --new-ca` again once it is reachable"),
+                format!("{e}; run `{rerun}` again once it is reachable"),
             ));
         }
     }
@@ -523,15 +531,12 @@ async fn new_ca(
             }
         })
         .await;
-        for (node, result) in results {
-            progress(&node.name, "new CA key", &result);
-            if let Err(e) = result {
-                failed.unreachable.push((
-                    node.name,
-                    format!("{e}; run `nodectl renew-crypto --new-ca` again"),
-                ));
-            }
-        }
+        report(
+            results,
+            "new CA key",
+            "nodectl renew-crypto --new-ca",
+            failed,
+        );
         let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[]).await?;
         failed.unreachable.extend(pushed.unreachable);
         if !failed.is_complete() {
