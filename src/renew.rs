@@ -198,35 +198,34 @@ async fn node_certificates(
     failed.unreachable.extend(overlap.unreachable);
 
     // 3. Each node switches to its new certificate.
-    let installed =
-        fan_out(
-            &pending.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-            |node| {
-                let client = client.clone();
-                let cert_pem = pending
-                    .iter()
-                    .find(|(n, _)| n.uuid == node.uuid)
-                    .map(|(_, c)| c.clone())
-                    .unwrap_or_default();
-                async move {
-                    cluster::call(&client, &node, Procedure::InstallClientCert { cert_pem }).await
-                }
-            },
-        )
-        .await;
+    let installed = fan_out(
+        &pending.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        |node| {
+            let client = client.clone();
+            let cert_pem = pending
+                .iter()
+                .find(|(n, _)| n.uuid == node.uuid)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            async move {
+                let procedure = Procedure::InstallClientCert {
+                    cert_pem: cert_pem.clone(),
+                };
+                cluster::call(&client, &node, procedure)
+                    .await
+                    .map(|_| cert_pem)
+            }
+        },
+    )
+    .await;
     // Switched nodes keep both digests in the map until the grace period
     // below has passed; they are recorded as switched only then.
     let mut switched: Vec<(String, String)> = Vec::new();
     for (node, result) in installed {
         progress(&node.name, "new client certificate", &result);
-        let cert_pem = pending
-            .iter()
-            .find(|(n, _)| n.uuid == node.uuid)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
         let record = node_mut(config, &node.name)?;
         match result {
-            Ok(_) => switched.push((node.name.clone(), cert_pem)),
+            Ok(cert_pem) => switched.push((node.name.clone(), cert_pem)),
             Err(e) => {
                 record.digest = String::new();
                 record.next_digest = None;
