@@ -318,6 +318,14 @@ pub struct InitArgs {
     /// Validity of node and server certificates, in days (the CA gets ten times as long).
     #[arg(long, default_value_t = 365, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=36500))]
     pub cert_days: u32,
+    /// Keep the CA key in a PKCS#11 token instead of ca.key: an RFC 7512
+    /// URI, pkcs11:token=T;object=O?module-path=/path/lib.so&pin-source=file:/path/pin
+    /// (or pin-source=env:VARIABLE; a pin-value is refused). The key labelled
+    /// O is used if it exists, else made in the token (EC P-256, not
+    /// extractable). The master and every master candidate must reach the
+    /// token with the same URI.
+    #[arg(long, value_name = "URI")]
+    pub ca_key: Option<String>,
 }
 
 /// Where a node keeps its SSH files (recorded in node.json).

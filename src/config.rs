@@ -66,6 +66,10 @@ pub struct ClusterConfig {
     pub cert_days: u32,
     /// SHA-256 of the CA certificate's DER (what join tokens pin), hex.
     pub ca_sha256: String,
+    /// Where the CA key lives when it is not `ca.key`: a `pkcs11:` URI
+    /// (RFC 7512) that the master and every master candidate can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
     pub nodes: Vec<NodeRecord>,
 }
 

@@ -12,7 +12,8 @@ use crate::client::RpcClient;
 use crate::config::{ClusterConfig, NodeRecord, NodeRole};
 use crate::error::{Error, Result};
 use crate::frame::{Procedure, Reply};
-use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey};
+use crate::keystore::{FileKeyStore, KeyStore};
+use crate::pki::{self, CertInfo, CertificateSigner, NodeKey};
 use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::token::{JoinToken, TokenStore};
 
@@ -158,6 +159,12 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
             state.root().display()
         )));
     }
+    let token_store = args
+        .ca_key
+        .as_deref()
+        .map(crate::hsm::Pkcs11Uri::parse)
+        .transpose()?
+        .map(crate::keystore::Pkcs11KeyStore::new);
     state::create_dir(state.root(), 0o755)?;
     let digest_alg = match args.digest {
         DigestArg::Sha256 => DigestAlgorithm::Sha256,
@@ -165,7 +172,13 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     };
     // The CA outlives the certificates it signs.
     let ca_days = args.cert_days.saturating_mul(10).min(36500);
-    let ca = CertificateAuthority::generate(&args.cluster_name, ca_days)?;
+    // The token (when named) is opened, and its key made or found, before
+    // anything else is written: a wrong PIN or label leaves no state behind.
+    let store: Box<dyn KeyStore> = match token_store {
+        Some(store) => Box::new(store),
+        None => Box::new(FileKeyStore::new(state)),
+    };
+    let ca = store.create_ca(&args.cluster_name, ca_days)?;
     let (server_pem, server_key) =
         ca.issue_server_certificate(&args.cluster_name, args.cert_days)?;
     let node_key = NodeKey::generate()?;
@@ -184,6 +197,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
         digest: digest_alg.into(),
         cert_days: args.cert_days,
         ca_sha256: hex_lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
+        ca_key: args.ca_key.clone(),
         nodes: vec![NodeRecord {
             uuid: uuid.clone(),
             name: args.node_name.clone(),
@@ -209,11 +223,6 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
     // Keys and certificates first, node.json last: a node without node.json
     // is not initialised, so an interrupted init can simply be run again.
     state.write(&state.ca_pem(), ca.cert_pem().as_bytes(), MODE_PUBLIC)?;
-    state.write(
-        &state.ca_key(),
-        ca.key_pem().expose().as_bytes(),
-        MODE_SECRET,
-    )?;
     state.write(&state.server_pem(), server_pem.as_bytes(), MODE_PUBLIC)?;
     state.write(
         &state.server_key(),
@@ -247,6 +256,7 @@ fn init(state: &StateDir, args: &InitArgs) -> Result<Outcome> {
         "  CA sha256        {}",
         DigestAlgorithm::Sha256.digest(ca.cert_der())
     );
+    crate::say!("  CA key           {}", store.describe());
     crate::say!("  client digest    {digest} ({digest_alg})");
     crate::say!(
         "start the daemon:  noded --state-dir {}",

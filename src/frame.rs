@@ -42,8 +42,12 @@ pub enum Procedure {
     Join(JoinRequest),
     /// Replace `config.json` (master candidates); refused if older.
     WriteConfig { config_json: String },
-    /// Make this node a master candidate: CA key and config.
-    InstallCandidateFiles { ca_key: Secret, config_json: String },
+    /// Make this node a master candidate: CA key and config. No key is sent
+    /// when the config keeps the CA key in a PKCS#11 token.
+    InstallCandidateFiles {
+        ca_key: Option<Secret>,
+        config_json: String,
+    },
     /// Make this node a regular node again: remove CA key, config, tokens
     /// and SSH private key.
     RemoveCandidateFiles,

@@ -21,7 +21,7 @@ use crate::config::{check_address, check_name, NodeRecord, NodeRole};
 use crate::ctl::Outcome;
 use crate::error::{Error, Result};
 use crate::frame::{JoinReply, JoinRequest, Procedure, Reply};
-use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey, Secret};
+use crate::pki::{self, CertInfo, CertificateSigner, NodeKey, Secret};
 use crate::state::{self, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::token::{self, JoinToken, TokenStore};
 
@@ -58,9 +58,9 @@ pub fn admit(
         )));
     }
     let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
-    let ca_key =
-        Secret::new(std::fs::read_to_string(state.ca_key()).map_err(Error::io(state.ca_key()))?);
-    let ca = CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?;
+    let store = crate::keystore::for_cluster(state, &config)?;
+    let ca = store.load_ca(&ca_pem)?;
+    let ca_key = store.candidate_copy(&ca);
     // The name in the certificate is the node name; the CSR contributes only
     // its public key (and proves possession of the private key).
     let client_pem = ca.sign_client_csr(&req.csr_pem, config.cert_days)?;
@@ -109,7 +109,7 @@ pub fn admit(
         ),
         client_pem,
         ssconf_files: config.to_ssconf()?.render(),
-        ca_key: candidate.then_some(ca_key),
+        ca_key: ca_key.filter(|_| candidate),
         config_json: if candidate {
             Some(
                 String::from_utf8(state::to_json(&config)?)
@@ -374,8 +374,11 @@ fn install(
     )?;
     ssconf.store(&state.ssconf_dir())?;
     if reply.master_candidate {
-        if let (Some(ca_key), Some(config_json)) = (&reply.ca_key, &reply.config_json) {
+        // With the CA key in a token, only the config (naming it) comes.
+        if let Some(ca_key) = &reply.ca_key {
             state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+        }
+        if let Some(config_json) = &reply.config_json {
             state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)?;
         }
         state.write_ssh_key_pair(&ssh_private, ssh_public)?;

@@ -5,6 +5,8 @@
 //!
 //! - [`pki`]: the cluster CA, the shared server certificate, node client
 //!   certificates signed from CSRs, digests.
+//! - [`keystore`]: where the CA key lives (`ca.key`, or a PKCS#11 token
+//!   through [`hsm`]) behind the [`keystore::KeyStore`] trait.
 //! - [`state`]: a node's state directory; [`config`]: the cluster config and
 //!   the ssconf set derived from it (files: the `ssconf` crate).
 //! - [`tls`]: rustls configurations (aws-lc-rs, TLS 1.3, no resumption).
@@ -47,6 +49,8 @@ pub mod ctl;
 pub mod daemon;
 pub mod error;
 pub mod frame;
+pub mod hsm;
+pub mod keystore;
 pub mod logging;
 pub mod man;
 pub mod metrics;

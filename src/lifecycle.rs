@@ -10,7 +10,7 @@ use crate::config::{ClusterConfig, NodeRecord, NodeRole};
 use crate::ctl::Outcome;
 use crate::error::{Error, Result};
 use crate::frame::{Procedure, Reply};
-use crate::pki::Secret;
+use crate::pki::CertificateSigner;
 use crate::state::{self, StateDir};
 
 fn find<'a>(config: &'a ClusterConfig, name: &str) -> Result<&'a NodeRecord> {
@@ -86,9 +86,12 @@ impl Master {
                 "{name} is offline; bring it online first (`nodectl modify {name} --offline=no`)"
             )));
         }
-        let ca_key = Secret::new(
-            std::fs::read_to_string(self.state.ca_key()).map_err(Error::io(self.state.ca_key()))?,
-        );
+        // Loaded (for a token: reached and checked) before anything changes.
+        let ca_key = crate::keystore::for_cluster(&self.state, &self.config).and_then(|store| {
+            let ca_pem = std::fs::read_to_string(self.state.ca_pem())
+                .map_err(Error::io(self.state.ca_pem()))?;
+            Ok(store.candidate_copy(&store.load_ca(&ca_pem)?))
+        })?;
         let mut next = self.config.clone();
         find_mut(&mut next, name)?.role = NodeRole::Candidate;
         let unreachable =
@@ -343,12 +346,7 @@ pub async fn set_offline(
             else {
                 return Err(reach(Error::Invalid("no CSR in the reply".into())));
             };
-            let ca = crate::pki::CertificateAuthority::from_pem(
-                &std::fs::read_to_string(master.state.ca_pem())
-                    .map_err(Error::io(master.state.ca_pem()))?,
-                &std::fs::read_to_string(master.state.ca_key())
-                    .map_err(Error::io(master.state.ca_key()))?,
-            )?;
+            let ca = crate::keystore::load_ca(&master.state, &master.config)?;
             let cert_pem = ca.sign_client_csr(&csr, master.config.cert_days)?;
             let der = crate::pki::load_certs_from_pem(&cert_pem)?;
             conn.call(Procedure::InstallClientCert { cert_pem })

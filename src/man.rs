@@ -21,7 +21,7 @@ Every file is written atomically (temporary file, fsync, rename, fsync of the di
 all nodes, 0644: cluster CA certificate(s)
 .TP
 \fIca.key\fR
-master and candidates, 0600: CA private key
+master and candidates, 0600: CA private key; absent everywhere when the config's \fBca_key\fR names a PKCS#11 token
 .TP
 \fIserver.pem, server.key\fR
 all nodes, 0644/0600: shared server certificate and key
@@ -84,7 +84,14 @@ noded \-\-state\-dir /tmp/n1 \-\-listen 127.0.0.1:1811 \-\-log\-format json
 .fi
 "#;
 
-const NODECTL_NOTES: &str = r#".SH JSON OUTPUT
+const NODECTL_NOTES: &str = r#".SH CA KEY IN A PKCS#11 TOKEN
+With \fBinit \-\-ca\-key\fR \fIpkcs11:token=T;object=O?module\-path=LIB&pin\-source=file:PATH\fR (RFC 7512; or \fIpin\-source=env:VARIABLE\fR; \fIpin\-value\fR is refused) the CA key is an EC P\-256 key inside the token, made there if no key is labelled O, never extractable.
+No node has \fIca.key\fR; the URI is kept in \fIconfig.json\fR and every master candidate signs through it, so the token (and the PIN file) must be reachable from each of them.
+A CA rotation makes the next key as O.new and then renames the keys (O to O.old, O.new to O).
+\fBverify\fR reports CA_KEY_UNUSABLE when the token cannot be reached, refuses the PIN, lacks the key, or holds a key that is not the one of \fIca.pem\fR, and CA_KEY_FILE_WITH_TOKEN for a \fIca.key\fR file on any node.
+.PP
+Trust model: a compromised master candidate can still sign certificates while it is a candidate (it reaches the token), but it cannot copy the key, so demotion (and a PIN change) ends its power to sign; with the file backend, a key it copied stays usable until \fBrenew\-crypto \-\-new\-ca\fR.
+.SH JSON OUTPUT
 With \fB\-\-json\fR, commands print one JSON document; field names are stable:
 .TP
 list
@@ -107,6 +114,13 @@ Create a cluster and start its master:
 .nf
 nodectl \-\-state\-dir /var/lib/noded init \-\-cluster\-name prod \-\-node\-name node1 \-\-address 192.0.2.1:1811
 systemctl enable \-\-now noded
+.fi
+.PP
+The same with the CA key in an HSM:
+.PP
+.nf
+nodectl init \-\-cluster\-name prod \-\-node\-name node1 \-\-address 192.0.2.1:1811 \\
+    \-\-ca\-key 'pkcs11:token=prod;object=ca?module\-path=/usr/lib/softhsm/libsofthsm2.so&pin\-source=file:/etc/noded/pin'
 .fi
 .PP
 Join a node: on the master, make a token; on the new node, use it:

@@ -124,14 +124,88 @@ impl NodeKey {
     }
 }
 
-/// The cluster certificate authority: its certificate and signing key.
-pub struct CertificateAuthority {
-    cert_pem: String,
-    cert_der: CertificateDer<'static>,
-    key: KeyPair,
+/// The CA's private key: a PEM file (`ca.key`) or a key inside a PKCS#11
+/// token. An enum, not a trait object: signing is static dispatch.
+pub enum CaKey {
+    File(KeyPair),
+    Token(crate::hsm::TokenKey),
 }
 
-impl fmt::Debug for CertificateAuthority {
+impl fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaKey::File(_) => f.write_str("CaKey::File(...)"),
+            CaKey::Token(key) => write!(f, "CaKey::{key:?}"),
+        }
+    }
+}
+
+impl rcgen::PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            CaKey::File(key) => key.der_bytes(),
+            CaKey::Token(key) => key.der_bytes(),
+        }
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            CaKey::File(key) => key.algorithm(),
+            CaKey::Token(key) => key.algorithm(),
+        }
+    }
+}
+
+impl rcgen::SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        match self {
+            CaKey::File(key) => key.sign(msg),
+            CaKey::Token(key) => key.sign(msg),
+        }
+    }
+}
+
+/// The certificate generator: signs node CSRs into client certificates and
+/// issues the shared server certificate, with the cluster CA.
+pub trait CertificateSigner {
+    /// The signing CA's certificate, PEM.
+    fn cert_pem(&self) -> &str;
+
+    /// The signing CA's certificate, DER.
+    fn cert_der(&self) -> &CertificateDer<'static>;
+
+    /// Signs a node's CSR into a client certificate valid from
+    /// `not_before` to `not_after`. Only the CSR's subject name and public
+    /// key are used (after checking its signature, which proves the
+    /// requester holds the key); every extension is set here.
+    fn sign_client_csr_between(
+        &self,
+        csr_pem: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<String>;
+
+    /// [`Self::sign_client_csr_between`] for `days` from now.
+    fn sign_client_csr(&self, csr_pem: &str, days: u32) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        self.sign_client_csr_between(
+            csr_pem,
+            now - Duration::hours(1),
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    /// A new shared server certificate and its key.
+    fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, Secret)>;
+}
+
+/// The cluster certificate authority: its certificate and signing key.
+pub struct CertificateAuthority<K = CaKey> {
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
+    key: K,
+}
+
+impl<K> fmt::Debug for CertificateAuthority<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertificateAuthority")
             .field("cert", &CertDigestDisplay(&self.cert_der))
@@ -147,10 +221,42 @@ impl fmt::Debug for CertDigestDisplay<'_> {
     }
 }
 
-impl CertificateAuthority {
-    /// A new self-signed CA for `cluster_name`, valid `days`.
+/// The raw public key in a certificate's SubjectPublicKeyInfo.
+fn public_key_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| Error::Certificate(format!("unparsable CA certificate: {e}")))?;
+    Ok(parsed.public_key().subject_public_key.data.to_vec())
+}
+
+impl CertificateAuthority<CaKey> {
+    /// A new self-signed CA for `cluster_name`, valid `days`, with a new
+    /// key in memory (for `ca.key`).
     pub fn generate(cluster_name: &str, days: u32) -> Result<Self> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
+        Self::self_signed(cluster_name, days, CaKey::File(key))
+    }
+
+    /// Loads the CA from its certificate and key PEM text.
+    ///
+    /// `cert_pem` may hold several CA certificates (during a CA rotation);
+    /// the one the key belongs to is the signing CA.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let key = KeyPair::from_pem(key_pem).map_err(cert_error)?;
+        Self::with_key(cert_pem, CaKey::File(key))
+    }
+
+    /// The CA private key, PEM; `None` when it lives in a token.
+    pub fn key_pem(&self) -> Option<Secret> {
+        match &self.key {
+            CaKey::File(key) => Some(Secret(key.serialize_pem())),
+            CaKey::Token(_) => None,
+        }
+    }
+}
+
+impl<K: rcgen::SigningKey> CertificateAuthority<K> {
+    /// A new self-signed CA certificate for `key`.
+    pub fn self_signed(cluster_name: &str, days: u32, key: K) -> Result<Self> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(
             DnType::CommonName,
@@ -175,20 +281,14 @@ impl CertificateAuthority {
         })
     }
 
-    /// Loads the CA from its certificate and key PEM text.
-    ///
-    /// `cert_pem` may hold several CA certificates (during a CA rotation);
-    /// the one the key belongs to is the signing CA.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
-        use rcgen::PublicKeyData;
-        let key = KeyPair::from_pem(key_pem).map_err(cert_error)?;
+    /// The CA whose certificate in `cert_pem` (one or several) carries
+    /// `key`'s public key.
+    pub fn with_key(cert_pem: &str, key: K) -> Result<Self> {
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Certificate(format!("CA certificate: {e}")))?;
         for cert_der in certs {
-            let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
-                .map_err(|e| Error::Certificate(format!("unparsable CA certificate: {e}")))?;
-            if parsed.public_key().subject_public_key.data.as_ref() == key.der_bytes() {
+            if public_key_of(&cert_der)? == key.der_bytes() {
                 let one = pem_of(&cert_der);
                 return Ok(CertificateAuthority {
                     cert_pem: one,
@@ -204,10 +304,7 @@ impl CertificateAuthority {
 
     /// Fails unless the key is the one the CA certificate was made for.
     pub fn check_key_matches(&self) -> Result<()> {
-        use rcgen::PublicKeyData;
-        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der)
-            .map_err(|e| Error::Certificate(format!("unparsable CA certificate: {e}")))?;
-        if cert.public_key().subject_public_key.data.as_ref() != self.key.der_bytes() {
+        if public_key_of(&self.cert_der)? != self.key.der_bytes() {
             return Err(Error::Certificate(
                 "the CA key does not belong to the CA certificate (ca.pem)".into(),
             ));
@@ -215,31 +312,21 @@ impl CertificateAuthority {
         Ok(())
     }
 
-    /// The CA certificate, PEM.
-    pub fn cert_pem(&self) -> &str {
+    fn issuer(&self) -> Result<Issuer<'_, &K>> {
+        Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(cert_error)
+    }
+}
+
+impl<K: rcgen::SigningKey> CertificateSigner for CertificateAuthority<K> {
+    fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
-    /// The CA certificate, DER.
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
+    fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
 
-    /// The CA private key, PEM.
-    pub fn key_pem(&self) -> Secret {
-        Secret(self.key.serialize_pem())
-    }
-
-    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>> {
-        Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(cert_error)
-    }
-
-    /// A new shared server certificate and its key.
-    pub fn issue_server_certificate(
-        &self,
-        cluster_name: &str,
-        days: u32,
-    ) -> Result<(String, Secret)> {
+    fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, Secret)> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, format!("noded server {cluster_name}"));
@@ -255,21 +342,7 @@ impl CertificateAuthority {
         Ok((cert.pem(), Secret(key.serialize_pem())))
     }
 
-    /// Signs a node's CSR into a client certificate. Only the CSR's subject
-    /// name and public key are used (after checking its signature, which
-    /// proves the requester holds the key); every extension is set here.
-    pub fn sign_client_csr(&self, csr_pem: &str, days: u32) -> Result<String> {
-        let now = OffsetDateTime::now_utc();
-        self.sign_client_csr_between(
-            csr_pem,
-            now - Duration::hours(1),
-            now + Duration::days(i64::from(days)),
-        )
-    }
-
-    /// [`Self::sign_client_csr`] with an explicit validity window (tests use
-    /// it to make expired certificates).
-    pub fn sign_client_csr_between(
+    fn sign_client_csr_between(
         &self,
         csr_pem: &str,
         not_before: OffsetDateTime,

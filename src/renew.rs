@@ -19,7 +19,7 @@ use crate::config::{ClusterConfig, NodeRecord};
 use crate::ctl::Outcome;
 use crate::error::{Error, Result};
 use crate::frame::{Procedure, Reply};
-use crate::pki::{self, CertInfo, CertificateAuthority, NodeKey, Secret};
+use crate::pki::{self, CertInfo, CertificateAuthority, CertificateSigner, NodeKey, Secret};
 use crate::state::StateDir;
 
 /// How long the old digests stay in the map after the nodes switched.
@@ -36,11 +36,8 @@ pub struct RenewPlan {
     pub nodes: Vec<String>,
 }
 
-fn load_ca(state: &StateDir) -> Result<CertificateAuthority> {
-    CertificateAuthority::from_pem(
-        &std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?,
-        &std::fs::read_to_string(state.ca_key()).map_err(Error::io(state.ca_key()))?,
-    )
+fn load_ca(state: &StateDir, config: &ClusterConfig) -> Result<CertificateAuthority> {
+    crate::keystore::load_ca(state, config)
 }
 
 /// Runs `op` on every node in `nodes`, at most [`PUSH_CONCURRENCY`] at once;
@@ -132,7 +129,7 @@ async fn node_certificates(
     }
     let me = state.load_identity()?;
     let alg: DigestAlgorithm = config.digest.into();
-    let ca = Arc::new(load_ca(state)?);
+    let ca = Arc::new(load_ca(state, config)?);
     let days = config.cert_days;
     let targets: Vec<NodeRecord> = config
         .nodes
@@ -316,7 +313,7 @@ async fn cluster_certificate(
     config: &ClusterConfig,
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    let ca = load_ca(state)?;
+    let ca = load_ca(state, config)?;
     let (cert_pem, key) = ca.issue_server_certificate(&config.cluster_name, config.cert_days)?;
     let client = RpcClient::from_state(state)?;
     let nodes: Vec<NodeRecord> = config
@@ -438,44 +435,41 @@ fn report<T>(
 
 /// `--new-ca`: a new CA trusted beside the old one, every certificate
 /// reissued by it, then the old one dropped. Each phase is recorded on disk
-/// (`ca.key.new` while the new CA is being distributed, two certificates in
-/// ca.pem until the old one is dropped), so a rerun resumes where a crash
-/// or an unreachable node stopped it.
+/// (`ca.new.pem` while the new CA is being distributed, with its key aside in
+/// the key store: `ca.key.new`, or the token label `O.new`; two
+/// certificates in ca.pem until the old one is dropped), so a rerun resumes
+/// where a crash or an unreachable node stopped it.
 async fn new_ca(
     state: &StateDir,
     config: &mut ClusterConfig,
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    let new_key_path = state.root().join("ca.key.new");
     let new_cert_path = state.root().join("ca.new.pem");
     let trusted = pki::load_certs(&state.ca_pem())?;
     let client = RpcClient::from_state(state)?;
+    let store = crate::keystore::for_cluster(state, config)?;
 
-    // 1. A new CA, kept aside until every node trusts it.
-    if !new_key_path.exists() && trusted.len() == 1 {
+    // 1. A new CA, kept aside until every node trusts it. Its certificate is
+    // written last: it marks the phase (a key set aside by a run that died
+    // before that is replaced).
+    if !new_cert_path.exists() && trusted.len() == 1 {
         let days = config.cert_days.saturating_mul(10).min(36500);
-        let ca = CertificateAuthority::generate(&config.cluster_name, days)?;
+        let ca = store.create_next_ca(&config.cluster_name, days)?;
         state.write(
             &new_cert_path,
             ca.cert_pem().as_bytes(),
             crate::state::MODE_PUBLIC,
-        )?;
-        state.write(
-            &new_key_path,
-            ca.key_pem().expose().as_bytes(),
-            crate::state::MODE_SECRET,
         )?;
         crate::say!(
             "new CA made: {}",
             DigestAlgorithm::Sha256.digest(ca.cert_der())
         );
     }
-    if new_key_path.exists() {
-        let new_key =
-            Secret::new(std::fs::read_to_string(&new_key_path).map_err(Error::io(&new_key_path))?);
+    if new_cert_path.exists() {
         let new_cert =
             std::fs::read_to_string(&new_cert_path).map_err(Error::io(&new_cert_path))?;
-        let new_ca = CertificateAuthority::from_pem(&new_cert, new_key.expose())?;
+        let new_ca = store.load_next_ca(&new_cert)?;
+        let new_key = store.candidate_copy(&new_ca);
         // 2. Every node trusts both CAs.
         let mut bundle = new_ca.cert_pem().to_owned();
         for old in trusted
@@ -491,11 +485,7 @@ async fn new_ca(
             return Ok(());
         }
         // 3. The master and the candidates sign with the new CA from now on.
-        state.write(
-            &state.ca_key(),
-            new_key.expose().as_bytes(),
-            crate::state::MODE_SECRET,
-        )?;
+        store.activate_next()?;
         config.ca_sha256 = DigestAlgorithm::Sha256
             .digest(new_ca.cert_der())
             .as_bytes()
@@ -544,9 +534,8 @@ async fn new_ca(
             );
             return Ok(());
         }
-        for path in [&new_key_path, &new_cert_path] {
-            ssconf::atomic::remove_durable(path).map_err(Error::io(path))?;
-        }
+        store.finish_next()?;
+        ssconf::atomic::remove_durable(&new_cert_path).map_err(Error::io(&new_cert_path))?;
     }
     // 4. Every certificate reissued by the new CA.
     cluster_certificate(state, config, failed).await?;
@@ -557,7 +546,7 @@ async fn new_ca(
     }
     // 5. The old CA is dropped everywhere. The master keeps its certificate
     // (ca.prev.pem) to reach, once, a node that was offline meanwhile.
-    let ca = load_ca(state)?;
+    let ca = load_ca(state, config)?;
     let old: String = pki::load_certs(&state.ca_pem())?
         .iter()
         .filter(|c| c.as_ref() != ca.cert_der().as_ref())

@@ -104,12 +104,39 @@ pub fn write_config(state: &StateDir, config_json: &str) -> Result<()> {
 }
 
 /// Makes this node a master candidate: CA key and config.
-pub fn install_candidate_files(state: &StateDir, ca_key: &Secret, config_json: &str) -> Result<()> {
-    accept_config(state, config_json)?;
-    // The key must belong to the CA this node trusts.
-    let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
-    crate::pki::CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?.check_key_matches()?;
-    state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+///
+/// `ca_key` is `None` when the config names a PKCS#11 token for the CA key:
+/// then no key file is written, and any stale `ca.key` is removed.
+pub fn install_candidate_files(
+    state: &StateDir,
+    ca_key: Option<&Secret>,
+    config_json: &str,
+) -> Result<()> {
+    let config = accept_config(state, config_json)?;
+    match (ca_key, &config.ca_key) {
+        (Some(ca_key), None) => {
+            // The key must belong to the CA this node trusts.
+            let ca_pem =
+                std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+            crate::pki::CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?
+                .check_key_matches()?;
+            state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+        }
+        (None, Some(_)) => {
+            let path = state.ca_key();
+            ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))?;
+        }
+        (Some(_), Some(uri)) => {
+            return Err(Error::Invalid(format!(
+                "refusing a CA key file: the cluster config keeps the CA key in {uri}"
+            )))
+        }
+        (None, None) => {
+            return Err(Error::Invalid(
+                "no CA key was sent and the cluster config names no token for it".into(),
+            ))
+        }
+    }
     state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)
 }
 

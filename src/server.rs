@@ -623,8 +623,10 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             config_json,
         } => {
             let state = daemon.state.clone();
-            blocking(move || crate::roles::install_candidate_files(&state, &ca_key, &config_json))
-                .await?;
+            blocking(move || {
+                crate::roles::install_candidate_files(&state, ca_key.as_ref(), &config_json)
+            })
+            .await?;
             tracing::info!("now holding the master-candidate files (CA key, config)");
             Ok(Reply::Done)
         }

@@ -305,14 +305,30 @@ fn check(
         }
         // Role files.
         let files = &info.role_files;
+        // With the CA key in a token, no node holds a key file: one that
+        // does is a copy that the token was meant to prevent.
+        let key_file_expected = config.ca_key.is_none();
+        if let (Some(uri), true) = (&config.ca_key, files.ca_key) {
+            findings.add(
+                Severity::Error,
+                &n.name,
+                "CA_KEY_FILE_WITH_TOKEN",
+                format!("{} holds ca.key although the CA key is in {uri}", n.name),
+                format!(
+                    "nodectl modify {} --master-candidate={}",
+                    n.name,
+                    if candidate { "yes" } else { "no" }
+                ),
+            );
+        }
         let held = [
-            ("CA key (ca.key)", files.ca_key),
-            ("cluster config (config.json)", files.config),
-            ("SSH private key", files.ssh_private_key),
+            ("CA key (ca.key)", files.ca_key, key_file_expected),
+            ("cluster config (config.json)", files.config, true),
+            ("SSH private key", files.ssh_private_key, true),
         ];
         if candidate {
-            for (what, present) in held {
-                if !present {
+            for (what, present, expected) in held {
+                if expected && !present {
                     findings.add(
                         Severity::Error,
                         &n.name,
@@ -332,11 +348,11 @@ fn check(
                 );
             }
         } else {
-            for (what, present) in held
-                .into_iter()
-                .chain([("join tokens (tokens.json)", files.tokens)])
+            for (what, present, expected) in
+                held.into_iter()
+                    .chain([("join tokens (tokens.json)", files.tokens, true)])
             {
-                if present {
+                if expected && present {
                     findings.add(
                         Severity::Error,
                         &n.name,
@@ -481,6 +497,34 @@ async fn gather(
 }
 
 /// `nodectl verify`.
+/// The CA key as this node would sign with it: reachable (for a token: the
+/// module loads, the token is there, the PIN is accepted, the label exists),
+/// matching ca.pem, and able to sign.
+fn check_key_store(state: &StateDir, config: &ClusterConfig, node: &str) -> Option<Finding> {
+    let ca_pem = std::fs::read_to_string(state.ca_pem()).ok()?;
+    if config.ca_key.is_none() && !state.ca_key().exists() {
+        // Reported as ROLE_FILE_MISSING.
+        return None;
+    }
+    let result = crate::keystore::for_cluster(state, config)
+        .and_then(|store| crate::keystore::check(store.as_ref(), &ca_pem));
+    let e = result.err()?;
+    let mut findings = Findings::default();
+    findings.add(
+        Severity::Error,
+        node,
+        "CA_KEY_UNUSABLE",
+        format!("the CA key cannot sign for ca.pem: {e}"),
+        match &config.ca_key {
+            Some(uri) => format!(
+                "make the token in {uri} reachable from {node} (module, token label, PIN source, object label) or fix the config's ca_key"
+            ),
+            None => format!("copy a matching ca.key from another master candidate to {node}"),
+        },
+    );
+    findings.0.pop()
+}
+
 pub async fn verify(state: &StateDir, json: bool) -> Result<Outcome> {
     state.check_initialised()?;
     if !state.config_json().exists() {
@@ -493,7 +537,8 @@ pub async fn verify(state: &StateDir, json: bool) -> Result<Outcome> {
     let local = local_view(state)?;
     let client = RpcClient::from_state(state)?;
     let infos = gather(&client, &config).await;
-    let findings = check(&config, &local, &infos, crate::token::now());
+    let mut findings = check(&config, &local, &infos, crate::token::now());
+    findings.extend(check_key_store(state, &config, &local.name));
     let errors = findings.iter().any(|f| f.severity == Severity::Error);
     if json {
         #[derive(Serialize)]

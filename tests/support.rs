@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use noded::client::RpcClient;
 use noded::frame::{Procedure, Reply};
-use noded::pki::{self, CertificateAuthority, NodeKey};
+use noded::pki::{self, CertificateAuthority, CertificateSigner, NodeKey};
 use noded::state::{NodeIdentity, StateDir};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -356,7 +356,7 @@ pub fn foreign(name: &str) -> Identity {
 pub fn self_signed(name: &str) -> Identity {
     let ca = CertificateAuthority::generate(name, 30).unwrap();
     let cert_pem = ca.cert_pem().to_owned();
-    Identity::from_pem(cert_pem, ca.key_pem().expose().to_owned())
+    Identity::from_pem(cert_pem, ca.key_pem().unwrap().expose().to_owned())
 }
 
 /// An RPC client presenting `identity` (or nothing) to `node`'s daemon.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use noded::pki::CertificateSigner;
 use ssconf::{CandidateMap, DigestAlgorithm};
 
 use crate::support::*;

@@ -3,6 +3,8 @@
 #![no_main]
 use std::sync::OnceLock;
 
+use noded::pki::CertificateSigner;
+
 static CA: OnceLock<Option<noded::pki::CertificateAuthority>> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
