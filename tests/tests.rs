@@ -14,6 +14,7 @@ mod authorization;
 mod cli;
 mod crash;
 mod frames;
+mod hsm;
 mod lifecycle;
 mod metrics;
 mod openssl;
