@@ -11,7 +11,8 @@ use rustls_pki_types::UnixTime;
 use crate::support::*;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "4321";
+/// Distinctive, so that a leak into a log or an output is found by grep.
+const PIN: &str = "pin-Zq83xK";
 
 /// A SoftHSM2 token of its own (config and token directory in a temp dir).
 struct SoftHsm {
@@ -189,7 +190,7 @@ fn a_cluster_signs_only_through_the_token() {
     let config = std::fs::read_to_string(m.state.config_json()).unwrap();
     assert!(config.contains("\"ca_key\": \"pkcs11:token=noded;object=ca?"));
     assert!(!config.contains(PIN), "the PIN never reaches the config");
-    let _dm = hsm.start(&m);
+    let dm = hsm.start(&m);
     let (a, _da) = hsm.join(&m, "a", &["--master-candidate"]);
     let (b, _db) = hsm.join(&m, "b", &[]);
     let (c, _dc) = hsm.join(&m, "c", &[]);
@@ -247,6 +248,7 @@ fn a_cluster_signs_only_through_the_token() {
     // Errors none (the old master's tokens.json is a warning of failover).
     let out = hsm.nodectl(a.dir(), &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(!dm.log().contains(PIN), "the PIN never reaches a log");
 }
 
 #[test]
@@ -290,11 +292,13 @@ fn token_faults_are_one_line_errors_that_change_nothing() {
         ),
         "cannot load the PKCS#11 module /nonexistent/lib.so",
     );
-    fails_with(
-        &init(format!(
-            "pkcs11:token=noded;object=ca?module-path={MODULE}&pin-value={PIN}"
-        )),
-        "pin-value",
+    let out = init(format!(
+        "pkcs11:token=noded;object=ca?module-path={MODULE}&pin-value={PIN}"
+    ));
+    fails_with(&out, "pin-value");
+    assert!(
+        !text(&out.stderr).contains(PIN),
+        "the refusal does not echo the PIN"
     );
     assert!(!z.dir().join("node.json").exists() && !z.dir().join("ca.pem").exists());
 
@@ -321,10 +325,9 @@ fn token_faults_are_one_line_errors_that_change_nothing() {
         set_ca_key(&m, &uri);
         let before = snapshot(&m);
         let a_before = std::fs::read_to_string(a.state.client_pem()).unwrap();
-        fails_with(
-            &hsm.nodectl(m.dir(), &["renew-crypto", "--new-node-certificates"]),
-            cause,
-        );
+        let out = hsm.nodectl(m.dir(), &["renew-crypto", "--new-node-certificates"]);
+        fails_with(&out, cause);
+        assert!(!text(&out.stderr).contains(PIN) && !text(&out.stderr).contains("0000"));
         fails_with(
             &hsm.nodectl(m.dir(), &["modify", "a", "--master-candidate=yes"]),
             cause,
