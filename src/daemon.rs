@@ -114,7 +114,9 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
     )?;
     let limits = Limits {
         max_frame: args.max_frame,
-        max_connections: args.max_connections as usize,
+        max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes,
+        max_handshakes_per_source: args.max_handshakes_per_source,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),

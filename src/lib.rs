@@ -40,6 +40,7 @@ macro_rules! say {
 }
 
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;
