@@ -64,6 +64,29 @@ fn metrics_until(metrics: &str, what: &str, done: impl Fn(&str) -> bool) -> Stri
     }
 }
 
+/// Waits until the daemon has seen all `opened` connections: `held` in
+/// the general lane's handshake, the rest refused for `reason`.
+fn flood_seen(metrics: &str, opened: usize, held: usize, reason: &str) -> String {
+    let body = metrics_until(metrics, "every connection accepted", |b| {
+        in_handshake(b, "general") + refused(b, reason) >= opened as f64
+    });
+    assert_eq!(in_handshake(&body, "general"), held as f64, "{body}");
+    assert_eq!(refused(&body, reason), (opened - held) as f64, "{body}");
+    body
+}
+
+/// A daemon of `node` with metrics and `extra` flags, and a handshake
+/// timeout long enough that nothing is freed by it during a test: the
+/// budgets alone must keep the candidate served. Returns the daemon and
+/// its metrics address.
+fn start_daemon(node: &Node, extra: &[&str]) -> (Daemon, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--metrics", &metrics, "--handshake-timeout", "300"];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(node, &args);
+    (daemon, metrics)
+}
+
 fn refused(body: &str, reason: &str) -> f64 {
     sample(
         body,
@@ -98,13 +121,7 @@ const FLOOD: usize = 10_000;
 async fn a_flood_from_one_source_does_not_keep_candidates_out() {
     raise_fd_limit(FLOOD as u64 + 1024);
     let node = init_master("f1");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    // A long handshake timeout: nothing is freed by the timeout during the
-    // test, so the budgets alone keep the candidate served.
-    let daemon = Daemon::start(
-        &node,
-        &["--metrics", &metrics, "--handshake-timeout", "300"],
-    );
+    let (daemon, metrics) = start_daemon(&node, &[]);
     let candidate = client(&node, Some(&node_identity(&node)));
     ping(&candidate, &node).await.unwrap();
     let idle_rss = daemon.rss_kib();
@@ -119,15 +136,7 @@ async fn a_flood_from_one_source_does_not_keep_candidates_out() {
     }
     // The daemon has seen every connection: 64 wait in the handshake, the
     // rest were closed at accept.
-    let body = metrics_until(&metrics, "every connection accepted", |b| {
-        in_handshake(b, "general") + refused(b, "handshake_per_source") >= opened as f64
-    });
-    assert_eq!(in_handshake(&body, "general"), 64.0, "{body}");
-    assert_eq!(
-        refused(&body, "handshake_per_source"),
-        (opened - 64) as f64,
-        "{body}"
-    );
+    let body = flood_seen(&metrics, opened, 64, "handshake_per_source");
     assert_eq!(refused(&body, "handshake_limit"), 0.0, "{body}");
 
     for _ in 0..5 {
@@ -171,11 +180,7 @@ async fn a_distributed_flood_leaves_the_control_plane_lane_free() {
     const PER_SOURCE: usize = 6;
     raise_fd_limit(u64::from(SOURCES) * PER_SOURCE as u64 + 1024);
     let node = init_master("f2");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let daemon = Daemon::start(
-        &node,
-        &["--metrics", &metrics, "--handshake-timeout", "300"],
-    );
+    let (daemon, metrics) = start_daemon(&node, &[]);
     assert!(
         daemon
             .log()
@@ -195,15 +200,7 @@ async fn a_distributed_flood_leaves_the_control_plane_lane_free() {
     }
     let opened = flood.len();
     assert!(opened > 1024, "only {opened} connections opened");
-    let body = metrics_until(&metrics, "every connection accepted", |b| {
-        in_handshake(b, "general") + refused(b, "handshake_limit") >= opened as f64
-    });
-    assert_eq!(in_handshake(&body, "general"), 1024.0, "{body}");
-    assert_eq!(
-        refused(&body, "handshake_limit"),
-        (opened - 1024) as f64,
-        "{body}"
-    );
+    flood_seen(&metrics, opened, 1024, "handshake_limit");
 
     // The general lane is full: another address is closed at once...
     let mut outsider = connect_from(Ipv4Addr::new(127, 0, 0, 3), address(&node), 1).await;
@@ -230,20 +227,15 @@ async fn a_distributed_flood_leaves_the_control_plane_lane_free() {
 #[tokio::test(flavor = "multi_thread")]
 async fn small_budgets_are_honoured() {
     let node = init_master("f3");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let daemon = Daemon::start(
+    let (daemon, metrics) = start_daemon(
         &node,
         &[
-            "--metrics",
-            &metrics,
             "--max-handshakes",
             "8",
             "--max-handshakes-per-source",
             "3",
             "--max-connections",
             "2",
-            "--handshake-timeout",
-            "300",
         ],
     );
     let to = address(&node);
