@@ -361,7 +361,7 @@ async fn serve_connection(
             if tls.get_ref().1.peer_certificates().is_none()
                 && daemon.is_master.load(Ordering::Acquire) =>
         {
-            let Some(_slot) = connection_slot(daemon, peer) else {
+            let Some(_slot) = connection_slot(daemon, peer, None) else {
                 return;
             };
             // Unauthenticated until its join request is read: it keeps the
@@ -383,7 +383,7 @@ async fn serve_connection(
             return;
         }
     };
-    let Some(_slot) = connection_slot(daemon, peer) else {
+    let Some(_slot) = connection_slot(daemon, peer, Some(admission.digest)) else {
         return;
     };
     drop(handshake_permit);
@@ -483,13 +483,20 @@ async fn serve_connection(
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
-/// A slot for a connection that completed its handshake; when none is
-/// free the refusal is recorded and the caller closes the connection.
-fn connection_slot(daemon: &Daemon, peer: SocketAddr) -> Option<crate::budget::ConnectionSlot> {
+/// A slot for a connection that completed its handshake (as the client
+/// with `digest`, if it presented a certificate); when none is free the
+/// refusal is recorded and the caller closes the connection.
+fn connection_slot(
+    daemon: &Daemon,
+    peer: SocketAddr,
+    digest: Option<CertDigest>,
+) -> Option<crate::budget::ConnectionSlot> {
     match daemon.budgets.admit() {
         Ok(slot) => Some(slot),
         Err(exhausted) => {
-            daemon.deny(peer, &Denial::anonymous(DenialReason::Exhausted(exhausted)));
+            let mut denial = Denial::anonymous(DenialReason::Exhausted(exhausted));
+            denial.digest = digest;
+            daemon.deny(peer, &denial);
             None
         }
     }

@@ -276,6 +276,15 @@ async fn small_budgets_are_honoured() {
         "third connection served"
     );
     assert!(daemon.wait_log("connection limit of 2 reached", within));
+    let digest = node_identity(&node)
+        .digest(ssconf::DigestAlgorithm::Sha256)
+        .to_string();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection limit of 2 reached"))
+        .unwrap_or_default();
+    assert!(line.contains(&digest), "no digest in {line:?}");
     drop(first);
     assert!(
         eventually(&candidate, &node, true).await,
