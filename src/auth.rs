@@ -29,6 +29,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use rustls_pki_types::{CertificateDer, UnixTime};
 use ssconf::{CandidateMap, CertDigest, DigestAlgorithm};
 
+use crate::budget::Exhausted;
 use crate::reload::CandidateMapHandle;
 
 /// Why a client was refused or disconnected.
@@ -49,6 +50,9 @@ pub enum DenialReason {
     AnonymousRequest(String),
     /// A join request was refused (bad token, duplicate name, ...).
     JoinRefused(String),
+    /// A budget was full: closed before any TLS was spoken, or right after
+    /// the handshake when no connection slot was free.
+    Exhausted(Exhausted),
 }
 
 impl fmt::Display for DenialReason {
@@ -64,6 +68,7 @@ impl fmt::Display for DenialReason {
             }
             DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
             DenialReason::JoinRefused(why) => write!(f, "join refused: {why}"),
+            DenialReason::Exhausted(budget) => write!(f, "closed: {budget}"),
             DenialReason::AnonymousRequest(p) => {
                 write!(
                     f,
@@ -82,6 +87,17 @@ pub struct Denial {
     pub subject: Option<String>,
     /// The certificate's digest in the map's algorithm (SHA-256 if empty).
     pub digest: Option<CertDigest>,
+}
+
+impl Denial {
+    /// A denial known only by its reason (no certificate was seen).
+    pub fn anonymous(reason: DenialReason) -> Self {
+        Denial {
+            reason,
+            subject: None,
+            digest: None,
+        }
+    }
 }
 
 /// A client the map admits: the entry's uuid names it in logs.

@@ -48,9 +48,22 @@ pub struct NodedArgs {
     /// Address to listen on (default: the address recorded at init/join).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
-    /// Connections served at once; further ones are closed at accept.
+    /// Admitted connections served at once (join sessions on the master
+    /// included); a connection that completes its handshake beyond them is
+    /// closed.
     #[arg(long, default_value_t = 4096, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Connections in the TLS handshake at once, from addresses other than
+    /// the master's and the candidates'; further ones are closed at accept.
+    /// The master and the candidates (their IP addresses in ssconf) have a
+    /// budget of the same size of their own, so a flood cannot keep them
+    /// out.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+    /// Connections one source address (an IPv6 /64) may have in the TLS
+    /// handshake at once; further ones are closed at accept.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_source: u32,
     /// Seconds a client has to complete the TLS handshake.
     #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,

@@ -23,6 +23,50 @@ use crate::tls::{self, ServerMaterial};
 /// second when many connect at once).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// Descriptors beyond the connection budgets: listeners, the map watcher,
+/// state files, pushes to other nodes after a join, stdio.
+pub const FD_RESERVE: u64 = 256;
+
+/// The open-file limit the budgets of `limits` need: every admitted
+/// connection, every handshake of both lanes, and [`FD_RESERVE`].
+pub fn fds_needed(limits: &Limits) -> u64 {
+    u64::from(limits.max_connections) + 2 * u64::from(limits.max_handshakes) + FD_RESERVE
+}
+
+/// Raises the soft RLIMIT_NOFILE to `needed` (at most the hard limit) and
+/// warns in one line when the hard limit is lower. Makes no call when the
+/// soft limit already suffices (under the systemd unit, `LimitNOFILE=`
+/// sets it). Returns the soft limit in force.
+pub fn raise_fd_limit(needed: u64) -> Option<u64> {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return None;
+        }
+    };
+    if soft >= needed {
+        return Some(soft);
+    }
+    let target = needed.min(hard);
+    let mut in_force = soft;
+    if target > soft {
+        match rlimit::setrlimit(rlimit::Resource::NOFILE, target, hard) {
+            Ok(()) => {
+                tracing::info!("open-file limit raised from {soft} to {target}");
+                in_force = target;
+            }
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft}: {e}"),
+        }
+    }
+    if in_force < needed {
+        tracing::warn!(
+            "the open-file limit is {in_force} (hard limit {hard}) but the connection budgets need {needed}; raise LimitNOFILE or lower --max-connections/--max-handshakes, or accept fails under load"
+        );
+    }
+    Some(in_force)
+}
+
 /// Reads the daemon's TLS material from the state directory.
 pub fn load_server_material(state: &StateDir) -> Result<ServerMaterial> {
     let ca_certs = pki::load_certs(&state.ca_pem())?;
@@ -114,13 +158,16 @@ pub async fn serve(args: NodedArgs) -> Result<()> {
     )?;
     let limits = Limits {
         max_frame: args.max_frame,
-        max_connections: args.max_connections as usize,
+        max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes,
+        max_handshakes_per_source: args.max_handshakes_per_source,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         request_timeout: Duration::from_secs(args.request_timeout),
         allow_tls12: args.allow_tls12,
         ..Limits::default()
     };
+    raise_fd_limit(fds_needed(&limits));
     let address = args
         .listen
         .clone()

@@ -13,15 +13,18 @@
 //! - [`auth`]: the authorization decision and the verifier running it.
 //! - [`reload`]: the candidate map's hot reload.
 //! - [`frame`]: the wire format; [`server`]: the daemon's accept loop and
-//!   connection handler; [`client`]: the RPC client.
+//!   connection handler; [`budget`]: its handshake and connection budgets;
+//!   [`client`]: the RPC client.
 //! - [`metrics`]: the opt-in Prometheus endpoint (`noded --metrics`).
 //! - [`daemon`], [`ctl`], [`cli`], [`man`], [`logging`]: what the `noded`
 //!   and `nodectl` binaries run.
 //!
 //! # How a request flows
 //!
-//! 1. [`server::run`] accepts a TCP connection (within the connection limit)
-//!    and starts a handshake with the current TLS config (an `ArcSwap`).
+//! 1. [`server::run`] accepts a TCP connection, takes a handshake permit
+//!    of its lane and source ([`budget`]; none free: closed at once) and
+//!    starts a handshake with the current TLS config (an `ArcSwap`). Once
+//!    admitted, the connection trades the permit for a connection slot.
 //! 2. rustls calls [`auth::CandidateVerifier`]: webpki checks the chain to
 //!    the cluster CA, then the certificate's digest is looked up in the
 //!    current [`ssconf::CandidateMap`]. A refusal fails the handshake with a
@@ -42,6 +45,7 @@ macro_rules! say {
 }
 
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -77,6 +77,14 @@ SIGTERM, SIGINT
 stop accepting, finish in-flight requests (bounded), exit 0
 .PP
 With \fI$NOTIFY_SOCKET\fR set, the daemon sends READY=1 once it listens, and STATUS= lines with its role and map size.
+.SH CONNECTION BUDGETS
+A connection in the TLS handshake holds a slot of \fB\-\-max\-handshakes\fR and of its source address's share, \fB\-\-max\-handshakes\-per\-source\fR (an IPv6 /64 is one source); only an admitted connection takes one of \fB\-\-max\-connections\fR.
+A connection that finds a budget full is closed at once and logged as denied, with its peer and the budget.
+.PP
+The IP addresses of the master and the master candidates (from \fIssconf_node_addresses\fR, IP literals; re-read with ssconf) have handshake slots of their own, so a flood from other addresses cannot keep them out.
+The lane is chosen by the TCP source address; authorization still happens in the TLS handshake.
+.PP
+At start the daemon raises its soft open-file limit to \fB\-\-max\-connections\fR + 2 \(mu \fB\-\-max\-handshakes\fR + 256, up to the hard limit, and warns when the hard limit is lower.
 .SH EXAMPLES
 .nf
 noded \-\-state\-dir /var/lib/noded

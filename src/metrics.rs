@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::auth::DenialReason;
+use crate::budget::{Budgets, Exhausted, Lane};
 use crate::error::{Error, Result};
 use crate::reload::CandidateMapHandle;
 use crate::server::Daemon;
@@ -36,10 +37,13 @@ pub enum Refusal {
     Anonymous,
     JoinRefused,
     ConnectionLimit,
+    HandshakeLimit,
+    ControlPlaneHandshakeLimit,
+    HandshakePerSource,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::NoCertificate,
         Refusal::Chain,
         Refusal::NotInMap,
@@ -48,6 +52,9 @@ impl Refusal {
         Refusal::Anonymous,
         Refusal::JoinRefused,
         Refusal::ConnectionLimit,
+        Refusal::HandshakeLimit,
+        Refusal::ControlPlaneHandshakeLimit,
+        Refusal::HandshakePerSource,
     ];
 
     /// The `reason` label.
@@ -61,6 +68,9 @@ impl Refusal {
             Refusal::Anonymous => "anonymous",
             Refusal::JoinRefused => "join_refused",
             Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HandshakeLimit => "handshake_limit",
+            Refusal::ControlPlaneHandshakeLimit => "control_plane_handshake_limit",
+            Refusal::HandshakePerSource => "handshake_per_source",
         }
     }
 }
@@ -75,6 +85,18 @@ impl From<&DenialReason> for Refusal {
             DenialReason::Handshake(_) => Refusal::Handshake,
             DenialReason::AnonymousRequest(_) => Refusal::Anonymous,
             DenialReason::JoinRefused(_) => Refusal::JoinRefused,
+            DenialReason::Exhausted(Exhausted::Connections { .. }) => Refusal::ConnectionLimit,
+            DenialReason::Exhausted(Exhausted::Handshakes {
+                lane: Lane::General,
+                ..
+            }) => Refusal::HandshakeLimit,
+            DenialReason::Exhausted(Exhausted::Handshakes {
+                lane: Lane::ControlPlane,
+                ..
+            }) => Refusal::ControlPlaneHandshakeLimit,
+            DenialReason::Exhausted(Exhausted::HandshakesFromSource { .. }) => {
+                Refusal::HandshakePerSource
+            }
         }
     }
 }
@@ -168,7 +190,13 @@ impl Metrics {
 
     /// The text exposition of every metric; `now` is Unix seconds. Reads
     /// the certificates from `state` (call off the async threads).
-    pub fn render(&self, map: &CandidateMapHandle, state: &StateDir, now: i64) -> String {
+    pub fn render(
+        &self,
+        map: &CandidateMapHandle,
+        budgets: &Budgets,
+        state: &StateDir,
+        now: i64,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         fn head(out: &mut String, name: &str, kind: &str, help: &str) {
             let _ = writeln!(out, "# HELP noded_{name} {help}");
@@ -201,6 +229,28 @@ impl Metrics {
                 count.load(Relaxed)
             );
         }
+
+        head(
+            &mut out,
+            "handshakes_in_progress",
+            "gauge",
+            "Connections in the TLS handshake, by lane (each lane has --max-handshakes).",
+        );
+        for lane in [Lane::General, Lane::ControlPlane] {
+            let _ = writeln!(
+                out,
+                "noded_handshakes_in_progress{{lane=\"{}\"}} {}",
+                lane.label(),
+                budgets.pending(lane)
+            );
+        }
+        head(
+            &mut out,
+            "connections_open",
+            "gauge",
+            "Admitted connections open (at most --max-connections).",
+        );
+        let _ = writeln!(out, "noded_connections_open {}", budgets.open());
 
         head(
             &mut out,
@@ -373,7 +423,7 @@ async fn scrape(mut stream: TcpStream, daemon: &Arc<Daemon>) {
             let d = daemon.clone();
             let body = tokio::task::spawn_blocking(move || {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                d.metrics.render(&d.map, &d.state, now)
+                d.metrics.render(&d.map, &d.budgets, &d.state, now)
             })
             .await;
             match body {

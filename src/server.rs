@@ -1,12 +1,15 @@
 //! The node daemon's server: accept loop, per-connection handler, dispatch.
 //!
-//! Modelled on mini-redis: [`run`] owns the accept loop and the connection
-//! limit (a semaphore), each connection runs in its own task, and shutdown is
-//! a `watch` every handler holds plus an `mpsc` sender each drops when done,
-//! so `run` knows when the last one is gone.
+//! Modelled on mini-redis: [`run`] owns the accept loop, each connection runs
+//! in its own task, and shutdown is a `watch` every handler holds plus an
+//! `mpsc` sender each drops when done, so `run` knows when the last one is
+//! gone.
 //!
-//! Per connection: TLS handshake (bounded by the handshake timeout; the
+//! Per connection: a handshake permit at accept (its lane's and its
+//! source's budget, see [`crate::budget`]; none free: closed at once), the
+//! TLS handshake (bounded by the handshake timeout; the
 //! [`CandidateVerifier`](crate::auth::CandidateVerifier) decides inside it),
+//! then a connection slot in exchange for the permit (none free: closed),
 //! then frames until the client closes, the idle timeout fires, the daemon
 //! shuts down, or the candidate map stops holding the client's digest.
 
@@ -21,10 +24,11 @@ use rustls::ServerConfig;
 use ssconf::{CertDigest, Ssconf};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Admission, Denial, DenialLog, DenialReason, Verdict, VERDICT};
+use crate::budget::{Budgets, HandshakePermit};
 use crate::frame::{
     self, FrameError, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION,
 };
@@ -38,8 +42,17 @@ pub struct Limits {
     /// Largest frame accepted; a larger claimed length closes the connection
     /// before anything is allocated for it.
     pub max_frame: u32,
-    /// Connections served at once; more are closed at accept.
-    pub max_connections: usize,
+    /// Admitted connections (join sessions on the master included) served
+    /// at once; a connection that completes its handshake beyond it is
+    /// closed.
+    pub max_connections: u32,
+    /// Connections in the TLS handshake at once, per lane (the control
+    /// plane's addresses have a budget of their own); more are closed at
+    /// accept.
+    pub max_handshakes: u32,
+    /// Connections one source address (an IPv6 /64) may have in the TLS
+    /// handshake at once; more are closed at accept.
+    pub max_handshakes_per_source: u32,
     /// Time a client has to complete the TLS handshake (slowloris bound).
     pub handshake_timeout: Duration,
     /// Time an established connection may stay silent between requests.
@@ -57,6 +70,8 @@ impl Default for Limits {
         Limits {
             max_frame: frame::DEFAULT_MAX_FRAME,
             max_connections: 4096,
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(60),
@@ -85,6 +100,8 @@ pub struct Daemon {
     pub limits: Limits,
     pub client_cert: ArcSwap<ClientCertFacts>,
     pub denials: DenialLog,
+    /// Handshake and connection budgets, and the control-plane addresses.
+    pub budgets: Budgets,
     /// Counters for the opt-in metrics endpoint (relaxed atomics only).
     pub metrics: Arc<Metrics>,
     /// Whether this node is the master (per its ssconf); shared with the
@@ -110,6 +127,11 @@ impl Daemon {
             identity,
             tls: ArcSwap::new(tls),
             map,
+            budgets: Budgets::new(
+                limits.max_handshakes,
+                limits.max_handshakes_per_source,
+                limits.max_connections,
+            ),
             limits,
             client_cert: ArcSwap::from_pointee(client_cert),
             denials: DenialLog::default(),
@@ -118,6 +140,7 @@ impl Daemon {
             ssconf_write: tokio::sync::Mutex::new(()),
         };
         daemon.refresh_role();
+        daemon.refresh_control_plane();
         daemon
     }
 
@@ -153,7 +176,56 @@ impl Daemon {
         )
         .await;
         self.refresh_role();
+        self.refresh_control_plane();
     }
+
+    /// Re-reads the master's and the candidates' addresses from ssconf for
+    /// the control-plane lane. An unreadable set keeps the previous
+    /// addresses: the lane only reserves handshake slots, it admits nobody.
+    pub fn refresh_control_plane(&self) {
+        let dir = self.state.ssconf_dir();
+        let set = match Ssconf::load(&dir) {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::debug!("control-plane addresses unchanged: {e}");
+                return;
+            }
+        };
+        let (addresses, not_literal) = control_plane_addresses(&set);
+        for (node, address) in not_literal {
+            tracing::warn!(
+                %node,
+                "address {address} is not an IP literal; this node's connections use the general handshake lane"
+            );
+        }
+        if *self.budgets.control_plane() != addresses {
+            tracing::info!(
+                addresses = ?addresses,
+                "control-plane handshake lane: {} addresses",
+                addresses.len()
+            );
+            self.budgets.set_control_plane(addresses);
+        }
+    }
+}
+
+/// The IP addresses of the master and the master candidates in `set`, and
+/// the `(node, address)` pairs whose host is not an IP literal.
+pub fn control_plane_addresses(set: &Ssconf) -> (Vec<std::net::IpAddr>, Vec<(String, String)>) {
+    let mut addresses = Vec::new();
+    let mut not_literal = Vec::new();
+    for (node, address) in &set.node_addresses {
+        if *node != set.master_node && !set.master_candidates.contains(node) {
+            continue;
+        }
+        match address.parse::<SocketAddr>() {
+            Ok(a) => addresses.push(a.ip().to_canonical()),
+            Err(_) => not_literal.push((node.clone(), address.clone())),
+        }
+    }
+    addresses.sort_unstable();
+    addresses.dedup();
+    (addresses, not_literal)
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then lets
@@ -163,7 +235,6 @@ pub async fn run(
     daemon: Arc<Daemon>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let limit = Arc::new(Semaphore::new(daemon.limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
@@ -181,29 +252,22 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            daemon.metrics.refused(Refusal::ConnectionLimit);
-            daemon.denials.record(
-                peer,
-                &Denial {
-                    reason: DenialReason::Handshake(format!(
-                        "connection limit of {} reached",
-                        daemon.limits.max_connections
-                    )),
-                    subject: None,
-                    digest: None,
-                },
-            );
-            drop(stream);
-            continue;
+        // Closed at once when the budget is full: no TLS is spoken, so a
+        // flood costs an accept and a close, not a handshake.
+        let permit = match daemon.budgets.start_handshake(peer.ip()) {
+            Ok(permit) => permit,
+            Err(exhausted) => {
+                drop(stream);
+                daemon.deny(peer, &Denial::anonymous(DenialReason::Exhausted(exhausted)));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let daemon = daemon.clone();
         let stop = stop_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            serve_connection(&daemon, stream, peer, stop).await;
-            drop(permit);
+            serve_connection(&daemon, stream, peer, permit, stop).await;
             drop(done);
         });
     }
@@ -237,6 +301,7 @@ async fn serve_connection(
     daemon: &Daemon,
     stream: TcpStream,
     peer: SocketAddr,
+    handshake_permit: HandshakePermit,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(daemon.tls.load_full());
@@ -296,7 +361,12 @@ async fn serve_connection(
             if tls.get_ref().1.peer_certificates().is_none()
                 && daemon.is_master.load(Ordering::Acquire) =>
         {
-            serve_anonymous(daemon, tls, peer).await;
+            let Some(_slot) = connection_slot(daemon, peer, None) else {
+                return;
+            };
+            // Unauthenticated until its join request is read: it keeps the
+            // handshake permit until then.
+            serve_anonymous(daemon, tls, peer, handshake_permit).await;
             return;
         }
         // Fail closed: a handshake that completed without our verifier's
@@ -313,6 +383,10 @@ async fn serve_connection(
             return;
         }
     };
+    let Some(_slot) = connection_slot(daemon, peer, Some(admission.digest)) else {
+        return;
+    };
+    drop(handshake_permit);
     tracing::debug!(%peer, uuid = %admission.uuid, "admitted");
     daemon.metrics.accepted();
     // `revoked` first checks the map as it is now, which covers a change
@@ -409,12 +483,32 @@ async fn serve_connection(
     let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
 }
 
+/// A slot for a connection that completed its handshake (as the client
+/// with `digest`, if it presented a certificate); when none is free the
+/// refusal is recorded and the caller closes the connection.
+fn connection_slot(
+    daemon: &Daemon,
+    peer: SocketAddr,
+    digest: Option<CertDigest>,
+) -> Option<crate::budget::ConnectionSlot> {
+    match daemon.budgets.admit() {
+        Ok(slot) => Some(slot),
+        Err(exhausted) => {
+            let mut denial = Denial::anonymous(DenialReason::Exhausted(exhausted));
+            denial.digest = digest;
+            daemon.deny(peer, &denial);
+            None
+        }
+    }
+}
+
 /// A connection without a client certificate, on the master: one request,
 /// which must be a join; then the connection is closed.
 async fn serve_anonymous(
     daemon: &Daemon,
     mut tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
+    handshake_permit: HandshakePermit,
 ) {
     // A join request is small; anonymous peers get no 16 MiB frames.
     const MAX_JOIN_FRAME: u32 = 64 * 1024;
@@ -423,6 +517,7 @@ async fn serve_anonymous(
         frame::read_frame(&mut tls, MAX_JOIN_FRAME),
     )
     .await;
+    drop(handshake_permit);
     let payload = match read {
         Ok(Ok(Some(p))) => p,
         _ => return,
@@ -686,5 +781,37 @@ async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcErr
             blocking(move || crate::ssh::write_authorized_keys(&path, &keys)).await?;
             Ok(Reply::Done)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_plane_is_the_master_and_the_candidates_ip_literals() {
+        let set = Ssconf {
+            master_node: "m".into(),
+            master_candidates: vec!["m".into(), "c1".into(), "c2".into(), "c3".into()],
+            node_addresses: vec![
+                ("c1".into(), "10.0.0.2:1811".into()),
+                ("c2".into(), "[2001:db8::2]:1811".into()),
+                ("c3".into(), "node-c3.example:1811".into()),
+                ("m".into(), "10.0.0.1:1811".into()),
+                ("m2".into(), "10.0.0.1:1812".into()),
+                ("r".into(), "10.0.0.9:1811".into()),
+            ],
+            ..Ssconf::default()
+        };
+        let (addresses, not_literal) = control_plane_addresses(&set);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            addresses,
+            [ip("10.0.0.1"), ip("10.0.0.2"), ip("2001:db8::2")]
+        );
+        assert_eq!(
+            not_literal,
+            [("c3".to_owned(), "node-c3.example:1811".to_owned())]
+        );
     }
 }

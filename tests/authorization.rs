@@ -355,26 +355,6 @@ async fn stalled_handshakes_are_dropped_at_the_timeout() {
     assert!(daemon.wait_log("not completed within", Duration::from_secs(5)));
 }
 
-/// Connections over --max-connections are closed at accept; once a slot is
-/// free, candidates are served again.
-#[tokio::test(flavor = "multi_thread")]
-async fn connection_limit_is_enforced() {
-    let node = init_master("m8");
-    let daemon = Daemon::start(&node, &["--max-connections", "2"]);
-    let master = client(&node, Some(&node_identity(&node)));
-    let mut first = master.connect("m8", &node.address).await.unwrap();
-    let mut second = master.connect("m8", &node.address).await.unwrap();
-    first.call(noded::frame::Procedure::Ping).await.unwrap();
-    second.call(noded::frame::Procedure::Ping).await.unwrap();
-    assert!(
-        ping(&master, &node).await.is_err(),
-        "third connection served"
-    );
-    assert!(daemon.wait_log("connection limit of 2 reached", Duration::from_secs(5)));
-    drop(first);
-    assert!(eventually(&master, &node, true).await, "slot never freed");
-}
-
 /// The RPC client refuses a server whose certificate does not chain to its
 /// own cluster's CA (another cluster's daemon, or an impostor).
 #[tokio::test(flavor = "multi_thread")]

@@ -6,28 +6,6 @@ use noded::Error;
 
 use crate::support::*;
 
-/// Runs `curl` against `url`; returns (HTTP status, body).
-fn curl(url: &str) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl runs");
-    assert!(out.status.success(), "curl failed: {}", text(&out.stderr));
-    let all = text(&out.stdout);
-    let (body, status) = all.rsplit_once('\n').unwrap();
-    (status.to_owned(), body.to_owned())
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_endpoint() {
     let node = init_master("m1");

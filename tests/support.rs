@@ -177,12 +177,30 @@ impl Daemon {
     }
 
     pub fn start_env(node: &Node, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(NODED)
+        let mut command = Command::new(NODED);
+        command.arg("--state-dir").arg(node.dir()).args(extra);
+        command.envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Starts `noded` through `sh -c 'ulimit ULIMIT && exec noded ...'`,
+    /// e.g. with `-S -n 64` (a low soft open-file limit).
+    pub fn start_with_ulimit(node: &Node, extra: &[&str], ulimit: &str) -> Daemon {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit {ulimit} && exec \"$@\""))
+            .arg("sh")
+            .arg(NODED)
             .arg("--state-dir")
             .arg(node.dir())
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Daemon {
+        let mut child = command
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -231,6 +249,16 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The daemon's resident set size (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -489,4 +517,39 @@ pub fn join_and_start(master: &Node, name: &str, token_args: &[&str]) -> (Node, 
     );
     let daemon = Daemon::start(&node, &[]);
     (node, daemon)
+}
+
+/// Raises this process's open-file limit to at least `needed` (the hard
+/// limit too when it is lower, which needs root, as in CI).
+pub fn raise_fd_limit(needed: u64) {
+    use rlimit::Resource;
+    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).unwrap();
+    if soft >= needed {
+        return;
+    }
+    rlimit::setrlimit(Resource::NOFILE, needed, hard.max(needed)).unwrap_or_else(|e| {
+        panic!("this test needs {needed} open files (soft {soft}, hard {hard}): {e}")
+    });
+}
+
+/// Runs `curl` against `url`; returns (HTTP status, body).
+pub fn curl(url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "curl failed: {}", text(&out.stderr));
+    let all = text(&out.stdout);
+    let (body, status) = all.rsplit_once('\n').unwrap();
+    (status.to_owned(), body.to_owned())
+}
+
+/// The value of the sample named exactly `series` (name and labels).
+pub fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

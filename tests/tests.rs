@@ -13,6 +13,7 @@ mod support;
 mod authorization;
 mod cli;
 mod crash;
+mod flood;
 mod frames;
 mod hsm;
 mod lifecycle;
