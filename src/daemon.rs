@@ -69,6 +69,8 @@ pub fn raise_fd_limit(needed: u64) -> Option<u64> {
 
 /// Reads the daemon's TLS material from the state directory.
 pub fn load_server_material(state: &StateDir) -> Result<ServerMaterial> {
+    // Finishes a server certificate switch a crash interrupted.
+    crate::roles::recover_server_pair(state)?;
     let ca_certs = pki::load_certs(&state.ca_pem())?;
     let mut server_chain = pki::load_certs(&state.server_pem())?;
     server_chain.extend(ca_certs.iter().cloned());

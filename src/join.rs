@@ -98,15 +98,13 @@ pub fn admit(
     tokens.save(state)?;
     cluster::save_config(state, &config)?;
     cluster::apply_locally(state, &config, PushItems::ALL)?;
+    let (server_pem, server_key) = crate::roles::read_server_pair(state)?;
     let reply = JoinReply {
         uuid,
         master_candidate: candidate,
         ca_pem,
-        server_pem: std::fs::read_to_string(state.server_pem())
-            .map_err(Error::io(state.server_pem()))?,
-        server_key: Secret::new(
-            std::fs::read_to_string(state.server_key()).map_err(Error::io(state.server_key()))?,
-        ),
+        server_pem,
+        server_key,
         client_pem,
         ssconf_files: config.to_ssconf()?.render(),
         ca_key: ca_key.filter(|_| candidate),

@@ -414,12 +414,7 @@ async fn catch_up(master: &Master, node: &NodeRecord) {
         if bundle != ca_pem {
             conn.call(Procedure::InstallCaBundle { ca_pem: bundle })
                 .await?;
-            let cert_pem = std::fs::read_to_string(master.state.server_pem())
-                .map_err(Error::io(master.state.server_pem()))?;
-            let key = crate::pki::Secret::new(
-                std::fs::read_to_string(master.state.server_key())
-                    .map_err(Error::io(master.state.server_key()))?,
-            );
+            let (cert_pem, key) = crate::roles::read_server_pair(&master.state)?;
             conn.call(Procedure::InstallServerCert { cert_pem, key })
                 .await?;
         }

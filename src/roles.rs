@@ -219,23 +219,59 @@ pub fn keep_previous_identity(state: &StateDir) -> Result<()> {
 /// one client.pem was issued for, it becomes client.key. A pending key whose
 /// certificate never arrived is left alone (the old pair still matches).
 pub fn recover_client_pair(state: &StateDir) -> Result<()> {
-    let pending = state.root().join("client.key.new");
-    let Ok(key_pem) = std::fs::read_to_string(&pending) else {
+    recover_pair(
+        state,
+        &state.root().join("client.key.new"),
+        &state.client_key(),
+        &state.client_pem(),
+    )
+}
+
+/// [`recover_client_pair`] for the shared server certificate and key
+/// (`server.key.new`), which [`install_server_cert`] switches the same way.
+pub fn recover_server_pair(state: &StateDir) -> Result<()> {
+    recover_pair(
+        state,
+        &state.root().join("server.key.new"),
+        &state.server_key(),
+        &state.server_pem(),
+    )
+}
+
+/// The shared server certificate and key, as a pair that belongs together
+/// (an interrupted switch is finished first).
+pub fn read_server_pair(state: &StateDir) -> Result<(String, Secret)> {
+    recover_server_pair(state)?;
+    let cert =
+        std::fs::read_to_string(state.server_pem()).map_err(Error::io(state.server_pem()))?;
+    let key = std::fs::read_to_string(state.server_key()).map_err(Error::io(state.server_key()))?;
+    Ok((cert, Secret::new(key)))
+}
+
+/// Renames `pending` over `key_path` if `cert_path` holds the certificate
+/// of that pending key.
+fn recover_pair(
+    state: &StateDir,
+    pending: &std::path::Path,
+    key_path: &std::path::Path,
+    cert_path: &std::path::Path,
+) -> Result<()> {
+    let Ok(key_pem) = std::fs::read_to_string(pending) else {
         return Ok(());
     };
     let key = crate::pki::NodeKey::from_pem(&key_pem)?;
-    let cert = crate::pki::load_certs(&state.client_pem())?;
+    let cert = crate::pki::load_certs(cert_path)?;
     let Some(cert) = cert.first() else {
         return Ok(());
     };
     if !crate::pki::cert_has_key(cert, &key)? {
         return Ok(());
     }
-    match std::fs::rename(&pending, state.client_key()) {
+    match std::fs::rename(pending, key_path) {
         Ok(()) => {}
         // Another process (the daemon, a concurrent nodectl) finished it.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(&pending)(e)),
+        Err(e) => return Err(Error::io(pending)(e)),
     }
     std::fs::File::open(state.root())
         .and_then(|d| d.sync_all())
@@ -263,8 +299,16 @@ pub fn install_server_cert(state: &StateDir, cert_pem: &str, key: &Secret) -> Re
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         false,
     )?;
-    state.write(&state.server_key(), key.expose().as_bytes(), MODE_SECRET)?;
-    state.write(&state.server_pem(), cert_pem.as_bytes(), MODE_PUBLIC)
+    // As for the client pair: the key waits beside the old one until the
+    // certificate is in place, so a crash between two writes never leaves a
+    // certificate with another key (the daemon would refuse to start).
+    state.write(
+        &state.root().join("server.key.new"),
+        key.expose().as_bytes(),
+        MODE_SECRET,
+    )?;
+    state.write(&state.server_pem(), cert_pem.as_bytes(), MODE_PUBLIC)?;
+    recover_server_pair(state)
 }
 
 /// Replaces ca.pem with `ca_pem` (the CAs to trust). Refused if the CA key

@@ -107,3 +107,39 @@ fn sigkill_at_random_points_leaves_whole_files() {
         text(&out.stderr)
     );
 }
+
+/// The instant a server certificate switch is most fragile: the new key
+/// waits as server.key.new and server.pem is already the new certificate
+/// (the kill came before the rename). The daemon finishes the switch at
+/// start and serves with the new pair; a key whose certificate never came
+/// is left aside and the old pair keeps working.
+#[test]
+fn an_interrupted_server_certificate_switch_is_finished_at_start() {
+    use noded::pki::CertificateSigner;
+    let m = init_master("m");
+    let pending = m.dir().join("server.key.new");
+    let (new_pem, new_key) = m.ca().issue_server_certificate("testcluster", 30).unwrap();
+
+    // Killed after the key, before the certificate: the old pair stays.
+    std::fs::write(&pending, new_key.expose()).unwrap();
+    let old_key = std::fs::read_to_string(m.state.server_key()).unwrap();
+    let daemon = Daemon::start(&m, &[]);
+    let out = nodectl(m.dir(), &["ping"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(m.state.server_key()).unwrap(),
+        old_key
+    );
+    drop(daemon);
+
+    // Killed after the certificate, before the rename: the new pair.
+    std::fs::write(m.state.server_pem(), &new_pem).unwrap();
+    let _daemon = Daemon::start(&m, &[]);
+    let out = nodectl(m.dir(), &["ping"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(m.state.server_key()).unwrap(),
+        new_key.expose()
+    );
+    assert!(!pending.exists());
+}
