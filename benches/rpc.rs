@@ -46,7 +46,16 @@ use ssconf::{CandidateMap, CertDigest, DigestAlgorithm};
 type BoxError = Box<dyn Error + Send + Sync>;
 type BoxResult<T> = Result<T, BoxError>;
 
-const PHASES: [&str; 4] = ["rpc", "paced", "connect", "authz"];
+const PHASES: [&str; 8] = [
+    "memory",
+    "rpc",
+    "paced",
+    "concurrent",
+    "connect",
+    "upload",
+    "revoke",
+    "authz",
+];
 
 #[derive(Debug)]
 struct Args {
@@ -61,11 +70,26 @@ struct Args {
     server_pid: Option<u32>,
     clk_tck: f64,
     phases: Vec<String>,
+    /// Persistent connections, one Ping in flight on each, per run.
+    conns: Vec<usize>,
+    upload_bytes: usize,
+    uploads: usize,
+    trials: usize,
+    /// Idle connections held open, cumulatively, for the memory figures.
+    idle_conns: Vec<usize>,
 }
 
 const USAGE: &str = "usage: rpc --state-dir DIR --addr HOST:PORT [--node NAME] [--seconds S] \
 [--paced-seconds S] [--rate R] [--connect-seconds S] [--concurrency N] [--server-pid PID] \
-[--clk-tck HZ] [--only rpc,paced,connect,authz]";
+[--clk-tck HZ] [--conns 1,8,64] [--upload-bytes B] [--uploads N] [--trials N] \
+[--idle-conns 1000,10000] [--only memory,rpc,paced,concurrent,connect,upload,revoke,authz]";
+
+fn list(value: &str) -> BoxResult<Vec<usize>> {
+    value
+        .split(',')
+        .map(|n| Ok(n.trim().parse::<usize>()?))
+        .collect()
+}
 
 fn parse_args() -> BoxResult<Args> {
     let mut args = Args {
@@ -82,6 +106,11 @@ fn parse_args() -> BoxResult<Args> {
         server_pid: None,
         clk_tck: 100.0,
         phases: PHASES.iter().map(|p| (*p).to_owned()).collect(),
+        conns: vec![1, 8, 64],
+        upload_bytes: 16 << 20,
+        uploads: 8,
+        trials: 100,
+        idle_conns: vec![1_000, 10_000],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -107,6 +136,11 @@ fn parse_args() -> BoxResult<Args> {
             "--concurrency" => args.concurrency = value.parse()?,
             "--server-pid" => args.server_pid = Some(value.parse()?),
             "--clk-tck" => args.clk_tck = value.parse()?,
+            "--conns" => args.conns = list(&value)?,
+            "--upload-bytes" => args.upload_bytes = value.parse()?,
+            "--uploads" => args.uploads = value.parse()?,
+            "--trials" => args.trials = value.parse()?,
+            "--idle-conns" => args.idle_conns = list(&value)?,
             "--only" => {
                 args.phases = value.split(',').map(str::to_owned).collect();
                 if let Some(bad) = args.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
@@ -136,7 +170,11 @@ fn main() -> BoxResult<()> {
     let state = StateDir::new(&args.state_dir);
     for phase in &args.phases {
         match phase.as_str() {
+            "memory" => bench_memory(&args, &state)?,
             "rpc" => bench_rpc(&args, &state)?,
+            "concurrent" => bench_concurrent(&args, &state)?,
+            "upload" => bench_upload(&args, &state)?,
+            "revoke" => bench_revoke(&args, &state)?,
             "paced" => bench_paced(&args, &state)?,
             "connect" => bench_connect(&args, &state)?,
             "authz" => bench_authz(&state)?,
@@ -446,6 +484,276 @@ fn bench_connect(args: &Args, state: &StateDir) -> BoxResult<()> {
         report_latencies(prefix, &mut samples, elapsed);
         Ok(())
     })
+}
+
+/// A multi-threaded client runtime, one worker per core.
+fn multi_thread() -> BoxResult<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Round trips over `--conns` persistent connections at once (1, 8, 64 by
+/// default), each with one Ping in flight at a time.
+fn bench_concurrent(args: &Args, state: &StateDir) -> BoxResult<()> {
+    let client = RpcClient::from_state(state)?;
+    let run = Duration::from_secs_f64(args.seconds);
+    multi_thread()?.block_on(async {
+        for &conns in &args.conns {
+            let mut connections = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                let mut conn = client.connect(&args.node, &args.addr).await?;
+                for _ in 0..100 {
+                    ping(&mut conn).await?;
+                }
+                connections.push(conn);
+            }
+            let cpu = CpuMeter::start(args);
+            let start = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut conn in connections {
+                tasks.spawn(async move {
+                    let mut samples = Vec::with_capacity(1 << 16);
+                    while start.elapsed() < run {
+                        let sent = Instant::now();
+                        ping(&mut conn).await?;
+                        samples.push(nanos(sent.elapsed()));
+                    }
+                    Ok::<Vec<u64>, BoxError>(samples)
+                });
+            }
+            let mut samples = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                samples.extend(joined??);
+            }
+            let elapsed = start.elapsed();
+            let prefix = format!("rpc.conc{conns}");
+            cpu.report(&prefix, samples.len());
+            report_latencies(&prefix, &mut samples, elapsed);
+        }
+        Ok(())
+    })
+}
+
+/// `--uploads` Echo calls of `--upload-bytes` each over one connection:
+/// the time from the call to its (small) reply, so encoding, TLS, the
+/// daemon's read and decode all count.
+fn bench_upload(args: &Args, state: &StateDir) -> BoxResult<()> {
+    let client = RpcClient::from_state(state)?;
+    let payload = vec![0x5a_u8; args.upload_bytes];
+    let frame_len = noded::frame::encode(&noded::frame::Request {
+        version: noded::frame::PROTOCOL_VERSION,
+        id: u64::from(u32::MAX),
+        procedure: Procedure::Echo {
+            payload: payload.clone(),
+        },
+    })?
+    .len();
+    out("upload.payload_bytes", payload.len());
+    out("upload.frame_bytes", frame_len);
+    current_thread()?.block_on(async {
+        let mut conn = client.connect(&args.node, &args.addr).await?;
+        let mut seconds = Vec::with_capacity(args.uploads);
+        let mut busy = 0.0;
+        let cpu = CpuMeter::start(args);
+        for i in 0..=args.uploads {
+            let procedure = Procedure::Echo {
+                payload: payload.clone(),
+            };
+            let start = Instant::now();
+            match conn.call(procedure).await? {
+                Reply::Echoed { len } if len == payload.len() as u64 => {}
+                other => return Err(format!("unexpected reply to echo: {other:?}").into()),
+            }
+            // The first upload warms the connection and both allocators.
+            if i > 0 {
+                let took = start.elapsed().as_secs_f64();
+                busy += took;
+                seconds.push(took);
+            }
+        }
+        cpu.report("upload", seconds.len());
+        seconds.sort_by(f64::total_cmp);
+        let mib = payload.len() as f64 / f64::from(1u32 << 20);
+        if let (Some(best), Some(median)) = (seconds.first(), seconds.get(seconds.len() / 2)) {
+            out("upload.count", seconds.len());
+            out("upload.best_ms", format!("{:.1}", best * 1e3));
+            out("upload.median_ms", format!("{:.1}", median * 1e3));
+            out("upload.best_mib_s", format!("{:.0}", mib / best));
+            out("upload.median_mib_s", format!("{:.0}", mib / median));
+            out(
+                "upload.mean_mib_s",
+                format!("{:.0}", mib * seconds.len() as f64 / busy),
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Replaces the map file the way nodectl does (temporary file, fsync,
+/// rename, fsync of the directory); returns the instant of the rename.
+fn land_map(path: &std::path::Path, text: &str) -> BoxResult<Instant> {
+    use std::io::Write;
+    let dir = path.parent().ok_or("the map path has no directory")?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("the map path has no file name")?;
+    let tmp = dir.join(format!(".{name}.tmp-bench"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    let at = Instant::now();
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(at)
+}
+
+/// Revocation latency over `--trials` trials: an admitted connection is
+/// open; a map without the client's digest lands; measured from the
+/// rename until (a) a new handshake is refused (the client retries back to
+/// back) and (b) the open connection is closed by the daemon. Then the
+/// original map lands again and the client waits to be admitted.
+fn bench_revoke(args: &Args, state: &StateDir) -> BoxResult<()> {
+    let client = RpcClient::from_state(state)?;
+    let path = ssconf::Ssconf::candidate_map_path(&state.ssconf_dir());
+    let original = std::fs::read_to_string(&path)?;
+    let without = CandidateMap::from_entries([(
+        fake_uuid(0),
+        DigestAlgorithm::Sha256.digest(b"not the bench client"),
+    )])
+    .render();
+    let limit = Duration::from_secs(10);
+    let result = multi_thread()?.block_on(async {
+        let mut refused = Vec::with_capacity(args.trials);
+        let mut closed = Vec::with_capacity(args.trials);
+        let mut readmitted = Vec::with_capacity(args.trials);
+        let mut attempts = 0usize;
+        let start = Instant::now();
+        for _ in 0..args.trials {
+            let mut held = client.connect(&args.node, &args.addr).await?;
+            ping(&mut held).await?;
+            let watcher = tokio::spawn(async move {
+                // Ends with a clean close (close_notify) or an error.
+                let _ = held.read_response().await;
+                Instant::now()
+            });
+            let landed = land_map(&path, &without)?;
+            loop {
+                attempts += 1;
+                if connect_and_ping(&client, &args.node, &args.addr)
+                    .await
+                    .is_err()
+                {
+                    refused.push(nanos(landed.elapsed()));
+                    break;
+                }
+                if landed.elapsed() > limit {
+                    return Err("new handshakes still admitted 10 s after the map landed".into());
+                }
+            }
+            let closed_at = tokio::time::timeout(limit, watcher)
+                .await
+                .map_err(|_| "open connection still open 10 s after the map landed")??;
+            closed.push(nanos(closed_at.saturating_duration_since(landed)));
+            let landed = land_map(&path, &original)?;
+            loop {
+                if connect_and_ping(&client, &args.node, &args.addr)
+                    .await
+                    .is_ok()
+                {
+                    readmitted.push(nanos(landed.elapsed()));
+                    break;
+                }
+                if landed.elapsed() > limit {
+                    return Err("not admitted again 10 s after the map was restored".into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let elapsed = start.elapsed();
+        out("revoke.trials", refused.len());
+        out("revoke.attempts_per_trial", attempts / refused.len().max(1));
+        report_latencies("revoke.refused", &mut refused, elapsed);
+        report_latencies("revoke.closed", &mut closed, elapsed);
+        report_latencies("revoke.readmitted", &mut readmitted, elapsed);
+        Ok::<(), BoxError>(())
+    });
+    // Whatever happened, leave the original map in place.
+    land_map(&path, &original)?;
+    result
+}
+
+/// Resident set size of process `pid` (or "self"), KiB.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The daemon's RSS idle, then with `--idle-conns` admitted connections
+/// open (each served one Ping, then left idle), opened 64 at a time.
+fn bench_memory(args: &Args, state: &StateDir) -> BoxResult<()> {
+    let pid = args
+        .server_pid
+        .ok_or("the memory phase needs --server-pid")?
+        .to_string();
+    let daemon_rss = || rss_kib(&pid).ok_or("cannot read the daemon's VmRSS");
+    let client = RpcClient::from_state(state)?;
+    let idle = daemon_rss()?;
+    out("memory.idle_rss_kib", idle);
+    multi_thread()?.block_on(async {
+        let mut held: Vec<Connection> = Vec::new();
+        for &target in &args.idle_conns {
+            let start = Instant::now();
+            while held.len() < target {
+                let mut batch = tokio::task::JoinSet::new();
+                for _ in 0..(target - held.len()).min(64) {
+                    let client = client.clone();
+                    let node = args.node.clone();
+                    let addr = args.addr.clone();
+                    batch.spawn(async move {
+                        let mut conn = client.connect(&node, &addr).await?;
+                        ping(&mut conn).await?;
+                        Ok::<Connection, BoxError>(conn)
+                    });
+                }
+                while let Some(joined) = batch.join_next().await {
+                    held.push(joined??);
+                }
+            }
+            let opened = start.elapsed();
+            // Let the daemon finish whatever the last handshakes left.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rss = daemon_rss()?;
+            let prefix = format!("memory.conns{target}");
+            out(
+                &format!("{prefix}.open_seconds"),
+                format!("{:.1}", opened.as_secs_f64()),
+            );
+            out(&format!("{prefix}.rss_kib"), rss);
+            out(
+                &format!("{prefix}.per_conn_kib"),
+                format!("{:.1}", rss.saturating_sub(idle) as f64 / target as f64),
+            );
+        }
+        if let Some(rss) = rss_kib("self") {
+            out("memory.client_rss_kib", rss);
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    // The connections are gone; give the daemon a moment to close them.
+    std::thread::sleep(Duration::from_secs(1));
+    if let Some(rss) = rss_kib(&pid) {
+        out("memory.after_close_rss_kib", rss);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------- authorization

@@ -36,7 +36,12 @@ pub enum Procedure {
         files: Vec<(String, String)>,
     },
     /// Bulk data for throughput measurement; the reply is its length.
-    Echo { payload: Vec<u8> },
+    Echo {
+        /// Encoded as bytes, not as a sequence of u8: the same bytes on
+        /// the wire, copied in one go instead of one element at a time.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
     /// A new node asks to join (the only procedure an anonymous connection
     /// may call, and only on the master).
     Join(JoinRequest),
@@ -376,6 +381,20 @@ mod tests {
             decode_request(&frame[4..]).map_err(|e| FrameError::Malformed(e.1.message))?,
             req
         );
+        Ok(())
+    }
+
+    #[test]
+    fn echo_payload_keeps_the_sequence_encoding() -> Result<(), FrameError> {
+        let frame = encode(&Request {
+            version: PROTOCOL_VERSION,
+            id: 42,
+            procedure: Procedure::Echo {
+                payload: vec![7, 8, 9],
+            },
+        })?;
+        // version, id, variant 3, length 3, then the bytes.
+        assert_eq!(&frame[4..], &[1, 42, 3, 3, 7, 8, 9]);
         Ok(())
     }
 
