@@ -255,7 +255,7 @@ async fn small_budgets_are_honoured() {
     // one of 127.0.2.1 (the cap is per bucket, so a collision is stricter)
     // is refused per source instead: counted, and the next host is used.
     let mut host = 2;
-    let mut collisions = 0.0;
+    let mut collisions;
     loop {
         held.extend(connect_from(Ipv4Addr::new(127, 0, 2, host), to, 1).await);
         host += 1;
