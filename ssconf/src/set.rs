@@ -243,7 +243,8 @@ impl Ssconf {
     }
 
     /// Writes the whole set into `dir` (created if needed), each file
-    /// atomically with mode 0644 and `serial` last. Refuses a set older than
+    /// atomically with mode 0644 and `serial` last; files whose content is
+    /// already the same are not rewritten. Refuses a set older than
     /// the one stored; an equal serial rewrites (a retried push).
     pub fn store(&self, dir: &Path) -> Result<()> {
         let io = |path: PathBuf| move |source| SsconfError::Io { path, source };
@@ -276,6 +277,12 @@ impl Ssconf {
         }
         for (name, text) in self.render() {
             let path = dir.join(&name);
+            // A file that already says this is left alone: a change to the
+            // map rewrites (and fsyncs) the map and the serial, not all nine
+            // files. The serial always changes, so it is still written last.
+            if std::fs::read(&path).is_ok_and(|current| current == text.as_bytes()) {
+                continue;
+            }
             write_atomic(&path, text.as_bytes(), FILE_MODE).map_err(io(path.clone()))?;
         }
         Ok(())
@@ -340,6 +347,40 @@ mod tests {
             assert_eq!(meta.mode() & 0o777, 0o644, "{key:?}");
         }
         assert_eq!(Ssconf::stored_serial(&ssconf)?, Some(3));
+        Ok(())
+    }
+
+    #[test]
+    fn only_changed_files_are_rewritten() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let inode = |key: SsconfKey| {
+            std::fs::metadata(dir.path().join(key.file_name()))
+                .map(|m| m.ino())
+                .map_err(|source| SsconfError::Io {
+                    path: "meta".into(),
+                    source,
+                })
+        };
+        sample(1).store(dir.path())?;
+        let (name, map, serial) = (
+            inode(SsconfKey::ClusterName)?,
+            inode(SsconfKey::MasterCandidatesCerts)?,
+            inode(SsconfKey::Serial)?,
+        );
+        let mut next = sample(2);
+        next.master_candidates_certs = CandidateMap::empty();
+        next.store(dir.path())?;
+        assert_eq!(
+            inode(SsconfKey::ClusterName)?,
+            name,
+            "unchanged: not rewritten"
+        );
+        assert_ne!(inode(SsconfKey::MasterCandidatesCerts)?, map);
+        assert_ne!(inode(SsconfKey::Serial)?, serial);
+        assert_eq!(Ssconf::load(dir.path())?, next);
         Ok(())
     }
 
