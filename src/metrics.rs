@@ -132,6 +132,7 @@ pub const BUCKETS_MICROS: [u64; 10] = [
 #[derive(Debug)]
 pub struct Metrics {
     accepted: AtomicU64,
+    ssconf_reloads: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     /// `[procedure][0 = ok, 1 = error]`; the last row is `other`.
     rpcs: [[AtomicU64; 2]; PROCEDURES.len() + 1],
@@ -145,6 +146,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             accepted: AtomicU64::new(0),
+            ssconf_reloads: AtomicU64::new(0),
             refused: Default::default(),
             rpcs: Default::default(),
             latency: Default::default(),
@@ -158,6 +160,11 @@ impl Metrics {
     /// A connection completed its handshake and was admitted.
     pub fn accepted(&self) {
         self.accepted.fetch_add(1, Relaxed);
+    }
+
+    /// The ssconf files were read again (a change, or SIGHUP).
+    pub fn ssconf_reloaded(&self) {
+        self.ssconf_reloads.fetch_add(1, Relaxed);
     }
 
     /// A connection was refused or closed for `reason`.
@@ -213,6 +220,17 @@ impl Metrics {
             out,
             "noded_connections_accepted_total {}",
             self.accepted.load(Relaxed)
+        );
+        head(
+            &mut out,
+            "ssconf_reloads_total",
+            "counter",
+            "Times the ssconf files were read again (a change seen, or SIGHUP).",
+        );
+        let _ = writeln!(
+            out,
+            "noded_ssconf_reloads_total {}",
+            self.ssconf_reloads.load(Relaxed)
         );
 
         head(

@@ -137,6 +137,10 @@ where
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let relevant = match res {
             // Temporary files of atomic writes start with a dot.
+            // Reading a file (opening, closing it unchanged) is no change:
+            // without this filter the reload's own reads are events, and an
+            // idle daemon reloads every debounce period forever.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => event.need_rescan(),
             Ok(event) => {
                 event.need_rescan()
                     || event.paths.iter().any(|p| {

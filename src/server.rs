@@ -170,6 +170,7 @@ impl Daemon {
 
     /// Reloads everything the daemon takes from ssconf.
     pub async fn reload_ssconf(&self) {
+        self.metrics.ssconf_reloaded();
         reload::reload_map(
             &Ssconf::candidate_map_path(&self.state.ssconf_dir()),
             &self.map,

@@ -84,3 +84,33 @@ fn metrics_refuses_a_non_loopback_address() {
         assert!(err.contains("loopback"), "{bad}: {err}");
     }
 }
+
+/// An idle daemon reads its ssconf files again only when one changes: its
+/// own reads are no change (they once were, and an idle daemon re-read the
+/// set every 20 ms). A real change is still seen.
+#[test]
+fn an_idle_daemon_does_not_reload() {
+    let node = init_master("m3");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _daemon = Daemon::start(&node, &["--metrics", &addr]);
+    let reloads = || {
+        let (_, body) = curl(&format!("http://{addr}/metrics"));
+        sample(&body, "noded_ssconf_reloads_total")
+    };
+    // The initial read; give a reload loop time to show (50 debounces).
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let settled = reloads();
+    assert!(settled >= 1.0);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(reloads(), settled, "reloads while idle");
+    let map = node.map();
+    node.write_map(&map);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reloads() <= settled {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a change was not seen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
