@@ -150,10 +150,70 @@ tokio::task_local! {
     pub static VERDICT: RefCell<Option<Verdict>>;
 }
 
+/// Client certificates whose chain to the CA verified, by the SHA-256 of
+/// their DER, with their validity window.
+///
+/// The cluster's clients are few and connect again and again with the same
+/// certificate; for each of them the chain check (one ECDSA verification
+/// and a certificate parse, about a sixth of a handshake's CPU) gives the
+/// same answer every time, as long as the trust anchors are the same and
+/// the time is inside the certificate's validity. So a success is
+/// remembered: by exact DER (a re-encoded certificate is another entry),
+/// in the verifier of one TLS configuration (a CA change builds a new
+/// verifier, with an empty cache), and only with the validity re-checked
+/// at each use. Proof of possession (the client's CertificateVerify) and
+/// the map check still run on every handshake; a failure is never
+/// remembered. Reads are one atomic load and a hash lookup; an insertion
+/// copies the map (a new certificate is rare), and the cache holds at most
+/// [`ChainCache::CAPACITY`] certificates, starting over when full.
+#[derive(Debug, Default)]
+struct ChainCache {
+    verified: arc_swap::ArcSwap<std::collections::HashMap<[u8; 32], (i64, i64)>>,
+}
+
+impl ChainCache {
+    const CAPACITY: usize = 4096;
+
+    fn key(end_entity: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(end_entity).into()
+    }
+
+    /// Whether `key`'s chain verified before and `now` is in its validity.
+    fn holds(&self, key: &[u8; 32], now: UnixTime) -> bool {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        self.verified
+            .load()
+            .get(key)
+            .is_some_and(|&(not_before, not_after)| not_before <= now && now <= not_after)
+    }
+
+    /// Remembers a certificate whose chain just verified.
+    fn insert(&self, key: [u8; 32], end_entity: &[u8]) {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
+            return;
+        };
+        let validity = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        self.verified.rcu(|current| {
+            let mut next = if current.len() >= Self::CAPACITY {
+                std::collections::HashMap::new()
+            } else {
+                (**current).clone()
+            };
+            next.insert(key, validity);
+            next
+        });
+    }
+}
+
 /// The daemon's client-certificate verifier: chain AND map.
 #[derive(Debug)]
 pub struct CandidateVerifier {
     chain: Arc<dyn ClientCertVerifier>,
+    chain_cache: ChainCache,
     map: CandidateMapHandle,
     /// Set while this node is the master: clients without a certificate may
     /// then complete the handshake, to call the join procedure and nothing
@@ -170,6 +230,7 @@ impl CandidateVerifier {
     ) -> Self {
         CandidateVerifier {
             chain,
+            chain_cache: ChainCache::default(),
             map,
             anonymous,
         }
@@ -195,10 +256,19 @@ impl ClientCertVerifier for CandidateVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let chain = self
-            .chain
-            .verify_client_cert(end_entity, intermediates, now)
-            .map(|_| ());
+        let key = ChainCache::key(end_entity);
+        let chain = if intermediates.is_empty() && self.chain_cache.holds(&key, now) {
+            Ok(())
+        } else {
+            let chain = self
+                .chain
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ());
+            if chain.is_ok() && intermediates.is_empty() {
+                self.chain_cache.insert(key, end_entity);
+            }
+            chain
+        };
         let chain_error = chain.as_ref().err().cloned();
         let verdict = authorize(chain, &self.map.load(), end_entity);
         let result = match (&verdict, chain_error) {
@@ -305,5 +375,91 @@ impl DenialLog {
             reason = %denial.reason,
             "connection denied"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
+    use rustls::server::WebPkiClientVerifier;
+    use time::{Duration as TimeDuration, OffsetDateTime};
+
+    fn verifier(ca: &CertificateAuthority, map: CandidateMap) -> CandidateVerifier {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let chain =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::tls::provider())
+                .build()
+                .unwrap();
+        CandidateVerifier::new(
+            chain,
+            CandidateMapHandle::new(map),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn at(t: OffsetDateTime) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+    }
+
+    /// A certificate valid from an hour ago for one day, and a map with it.
+    fn candidate(ca: &CertificateAuthority) -> (CertificateDer<'static>, CandidateMap) {
+        let now = OffsetDateTime::now_utc();
+        let csr = NodeKey::generate().unwrap().client_csr("mc").unwrap();
+        let pem = ca
+            .sign_client_csr_between(
+                &csr,
+                now - TimeDuration::hours(1),
+                now + TimeDuration::days(1),
+            )
+            .unwrap();
+        let der = crate::pki::load_certs_from_pem(&pem).unwrap();
+        let map = CandidateMap::from_entries([("uuid-mc", DigestAlgorithm::Sha256.digest(&der))]);
+        (der, map)
+    }
+
+    #[test]
+    fn a_remembered_chain_still_expires_and_still_needs_the_map() {
+        let ca = CertificateAuthority::generate("c", 30).unwrap();
+        let (cert, map) = candidate(&ca);
+        let v = verifier(&ca, map);
+        let now = OffsetDateTime::now_utc();
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
+        assert!(v.chain_cache.holds(&ChainCache::key(&cert), at(now)));
+        // Remembered, and used again.
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
+        // Past notAfter (or before notBefore) the cache does not answer:
+        // webpki does, with its own error.
+        let later = v.verify_client_cert(&cert, &[], at(now + TimeDuration::days(2)));
+        assert!(
+            matches!(
+                later,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ExpiredContext { .. }
+                ))
+            ),
+            "{later:?}"
+        );
+        let earlier = v.verify_client_cert(&cert, &[], at(now - TimeDuration::days(1)));
+        assert!(earlier.is_err(), "{earlier:?}");
+        // Out of the map: refused, whatever the cache says of the chain.
+        v.map.publish(CandidateMap::empty());
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_err());
+    }
+
+    #[test]
+    fn another_ca_starts_with_nothing_remembered() {
+        let old = CertificateAuthority::generate("c", 30).unwrap();
+        let (cert, map) = candidate(&old);
+        let now = at(OffsetDateTime::now_utc());
+        assert!(verifier(&old, map.clone())
+            .verify_client_cert(&cert, &[], now)
+            .is_ok());
+        // A CA rotation builds a new TLS configuration, hence a new verifier.
+        let new = CertificateAuthority::generate("c", 30).unwrap();
+        let v = verifier(&new, map);
+        assert!(v.verify_client_cert(&cert, &[], now).is_err());
+        assert!(!v.chain_cache.holds(&ChainCache::key(&cert), now));
     }
 }
