@@ -151,7 +151,8 @@ tokio::task_local! {
 }
 
 /// Client certificates whose chain to the CA verified, by the SHA-256 of
-/// their DER, with their validity window.
+/// their DER (and of the intermediates sent with them), with their
+/// validity window.
 ///
 /// The cluster's clients are few and connect again and again with the same
 /// certificate; for each of them the chain check (one ECDSA verification
@@ -174,9 +175,16 @@ struct ChainCache {
 impl ChainCache {
     const CAPACITY: usize = 4096;
 
-    fn key(end_entity: &[u8]) -> [u8; 32] {
+    /// The SHA-256 of the certificate and the intermediates sent with it
+    /// (OpenSSL clients send their CA along), each length-prefixed.
+    fn key(end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
         use sha2::Digest;
-        sha2::Sha256::digest(end_entity).into()
+        let mut hash = sha2::Sha256::new();
+        for der in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
+            hash.update((der.len() as u64).to_be_bytes());
+            hash.update(der);
+        }
+        hash.finalize().into()
     }
 
     /// Whether `key`'s chain verified before and `now` is in its validity.
@@ -256,15 +264,15 @@ impl ClientCertVerifier for CandidateVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let key = ChainCache::key(end_entity);
-        let chain = if intermediates.is_empty() && self.chain_cache.holds(&key, now) {
+        let key = ChainCache::key(end_entity, intermediates);
+        let chain = if self.chain_cache.holds(&key, now) {
             Ok(())
         } else {
             let chain = self
                 .chain
                 .verify_client_cert(end_entity, intermediates, now)
                 .map(|_| ());
-            if chain.is_ok() && intermediates.is_empty() {
+            if chain.is_ok() {
                 self.chain_cache.insert(key, end_entity);
             }
             chain
@@ -426,9 +434,17 @@ mod tests {
         let v = verifier(&ca, map);
         let now = OffsetDateTime::now_utc();
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
-        assert!(v.chain_cache.holds(&ChainCache::key(&cert), at(now)));
-        // Remembered, and used again.
+        assert!(v.chain_cache.holds(&ChainCache::key(&cert, &[]), at(now)));
+        // Remembered, and used again; with the CA sent along (as OpenSSL
+        // clients do) it is another entry, checked and remembered too.
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
+        let with_ca = [ca.cert_der().clone()];
+        assert!(v.verify_client_cert(&cert, &with_ca, at(now)).is_ok());
+        assert!(v
+            .chain_cache
+            .holds(&ChainCache::key(&cert, &with_ca), at(now)));
+        let expired = v.verify_client_cert(&cert, &with_ca, at(now + TimeDuration::days(2)));
+        assert!(expired.is_err(), "{expired:?}");
         // Past notAfter (or before notBefore) the cache does not answer:
         // webpki does, with its own error.
         let later = v.verify_client_cert(&cert, &[], at(now + TimeDuration::days(2)));
@@ -460,6 +476,6 @@ mod tests {
         let new = CertificateAuthority::generate("c", 30).unwrap();
         let v = verifier(&new, map);
         assert!(v.verify_client_cert(&cert, &[], now).is_err());
-        assert!(!v.chain_cache.holds(&ChainCache::key(&cert), now));
+        assert!(!v.chain_cache.holds(&ChainCache::key(&cert, &[]), now));
     }
 }
