@@ -98,20 +98,8 @@ impl SoftHsm {
     /// A new cluster whose CA key is `object` in `token`.
     fn init(&self, name: &str, token: &str, object: &str) -> Node {
         let node = Node::fresh(name);
-        self.run_ok(
-            &node,
-            &[
-                "init",
-                "--cluster-name",
-                "testcluster",
-                "--node-name",
-                name,
-                "--address",
-                &node.address,
-                "--ca-key",
-                &self.uri(token, object),
-            ],
-        );
+        let uri = self.uri(token, object);
+        self.run_ok(&node, &init_args(name, &node.address, &["--ca-key", &uri]));
         node
     }
 

@@ -98,10 +98,8 @@ pub fn init_master(name: &str) -> Node {
     init_master_with(name, &[])
 }
 
-pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join(name);
-    let address = format!("127.0.0.1:{}", free_port());
+/// `init` of the test cluster with `name` at `address`, then `extra`.
+pub fn init_args<'a>(name: &'a str, address: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "init",
         "--cluster-name",
@@ -109,10 +107,17 @@ pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
         "--node-name",
         name,
         "--address",
-        &address,
+        address,
     ];
     args.extend_from_slice(extra);
-    let out = nodectl(&dir, &args);
+    args
+}
+
+pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    let address = format!("127.0.0.1:{}", free_port());
+    let out = nodectl(&dir, &init_args(name, &address, extra));
     assert!(out.status.success(), "init failed: {}", text(&out.stderr));
     Node {
         _tmp: tmp,
