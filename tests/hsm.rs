@@ -107,22 +107,10 @@ impl SoftHsm {
         Daemon::start_env(node, &[], &self.env())
     }
 
+    /// A joined node whose daemon reaches the token (it signs joins once
+    /// it is the master).
     fn join(&self, master: &Node, name: &str, token_args: &[&str]) -> (Node, Daemon) {
-        let token = create_token(master, token_args);
-        let node = Node::fresh(name);
-        self.run_ok(
-            &node,
-            &[
-                "join",
-                &token,
-                "--node-name",
-                name,
-                "--address",
-                &node.address,
-            ],
-        );
-        let daemon = self.start(&node);
-        (node, daemon)
+        join_and_start_env(master, name, token_args, &self.env())
     }
 }
 

@@ -501,6 +501,16 @@ pub fn create_token(master: &Node, extra: &[&str]) -> String {
 
 /// Joins a new node with a fresh token and starts its daemon.
 pub fn join_and_start(master: &Node, name: &str, token_args: &[&str]) -> (Node, Daemon) {
+    join_and_start_env(master, name, token_args, &[])
+}
+
+/// [`join_and_start`], the daemon started with `env`.
+pub fn join_and_start_env(
+    master: &Node,
+    name: &str,
+    token_args: &[&str],
+    env: &[(&str, &str)],
+) -> (Node, Daemon) {
     let token = create_token(master, token_args);
     let node = Node::fresh(name);
     let out = nodectl(
@@ -520,7 +530,7 @@ pub fn join_and_start(master: &Node, name: &str, token_args: &[&str]) -> (Node, 
         text(&out.stdout),
         text(&out.stderr)
     );
-    let daemon = Daemon::start(&node, &[]);
+    let daemon = Daemon::start_env(&node, &[], env);
     (node, daemon)
 }
 
