@@ -108,6 +108,11 @@ impl ClusterConfig {
             .ok_or_else(|| Error::Invalid("cluster config names no master".into()))
     }
 
+    /// The nodes that are not offline (the ones pushes and checks reach).
+    pub fn online_nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.iter().filter(|n| !n.offline)
+    }
+
     /// The record of the node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.iter().find(|n| n.name == name)

@@ -65,10 +65,22 @@ pub fn for_cluster(state: &StateDir, config: &ClusterConfig) -> Result<Box<dyn K
     }
 }
 
+fn read_ca_pem(state: &StateDir) -> Result<String> {
+    std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))
+}
+
 /// Loads the signing CA as the cluster config says (file or token).
 pub fn load_ca(state: &StateDir, config: &ClusterConfig) -> Result<CertificateAuthority> {
-    let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
-    for_cluster(state, config)?.load_ca(&ca_pem)
+    for_cluster(state, config)?.load_ca(&read_ca_pem(state)?)
+}
+
+/// What a node being made a master candidate receives (see
+/// [`KeyStore::candidate_copy`]), after the key was loaded (for a token:
+/// reached and checked against ca.pem), so a broken store fails first.
+pub fn candidate_copy(state: &StateDir, config: &ClusterConfig) -> Result<Option<Secret>> {
+    let store = for_cluster(state, config)?;
+    let ca = store.load_ca(&read_ca_pem(state)?)?;
+    Ok(store.candidate_copy(&ca))
 }
 
 /// `ca.key` (and `ca.key.new` during a rotation) in the state directory.

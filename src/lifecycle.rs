@@ -87,11 +87,7 @@ impl Master {
             )));
         }
         // Loaded (for a token: reached and checked) before anything changes.
-        let ca_key = crate::keystore::for_cluster(&self.state, &self.config).and_then(|store| {
-            let ca_pem = std::fs::read_to_string(self.state.ca_pem())
-                .map_err(Error::io(self.state.ca_pem()))?;
-            Ok(store.candidate_copy(&store.load_ca(&ca_pem)?))
-        })?;
+        let ca_key = crate::keystore::candidate_copy(&self.state, &self.config)?;
         let mut next = self.config.clone();
         find_mut(&mut next, name)?.role = NodeRole::Candidate;
         let unreachable =

@@ -19,7 +19,7 @@ use crate::config::{ClusterConfig, NodeRecord};
 use crate::ctl::Outcome;
 use crate::error::{Error, Result};
 use crate::frame::{Procedure, Reply};
-use crate::pki::{self, CertInfo, CertificateAuthority, CertificateSigner, NodeKey, Secret};
+use crate::pki::{self, CertInfo, CertificateSigner, NodeKey, Secret};
 use crate::state::StateDir;
 
 /// How long the old digests stay in the map after the nodes switched.
@@ -34,10 +34,6 @@ pub struct RenewPlan {
     pub ca: bool,
     /// Limit node-certificate renewal to these nodes (default: all online).
     pub nodes: Vec<String>,
-}
-
-fn load_ca(state: &StateDir, config: &ClusterConfig) -> Result<CertificateAuthority> {
-    crate::keystore::load_ca(state, config)
 }
 
 /// Runs `op` on every node in `nodes`, at most [`PUSH_CONCURRENCY`] at once;
@@ -129,7 +125,7 @@ async fn node_certificates(
     }
     let me = state.load_identity()?;
     let alg: DigestAlgorithm = config.digest.into();
-    let ca = Arc::new(load_ca(state, config)?);
+    let ca = Arc::new(crate::keystore::load_ca(state, config)?);
     let days = config.cert_days;
     let targets: Vec<NodeRecord> = config
         .nodes
@@ -313,15 +309,10 @@ async fn cluster_certificate(
     config: &ClusterConfig,
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    let ca = load_ca(state, config)?;
+    let ca = crate::keystore::load_ca(state, config)?;
     let (cert_pem, key) = ca.issue_server_certificate(&config.cluster_name, config.cert_days)?;
     let client = RpcClient::from_state(state)?;
-    let nodes: Vec<NodeRecord> = config
-        .nodes
-        .iter()
-        .filter(|n| !n.offline)
-        .cloned()
-        .collect();
+    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
     let results = fan_out(&nodes, |node| {
         let client = client.clone();
         let cert_pem = cert_pem.clone();
@@ -396,12 +387,7 @@ async fn install_bundle(
     what: &str,
     failed: &mut PushOutcome,
 ) -> bool {
-    let nodes: Vec<NodeRecord> = config
-        .nodes
-        .iter()
-        .filter(|n| !n.offline)
-        .cloned()
-        .collect();
+    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
     let results = fan_out(&nodes, |node| {
         let client = client.clone();
         let ca_pem = ca_pem.to_owned();
@@ -546,7 +532,7 @@ async fn new_ca(
     }
     // 5. The old CA is dropped everywhere. The master keeps its certificate
     // (ca.prev.pem) to reach, once, a node that was offline meanwhile.
-    let ca = load_ca(state, config)?;
+    let ca = crate::keystore::load_ca(state, config)?;
     let old: String = pki::load_certs(&state.ca_pem())?
         .iter()
         .filter(|c| c.as_ref() != ca.cert_der().as_ref())

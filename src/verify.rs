@@ -177,7 +177,7 @@ fn check(
 
     // Per node, from what it reported.
     let mut holders: BTreeMap<CertDigest, Vec<String>> = BTreeMap::new();
-    for n in config.nodes.iter().filter(|n| !n.offline) {
+    for n in config.online_nodes() {
         let info = match infos.get(&n.name) {
             Some(Ok(info)) => info,
             Some(Err(e)) => {
@@ -472,7 +472,7 @@ async fn gather(
 ) -> BTreeMap<String, Result<NodeInfo, String>> {
     let limit = Arc::new(Semaphore::new(PUSH_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for node in config.nodes.iter().filter(|n| !n.offline).cloned() {
+    for node in config.online_nodes().cloned() {
         let client = client.clone();
         let limit = limit.clone();
         tasks.spawn(async move {

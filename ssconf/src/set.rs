@@ -308,6 +308,13 @@ mod tests {
     use crate::DigestAlgorithm;
     use std::os::unix::fs::MetadataExt;
 
+    fn tmp() -> Result<tempfile::TempDir> {
+        tempfile::tempdir().map_err(|source| SsconfError::Io {
+            path: "tmp".into(),
+            source,
+        })
+    }
+
     fn sample(serial: u64) -> Ssconf {
         Ssconf {
             cluster_name: "c1".into(),
@@ -330,10 +337,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_modes() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
-            path: "tmp".into(),
-            source,
-        })?;
+        let dir = tmp()?;
         let ssconf = dir.path().join("ssconf");
         sample(3).store(&ssconf)?;
         assert_eq!(Ssconf::load(&ssconf)?, sample(3));
@@ -352,10 +356,7 @@ mod tests {
 
     #[test]
     fn only_changed_files_are_rewritten() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
-            path: "tmp".into(),
-            source,
-        })?;
+        let dir = tmp()?;
         let inode = |key: SsconfKey| {
             std::fs::metadata(dir.path().join(key.file_name()))
                 .map(|m| m.ino())
@@ -386,10 +387,7 @@ mod tests {
 
     #[test]
     fn rollback_is_refused_and_leaves_files_alone() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|source| SsconfError::Io {
-            path: "tmp".into(),
-            source,
-        })?;
+        let dir = tmp()?;
         sample(5).store(dir.path())?;
         let mut old = sample(4);
         old.master_node = "n2".into();
