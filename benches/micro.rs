@@ -13,9 +13,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use divan::Bencher;
-use noded::frame::{self, Procedure, Reply, Request, Response, PROTOCOL_VERSION};
+use noded::daemon::reload::CandidateMapHandle;
 use noded::pki::{CertificateAuthority, CertificateSigner, NodeKey};
-use noded::reload::CandidateMapHandle;
+use noded::wire::{self, Procedure, Reply, Request, Response, PROTOCOL_VERSION};
 use ssconf::{CandidateMap, CertDigest, DigestAlgorithm};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -121,7 +121,7 @@ fn frame_encode_request(bencher: Bencher, payload: usize) {
     } else {
         echo_request(payload)
     };
-    bencher.bench_local(|| frame::encode(black_box(&request)).is_ok());
+    bencher.bench_local(|| wire::encode(black_box(&request)).is_ok());
 }
 
 #[divan::bench(args = [0, 1024, 65536])]
@@ -131,11 +131,11 @@ fn frame_decode_request(bencher: Bencher, payload: usize) {
     } else {
         echo_request(payload)
     };
-    let Ok(bytes) = frame::encode(&request) else {
+    let Ok(bytes) = wire::encode(&request) else {
         return;
     };
     let body = bytes.get(4..).unwrap_or_default();
-    bencher.bench_local(|| frame::decode_request(black_box(body)).is_ok());
+    bencher.bench_local(|| wire::decode_request(black_box(body)).is_ok());
 }
 
 fn pong() -> Response {
@@ -152,16 +152,16 @@ fn pong() -> Response {
 #[divan::bench]
 fn frame_encode_pong(bencher: Bencher) {
     let response = pong();
-    bencher.bench_local(|| frame::encode(black_box(&response)).is_ok());
+    bencher.bench_local(|| wire::encode(black_box(&response)).is_ok());
 }
 
 #[divan::bench]
 fn frame_decode_pong(bencher: Bencher) {
-    let Ok(bytes) = frame::encode(&pong()) else {
+    let Ok(bytes) = wire::encode(&pong()) else {
         return;
     };
     let body = bytes.get(4..).unwrap_or_default();
-    bencher.bench_local(|| frame::decode_response(black_box(body)).is_ok());
+    bencher.bench_local(|| wire::decode_response(black_box(body)).is_ok());
 }
 
 /// Certificate digests of a real client certificate's DER (about 440

@@ -32,11 +32,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use noded::auth::{authorize, CandidateVerifier};
-use noded::client::{Connection, RpcClient};
-use noded::frame::{Procedure, Reply};
-use noded::reload::CandidateMapHandle;
+use noded::daemon::auth::{authorize, CandidateVerifier};
+use noded::daemon::reload::CandidateMapHandle;
+use noded::rpc::{Connection, RpcClient};
 use noded::state::StateDir;
+use noded::wire::{Procedure, Reply};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -541,8 +541,8 @@ fn bench_concurrent(args: &Args, state: &StateDir) -> BoxResult<()> {
 fn bench_upload(args: &Args, state: &StateDir) -> BoxResult<()> {
     let client = RpcClient::from_state(state)?;
     let payload = vec![0x5a_u8; args.upload_bytes];
-    let frame_len = noded::frame::encode(&noded::frame::Request {
-        version: noded::frame::PROTOCOL_VERSION,
+    let frame_len = noded::wire::encode(&noded::wire::Request {
+        version: noded::wire::PROTOCOL_VERSION,
         id: u64::from(u32::MAX),
         procedure: Procedure::Echo {
             payload: payload.clone(),
@@ -898,9 +898,11 @@ fn bench_authz(state: &StateDir) -> BoxResult<()> {
     for ca in noded::pki::load_certs(&state.ca_pem())? {
         roots.add(ca)?;
     }
-    let chain =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), noded::tls::provider())
-            .build()?;
+    let chain = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        noded::pki::provider::provider(),
+    )
+    .build()?;
     let handle = CandidateMapHandle::new(big_map.unwrap_or_default());
     // Not the master's anonymous-join mode: a certificate is required.
     let anonymous = Arc::new(AtomicBool::new(false));

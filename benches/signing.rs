@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use noded::keystore::{FileKeyStore, KeyStore, Pkcs11KeyStore};
+use noded::pki::keystore::{FileKeyStore, KeyStore, Pkcs11KeyStore};
 use noded::pki::{CertificateSigner, NodeKey};
 use noded::state::StateDir;
 
@@ -42,7 +42,7 @@ fn main() -> BoxResult<()> {
     println!("signings={iterations}");
     println!("file_signings_per_s={:.0}", file?);
     if let Some(uri) = uri {
-        let store = Pkcs11KeyStore::new(noded::hsm::Pkcs11Uri::parse(&uri)?);
+        let store = Pkcs11KeyStore::new(noded::pki::hsm::Pkcs11Uri::parse(&uri)?);
         println!("token_signings_per_s={:.0}", rate(&store, &csrs)?);
     }
     Ok(())

@@ -2,11 +2,16 @@
 //! library so the man pages and completions are generated from the same
 //! definitions the binaries parse.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use ssconf::DigestAlgorithm;
 
-use crate::state::DEFAULT_STATE_DIR;
+use crate::core::{Error, Result};
+use crate::ctl::output::write_stdout;
+use crate::ctl::{self, Outcome};
+use crate::daemon::server::Limits;
+use crate::state::{self, SshPaths, StateDir, DEFAULT_STATE_DIR, MODE_PUBLIC};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,7 +79,7 @@ pub struct NodedArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub request_timeout: u64,
     /// Largest request frame, in bytes.
-    #[arg(long, default_value_t = crate::frame::DEFAULT_MAX_FRAME, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long, default_value_t = crate::wire::DEFAULT_MAX_FRAME, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(64..))]
     pub max_frame: u32,
     /// Also accept TLS 1.2 (AEAD suites only). TLS 1.3 alone by default.
     #[arg(long)]
@@ -101,6 +106,28 @@ pub struct NodectlArgs {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl NodedArgs {
+    /// What the daemon runs with.
+    pub fn daemon_options(&self) -> crate::daemon::Options {
+        crate::daemon::Options {
+            state_dir: self.global.state_dir.clone(),
+            listen: self.listen.clone(),
+            metrics: self.metrics.clone(),
+            limits: Limits {
+                max_frame: self.max_frame,
+                max_connections: self.max_connections,
+                max_handshakes: self.max_handshakes,
+                max_handshakes_per_source: self.max_handshakes_per_source,
+                handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout),
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+                request_timeout: std::time::Duration::from_secs(self.request_timeout),
+                allow_tls12: self.allow_tls12,
+                ..Limits::default()
+            },
+        }
+    }
 }
 
 /// The subcommands of `nodectl`.
@@ -341,6 +368,25 @@ pub struct InitArgs {
     pub ca_key: Option<String>,
 }
 
+impl InitArgs {
+    /// The options of `nodectl init`.
+    pub fn options(&self) -> ctl::init::InitOptions {
+        ctl::init::InitOptions {
+            cluster_name: self.cluster_name.clone(),
+            node_name: self.node_name.clone(),
+            address: self.address.clone(),
+            digest: match self.digest {
+                DigestArg::Sha256 => DigestAlgorithm::Sha256,
+                DigestArg::Sha1 => DigestAlgorithm::Sha1,
+            },
+            candidate_pool_size: self.candidate_pool_size,
+            cert_days: self.cert_days,
+            ca_key: self.ca_key.clone(),
+            ssh: self.ssh.paths(),
+        }
+    }
+}
+
 /// Where a node keeps its SSH files (recorded in node.json).
 #[derive(Debug, Clone, Args)]
 pub struct SshArgs {
@@ -352,6 +398,16 @@ pub struct SshArgs {
     /// <ssh-dir>/authorized_keys). Lines outside the block are never touched.
     #[arg(long, value_name = "FILE")]
     pub authorized_keys: Option<PathBuf>,
+}
+
+impl SshArgs {
+    /// The paths as the state directory takes them.
+    pub fn paths(&self) -> SshPaths {
+        SshPaths {
+            ssh_dir: self.ssh_dir.clone(),
+            authorized_keys: self.authorized_keys.clone(),
+        }
+    }
 }
 
 /// `--digest` values.
@@ -374,4 +430,139 @@ pub enum Generate {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// Runs one parsed `nodectl` command.
+pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
+    let state = StateDir::new(&args.global.state_dir);
+    match args.command {
+        Command::Init(init_args) => ctl::init::init(&state, &init_args.options()),
+        Command::List { json } => ctl::list::list(&state, json),
+        Command::Ping {
+            nodes,
+            json,
+            timeout,
+        } => {
+            ctl::ping::ping(
+                &state,
+                &nodes,
+                json,
+                std::time::Duration::from_secs(timeout),
+            )
+            .await
+        }
+        Command::Token(TokenCommand::Create {
+            ttl,
+            master_candidate,
+            json,
+            wait,
+        }) => ctl::token::token_create(&state, ttl, master_candidate, json, wait),
+        Command::Token(TokenCommand::List { json }) => ctl::token::token_list(&state, json),
+        Command::Token(TokenCommand::Revoke { id, wait }) => {
+            ctl::token::token_revoke(&state, &id, wait)
+        }
+        Command::Join {
+            token,
+            node_name,
+            address,
+            ssh,
+        } => ctl::join::join(&state, &token, &node_name, &address, &ssh.paths()).await,
+        Command::Modify(m) => match (m.master_candidate, m.offline) {
+            (Some(mc), None) => {
+                ctl::lifecycle::set_candidate(&state, &m.node, mc.yes(), m.auto_promote, m.wait)
+                    .await
+            }
+            (None, Some(off)) => {
+                ctl::lifecycle::set_offline(&state, &m.node, off.yes(), m.auto_promote, m.wait)
+                    .await
+            }
+            _ => Err(Error::Invalid(
+                "give exactly one of --master-candidate and --offline".into(),
+            )),
+        },
+        Command::Remove { node, wait } => ctl::lifecycle::remove(&state, &node, wait).await,
+        Command::MasterFailover { wait } => ctl::lifecycle::master_failover(&state, wait).await,
+        Command::Verify { json } => ctl::verify::verify(&state, json).await,
+        Command::RenewCrypto(r) => {
+            let plan = ctl::renew::RenewPlan {
+                node_certificates: r.new_node_certificates,
+                cluster_certificate: r.new_cluster_certificate,
+                ssh_keys: r.new_ssh_keys,
+                ca: r.new_ca,
+                nodes: r.node,
+            };
+            ctl::renew::renew(&state, &plan, r.wait).await
+        }
+        Command::Generate(Generate::Man { dir }) => write_man_pages(&dir),
+        Command::Generate(Generate::Completions { shell }) => completions(shell),
+    }
+}
+
+/// `(name, command)` of each page.
+pub fn man_pages() -> Vec<(&'static str, clap::Command)> {
+    vec![
+        ("noded", NodedArgs::command()),
+        ("nodectl", NodectlArgs::command()),
+    ]
+}
+
+/// Appended to the bash completion: node names (from the state directory's
+/// ssconf) where a command takes a NODE.
+const BASH_NODE_NAMES: &str = r#"
+# Node names from ssconf for NODE arguments (modify, remove, ping, --node).
+_nodectl_node_names() {
+    local dir="${NODED_STATE_DIR:-/var/lib/noded}" i
+    for ((i = 1; i < ${#COMP_WORDS[@]}; i++)); do
+        case ${COMP_WORDS[i]} in
+            --state-dir) dir=${COMP_WORDS[i + 1]} ;;
+            --state-dir=*) dir=${COMP_WORDS[i]#--state-dir=} ;;
+        esac
+    done
+    cat "$dir/ssconf/ssconf_node_list" 2>/dev/null
+}
+_nodectl_with_nodes() {
+    local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]} word
+    if [[ $cur != -* ]]; then
+        case $prev in
+            modify | remove | --node)
+                COMPREPLY=($(compgen -W "$(_nodectl_node_names)" -- "$cur"))
+                return 0
+                ;;
+        esac
+        for word in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
+            if [[ $word == ping ]]; then
+                COMPREPLY=($(compgen -W "$(_nodectl_node_names)" -- "$cur"))
+                return 0
+            fi
+        done
+    fi
+    _nodectl "$@"
+}
+complete -F _nodectl_with_nodes -o nosort -o bashdefault -o default nodectl
+"#;
+
+/// `nodectl generate man DIR`: writes noded.8 and nodectl.8.
+pub fn write_man_pages(dir: &Path) -> Result<Outcome> {
+    state::create_dir(dir, 0o755)?;
+    for (name, cmd) in man_pages() {
+        let path = dir.join(format!("{name}.8"));
+        let page = crate::man::render(&cmd).map_err(Error::io(&path))?;
+        ssconf::write_atomic(&path, &page, MODE_PUBLIC).map_err(Error::io(&path))?;
+        crate::say!("{}", path.display());
+    }
+    Ok(Outcome::Success)
+}
+
+/// `nodectl generate completions SHELL`: prints the script; bash's also
+/// completes node names.
+pub fn completions(shell: clap_complete::Shell) -> Result<Outcome> {
+    let mut cmd = <NodectlArgs as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "nodectl", &mut script);
+    let mut text = String::from_utf8_lossy(&script).into_owned();
+    if shell == clap_complete::Shell::Bash {
+        text.push_str(BASH_NODE_NAMES);
+    }
+    write_stdout(&text)?;
+    Ok(Outcome::Success)
 }

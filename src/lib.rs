@@ -1,76 +1,83 @@
 //! noded: a node daemon and its control CLI that secure a cluster's control
 //! plane with mutual TLS.
 //!
-//! # Components
+//! # Layers
 //!
-//! - [`pki`]: the cluster CA, the shared server certificate, node client
-//!   certificates signed from CSRs, digests.
-//! - [`keystore`]: where the CA key lives (`ca.key`, or a PKCS#11 token
-//!   through [`hsm`]) behind the [`keystore::KeyStore`] trait.
-//! - [`state`]: a node's state directory; [`config`]: the cluster config and
-//!   the ssconf set derived from it (files: the `ssconf` crate).
-//! - [`tls`]: rustls configurations (aws-lc-rs, TLS 1.3, no resumption).
-//! - [`auth`]: the authorization decision and the verifier running it.
-//! - [`reload`]: the candidate map's hot reload.
-//! - [`frame`]: the wire format; [`server`]: the daemon's accept loop and
-//!   connection handler; [`budget`]: its handshake and connection budgets;
-//!   [`client`]: the RPC client.
-//! - [`metrics`]: the opt-in Prometheus endpoint (`noded --metrics`).
-//! - [`daemon`], [`ctl`], [`cli`], [`man`], [`logging`]: what the `noded`
-//!   and `nodectl` binaries run.
+//! Each part imports only the parts above it in this list; `daemon` and
+//! `ctl` never import each other (a test reads the `use crate::` lines and
+//! fails otherwise).
 //!
-//! # How a request flows
+//! - [`core`]: the error type, [`core::Secret`], hex digests, the clock.
+//! - [`wire`]: the protocol types ([`wire::Procedure`], [`wire::Reply`])
+//!   and the codec (length-prefixed postcard frames).
+//! - [`state`]: a node's state directory: every path, atomic files and
+//!   their modes, the cluster config and the ssconf set derived from it,
+//!   join tokens, SSH keys, fingerprints (ssconf files: the `ssconf` crate).
+//! - [`pki`]: the CA, certificates, CSR signing, key pairs and their
+//!   crash-safe switch ([`pki::pair`]), where the CA key lives
+//!   ([`pki::keystore`], [`pki::hsm`]), the one rustls crypto provider.
+//! - [`rpc`]: the RPC client: connect, verify the server, call; a joining
+//!   node's pinned connection; [`rpc::fanout`] to many nodes at once.
+//! - [`cluster`]: the cluster as the master changes it: the lock, the
+//!   config store, commit and push, and `verify`'s checks.
+//! - [`daemon`]: `noded`: listener, handshake, connection handler, one
+//!   handler file per procedure family, authorization, map reload,
+//!   budgets, metrics, join admission.
+//! - [`ctl`]: `nodectl`: one file per command, and its output.
+//! - [`cli`], [`man`], [`logging`]: the command lines of both binaries,
+//!   their man pages and completions, and logging; `src/bin/` are thin.
 //!
-//! 1. [`server::run`] accepts a TCP connection, takes a handshake permit
-//!    of its lane and source ([`budget`]; none free: closed at once) and
-//!    starts a handshake with the current TLS config (an `ArcSwap`). Once
-//!    admitted, the connection trades the permit for a connection slot.
-//! 2. rustls calls [`auth::CandidateVerifier`]: webpki checks the chain to
-//!    the cluster CA, then the certificate's digest is looked up in the
-//!    current [`ssconf::CandidateMap`]. A refusal fails the handshake with a
-//!    TLS alert and is logged once with peer, subject, digest and reason.
-//! 3. The connection reads [`frame`]s: a length (checked against the limit
-//!    before any allocation) and a postcard envelope; each request is
-//!    dispatched and answered.
+//! # How a request flows (daemon side)
+//!
+//! 1. [`daemon::server::run`] accepts a TCP connection, takes a handshake
+//!    permit of its lane and source ([`daemon::budget`]; none free: closed
+//!    at once) and starts a handshake with the current TLS config (an
+//!    `ArcSwap`). Once admitted, the connection trades the permit for a
+//!    connection slot.
+//! 2. rustls calls [`daemon::auth::CandidateVerifier`]: webpki checks the
+//!    chain to the cluster CA, then the certificate's digest is looked up
+//!    in the current [`ssconf::CandidateMap`]. A refusal fails the
+//!    handshake with a TLS alert and is logged once with peer, subject,
+//!    digest and reason.
+//! 3. The connection reads [`wire`] frames: a length (checked against the
+//!    limit before any allocation) and a postcard envelope; each request is
+//!    dispatched to its handler family ([`daemon::handlers`]) and answered.
 //! 4. Meanwhile, the connection watches the map: when a new map no longer
 //!    holds its digest, it is closed.
+//!
+//! # How a command flows (control side)
+//!
+//! 1. `nodectl` parses its arguments ([`cli`]) into a command and plain
+//!    options, and runs the command's file in [`ctl`].
+//! 2. A mutating command takes the [`cluster::ClusterLock`], loads the
+//!    config ([`cluster::store`]), changes it, and commits: the serial is
+//!    bumped, `config.json` saved, the local copies written, and the new
+//!    state pushed ([`cluster::push`]) to every other online node through
+//!    [`rpc::fanout`], each connection verified by [`rpc::RpcClient`].
+//! 3. Each node's daemon checks what it is sent (cluster name, serial) and
+//!    writes it atomically; its map reload then admits or closes clients.
+//! 4. The command prints per-node lines and decides its exit code
+//!    ([`ctl::Outcome`]): 0, 1, or 3 when a node did not take the change.
 
 /// Prints a line to stdout like `println!`, except that a closed stdout
 /// (`nodectl list | head -1`) is not a panic.
 #[macro_export]
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::ctl::say_line(&format!($($arg)*))
+        $crate::ctl::output::say_line(&format!($($arg)*))
     };
 }
 
-pub mod auth;
-pub mod budget;
 pub mod cli;
-pub mod client;
-pub mod config;
+pub mod cluster;
+pub mod core;
 pub mod ctl;
 pub mod daemon;
-pub mod error;
-pub mod frame;
-pub mod hsm;
-pub mod keystore;
 pub mod logging;
 pub mod man;
-pub mod metrics;
 pub mod pki;
-pub mod reload;
-pub mod server;
+pub mod rpc;
 pub mod state;
-pub mod tls;
+pub mod wire;
 
-pub use error::{Error, Result};
-pub mod cluster;
-pub mod join;
-pub mod lifecycle;
-pub mod progress;
-pub mod renew;
-pub mod roles;
-pub mod ssh;
-pub mod token;
-pub mod verify;
+pub use crate::core::{Error, Result};

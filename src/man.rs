@@ -1,17 +1,7 @@
 //! Man pages generated from the clap definitions, with the sections an
 //! operator needs that clap does not know: files, the map format, exit codes.
-
-use clap::CommandFactory;
-
-use crate::cli::{NodectlArgs, NodedArgs};
-
-/// `(name, command)` of each page.
-pub fn pages() -> Vec<(&'static str, clap::Command)> {
-    vec![
-        ("noded", NodedArgs::command()),
-        ("nodectl", NodectlArgs::command()),
-    ]
-}
+//! The pages are rendered from whatever `clap::Command` they are given; the
+//! command line (`crate::cli`) knows which.
 
 const FILES: &str = r#".SH FILES
 All paths are relative to the state directory (\fB\-\-state\-dir\fR, default \fI/var/lib/noded\fR).

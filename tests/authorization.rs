@@ -197,7 +197,7 @@ async fn map_changes_apply_to_open_and_new_connections() {
 
     // Connected, then removed: the open connection is closed.
     let mut conn = second_client.connect("m2", &node.address).await.unwrap();
-    conn.call(noded::frame::Procedure::Ping).await.unwrap();
+    conn.call(noded::wire::Procedure::Ping).await.unwrap();
     node.write_map(&master);
     let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_response()).await;
     match closed {
@@ -313,7 +313,7 @@ async fn resumption_cannot_readmit_a_removed_candidate() {
     node.write_map(&CandidateMap::from_entries(entries));
 
     // A client that WANTS to resume: default in-memory session cache.
-    let mut config = rustls::ClientConfig::builder_with_provider(noded::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(noded::pki::provider::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates({
@@ -326,7 +326,7 @@ async fn resumption_cannot_readmit_a_removed_candidate() {
         .with_client_auth_cert(second.chain.clone(), second.key.clone_key())
         .unwrap();
     config.resumption = rustls::client::Resumption::in_memory_sessions(32);
-    let resuming = noded::client::RpcClient::new(Arc::new(config));
+    let resuming = noded::rpc::RpcClient::new(Arc::new(config));
     assert!(eventually(&resuming, &node, true).await);
     ping(&resuming, &node).await.unwrap();
     node.write_map(&master);

@@ -28,7 +28,7 @@ fn whole(node: &Node) {
         noded::cluster::load_config(s).unwrap_or_else(|e| panic!("{}: {e}", node.name));
     }
     if s.tokens_json().exists() {
-        noded::token::TokenStore::load(s).unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        noded::state::token::TokenStore::load(s).unwrap_or_else(|e| panic!("{}: {e}", node.name));
     }
     s.load_identity().unwrap();
 }

@@ -283,8 +283,8 @@ async fn small_budgets_are_honoured() {
     let candidate = client(&node, Some(&node_identity(&node)));
     let mut first = candidate.connect("f3", &node.address).await.unwrap();
     let mut second = candidate.connect("f3", &node.address).await.unwrap();
-    first.call(noded::frame::Procedure::Ping).await.unwrap();
-    second.call(noded::frame::Procedure::Ping).await.unwrap();
+    first.call(noded::wire::Procedure::Ping).await.unwrap();
+    second.call(noded::wire::Procedure::Ping).await.unwrap();
     assert!(
         ping(&candidate, &node).await.is_err(),
         "third connection served"

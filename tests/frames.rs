@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use noded::frame::{Procedure, Reply, RpcErrorKind};
+use noded::wire::{Procedure, Reply, RpcErrorKind};
 
 use crate::support::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use noded::frame::Procedure;
+use noded::wire::Procedure;
 use ssconf::Ssconf;
 
 use crate::support::*;
@@ -127,7 +127,7 @@ async fn grow_promote_demote_offline_failover_remove() {
 
     // b holds a connection open to c, then is demoted: the connection is
     // closed, new ones are refused, and its secrets and key are gone.
-    let b_client = noded::client::RpcClient::from_state(&b.state).unwrap();
+    let b_client = noded::rpc::RpcClient::from_state(&b.state).unwrap();
     let mut open = b_client.connect("c", &c.address).await.unwrap();
     open.call(Procedure::Ping).await.unwrap();
     run_ok(&m, &["modify", "b", "--master-candidate=no"]);
@@ -224,7 +224,7 @@ fn refused_joins_leave_the_cluster_unchanged() {
 
     // Revoked.
     let token = create_token(&m, &[]);
-    let id = noded::token::JoinToken::parse(&token).unwrap().id;
+    let id = noded::state::token::JoinToken::parse(&token).unwrap().id;
     run_ok(&m, &["token", "revoke", &id]);
     let (code, err) = try_join(&token, "x2");
     assert_eq!(code, Some(1));
@@ -302,7 +302,7 @@ fn refused_joins_leave_the_cluster_unchanged() {
     assert!(!std::fs::read_to_string(m.state.tokens_json())
         .unwrap()
         .contains(
-            noded::token::JoinToken::parse(&token)
+            noded::state::token::JoinToken::parse(&token)
                 .unwrap()
                 .secret
                 .expose()
@@ -447,12 +447,12 @@ fn online_reissues_a_certificate_that_changed() {
     )
     .unwrap();
     let replaced =
-        noded::ctl::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
+        noded::pki::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
     let _da = Daemon::start(&a, &[]);
     let out = run_ok(&m, &["modify", "a", "--offline=no"]);
     assert!(out.contains("issuing a new one"), "{out}");
     let now =
-        noded::ctl::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
+        noded::pki::file_digest(&a.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
     assert_ne!(now, replaced);
     let list: serde_json::Value = serde_json::from_str(&run_ok(&m, &["list", "--json"])).unwrap();
     let rec = list["nodes"]

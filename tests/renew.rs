@@ -7,7 +7,7 @@ use ssconf::DigestAlgorithm;
 use crate::support::*;
 
 fn digest(node: &Node) -> String {
-    noded::ctl::file_digest(&node.state.client_pem(), DigestAlgorithm::Sha256)
+    noded::pki::file_digest(&node.state.client_pem(), DigestAlgorithm::Sha256)
         .unwrap()
         .to_string()
 }

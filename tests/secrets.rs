@@ -36,7 +36,7 @@ fn no_secret_in_logs_and_no_file_too_open() {
     let (a, da) = join_and_start(&m, "a", &[]);
     let (b, db) = join_and_start(&m, "b", &[]);
     let token = create_token(&m, &[]);
-    let secret = noded::token::JoinToken::parse(&token)
+    let secret = noded::state::token::JoinToken::parse(&token)
         .unwrap()
         .secret
         .expose()

@@ -272,7 +272,7 @@ fn demoted_candidate_key_is_refused_by_real_sshd() {
     let c_keys = c.state.authorized_keys();
     let before = std::fs::read_to_string(&c_keys).unwrap_or_default();
     assert!(
-        before.contains(noded::ssh::END),
+        before.contains(noded::state::ssh::END),
         "c's authorized_keys has no managed block after the join:\n{before}"
     );
     std::fs::write(&c_keys, format!("{before}{operator}\n")).unwrap();
@@ -322,12 +322,13 @@ fn demoted_candidate_key_is_refused_by_real_sshd() {
         after.lines().any(|l| l == operator),
         "the operator's line is gone from c's authorized_keys:\n{after}"
     );
-    let managed = noded::ssh::managed_keys(&after).unwrap();
+    let managed = noded::state::ssh::managed_keys(&after).unwrap();
     assert!(
         !managed.iter().any(|k| k == operator),
         "the operator's line moved into the managed block:\n{after}"
     );
-    let b_public = noded::ssh::public_of(&std::fs::read_to_string(&stolen).unwrap()).unwrap();
+    let b_public =
+        noded::state::ssh::public_of(&std::fs::read_to_string(&stolen).unwrap()).unwrap();
     assert!(
         !after.contains(b_public.trim()),
         "demoted b's public key is still in c's authorized_keys:\n{after}"

@@ -7,10 +7,10 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use noded::client::RpcClient;
-use noded::frame::{Procedure, Reply};
 use noded::pki::{self, CertificateAuthority, CertificateSigner, NodeKey};
+use noded::rpc::RpcClient;
 use noded::state::{NodeIdentity, StateDir};
+use noded::wire::{Procedure, Reply};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use ssconf::{CandidateMap, CertDigest, DigestAlgorithm, Ssconf};
@@ -396,8 +396,10 @@ pub fn self_signed(name: &str) -> Identity {
 pub fn client(node: &Node, identity: Option<&Identity>) -> RpcClient {
     let ca = node.ca_certs();
     let config = match identity {
-        Some(id) => noded::tls::client_config(&ca, id.chain.clone(), id.key.clone_key()).unwrap(),
-        None => noded::tls::anonymous_client_config(&ca).unwrap(),
+        Some(id) => {
+            noded::rpc::tls::client_config(&ca, id.chain.clone(), id.key.clone_key()).unwrap()
+        }
+        None => noded::rpc::tls::anonymous_client_config(&ca).unwrap(),
     };
     let mut client = RpcClient::new(config);
     client.connect_timeout = Duration::from_secs(5);
@@ -444,7 +446,7 @@ pub fn client_without_the_key(node: &Node, cert: &Identity, key: &Identity) -> R
             true
         }
     }
-    let provider = noded::tls::provider();
+    let provider = noded::pki::provider::provider();
     let signing = provider
         .key_provider
         .load_private_key(key.key.clone_key())

@@ -285,7 +285,7 @@ fn role_files_follow_the_role() {
 #[test]
 fn authorized_keys_and_reachability() {
     let mut k = cluster();
-    noded::ssh::write_authorized_keys(&k.b.state.authorized_keys(), &[]).unwrap();
+    noded::state::ssh::write_authorized_keys(&k.b.state.authorized_keys(), &[]).unwrap();
     let doc = expect(&k.m, &[("ERROR", "b", "AUTHORIZED_KEYS_DIFFER")]);
     run_fix(&k.m, &doc, "b");
     expect(&k.m, &[]);

@@ -19,10 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(noded::ctl::run(args)) {
+    match runtime.block_on(noded::cli::run_nodectl(args)) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
-            eprintln!("error: {}", noded::error::chain(&e));
+            eprintln!("error: {}", noded::core::chain(&e));
             ExitCode::from(1)
         }
     }

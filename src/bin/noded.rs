@@ -18,10 +18,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(noded::daemon::serve(args)) {
+    match runtime.block_on(noded::daemon::serve(args.daemon_options())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", noded::error::chain(&e));
+            eprintln!("error: {}", noded::core::chain(&e));
             ExitCode::from(1)
         }
     }

@@ -1,0 +1,13 @@
+//! The cluster as the master changes it: the lock of mutating commands
+//! ([`lock`]), the config this node holds ([`store`]), commit and push to
+//! the nodes ([`push`]), and the consistency checks of `verify`
+//! ([`verify`]).
+
+pub mod lock;
+pub mod push;
+pub mod store;
+pub mod verify;
+
+pub use lock::ClusterLock;
+pub use push::{apply_locally, call, candidate_ssh_keys, commit, push, PushItems, PushOutcome};
+pub use store::{load_config, master_config, save_config};

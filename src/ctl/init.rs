@@ -1,0 +1,120 @@
+//! `nodectl init`: a new cluster with this node as its master.
+
+use ssconf::DigestAlgorithm;
+
+use super::Outcome;
+use crate::core::{hex, Error, Result};
+use crate::pki::keystore::{FileKeyStore, KeyStore};
+use crate::pki::{CertInfo, CertificateSigner, NodeKey};
+use crate::state::config::{ClusterConfig, NodeRecord, NodeRole};
+use crate::state::{self, NodeFiles, NodeIdentity, SshPaths, StateDir};
+
+/// What `nodectl init` was asked for, checked by the command line.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub cluster_name: String,
+    pub node_name: String,
+    pub address: String,
+    pub digest: DigestAlgorithm,
+    pub candidate_pool_size: u32,
+    pub cert_days: u32,
+    /// A `pkcs11:` URI for the CA key, instead of `ca.key`.
+    pub ca_key: Option<String>,
+    pub ssh: SshPaths,
+}
+
+/// `nodectl init`: a new cluster with this node as master.
+pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
+    crate::state::config::check_name("cluster name", &opts.cluster_name)?;
+    crate::state::config::check_name("node name", &opts.node_name)?;
+    crate::state::config::check_address(&opts.address)?;
+    if state.is_initialised() {
+        return Err(Error::Invalid(format!(
+            "{} is already initialised (node.json exists); refusing to overwrite a node's state",
+            state.root().display()
+        )));
+    }
+    let token_store = opts
+        .ca_key
+        .as_deref()
+        .map(crate::pki::hsm::Pkcs11Uri::parse)
+        .transpose()?
+        .map(crate::pki::keystore::Pkcs11KeyStore::new);
+    state::create_dir(state.root(), 0o755)?;
+    // The CA outlives the certificates it signs.
+    let ca_days = opts.cert_days.saturating_mul(10).min(36500);
+    // The token (when named) is opened, and its key made or found, before
+    // anything else is written: a wrong PIN or label leaves no state behind.
+    let store: Box<dyn KeyStore> = match token_store {
+        Some(store) => Box::new(store),
+        None => Box::new(FileKeyStore::new(state)),
+    };
+    let ca = store.create_ca(&opts.cluster_name, ca_days)?;
+    let (server_pem, server_key) =
+        ca.issue_server_certificate(&opts.cluster_name, opts.cert_days)?;
+    let node_key = NodeKey::generate()?;
+    let client_pem = ca.sign_client_csr(&node_key.client_csr(&opts.node_name)?, opts.cert_days)?;
+    let client_der = crate::pki::load_certs_from_pem(&client_pem)?;
+    // The master is a master candidate: it has its own SSH key pair.
+    let (ssh_private, ssh_public) = crate::state::ssh::generate(&opts.node_name)?;
+    let master = NodeRecord {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        name: opts.node_name.clone(),
+        address: opts.address.clone(),
+        role: NodeRole::Master,
+        offline: false,
+        digest: opts.digest.digest(&client_der).to_string(),
+        cert_expires: CertInfo::from_der(&client_der)?.not_after,
+        ssh_public_key: Some(ssh_public.clone()),
+        next_digest: None,
+    };
+    let config = ClusterConfig {
+        cluster_name: opts.cluster_name.clone(),
+        serial: 1,
+        candidate_pool_size: opts.candidate_pool_size,
+        digest: opts.digest.into(),
+        cert_days: opts.cert_days,
+        ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
+        ca_key: opts.ca_key.clone(),
+        nodes: vec![master.clone()],
+    };
+    let identity = NodeIdentity {
+        uuid: master.uuid.clone(),
+        name: opts.node_name.clone(),
+        address: opts.address.clone(),
+        ssh_dir: opts.ssh.ssh_dir.clone(),
+        authorized_keys: opts.ssh.authorized_keys.clone(),
+    };
+    let state = &state.clone().with_ssh_paths(&opts.ssh);
+    state.write_node_files(&NodeFiles {
+        identity: &identity,
+        ca_pem: ca.cert_pem(),
+        server_pem: &server_pem,
+        server_key: &server_key,
+        client_key: &node_key.to_pem(),
+        client_pem: &client_pem,
+        ssconf: &config.to_ssconf()?,
+        ca_key: None,
+        config_json: Some(&state::to_json(&config)?),
+        ssh_key_pair: Some((&ssh_private, &ssh_public)),
+        authorized_keys: std::slice::from_ref(&ssh_public),
+    })?;
+    crate::say!(
+        "initialised cluster {} with master {} ({})",
+        opts.cluster_name,
+        opts.node_name,
+        opts.address
+    );
+    crate::say!("  state directory  {}", state.root().display());
+    crate::say!(
+        "  CA sha256        {}",
+        DigestAlgorithm::Sha256.digest(ca.cert_der())
+    );
+    crate::say!("  CA key           {}", store.describe());
+    crate::say!("  client digest    {} ({})", master.digest, opts.digest);
+    crate::say!(
+        "start the daemon:  noded --state-dir {}",
+        state.root().display()
+    );
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,515 @@
+//! Role changes (SPEC §6), as the master carries them out: promote, demote,
+//! offline, online, remove, and master failover (run on a candidate).
+//!
+//! Each runs under the cluster lock and ends with a [`cluster::commit`]; a
+//! node that could not be reached is named and the command exits 3.
+
+use super::{progress, Outcome};
+use crate::cluster::{self, ClusterLock, PushItems, PushOutcome};
+use crate::core::{Error, Result};
+use crate::pki::CertificateSigner;
+use crate::rpc::RpcClient;
+use crate::state::config::{ClusterConfig, NodeRecord, NodeRole};
+use crate::state::{self, StateDir};
+use crate::wire::{Procedure, Reply};
+
+fn find<'a>(config: &'a ClusterConfig, name: &str) -> Result<&'a NodeRecord> {
+    config.node(name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "unknown node {name:?}; `nodectl list` shows the cluster's nodes"
+        ))
+    })
+}
+
+fn find_mut<'a>(config: &'a mut ClusterConfig, name: &str) -> Result<&'a mut NodeRecord> {
+    config
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .ok_or_else(|| Error::Invalid(format!("unknown node {name:?}")))
+}
+
+fn online_candidates(config: &ClusterConfig) -> usize {
+    config
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_candidate() && !n.offline)
+        .count()
+}
+
+fn config_json(config: &ClusterConfig) -> Result<String> {
+    String::from_utf8(state::to_json(config)?)
+        .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))
+}
+
+fn outcome(push: &PushOutcome) -> Outcome {
+    push.report();
+    if push.is_complete() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    }
+}
+
+/// The context every master-side change needs.
+struct Master {
+    state: StateDir,
+    client: RpcClient,
+    config: ClusterConfig,
+    _lock: ClusterLock,
+}
+
+impl Master {
+    fn open(state: &StateDir, wait: bool, what: &str) -> Result<Master> {
+        cluster::master_config(state)?;
+        let lock = ClusterLock::acquire(state, wait, what)?;
+        // Re-read under the lock: another command may have just changed it.
+        let config = cluster::master_config(state)?;
+        Ok(Master {
+            state: state.clone(),
+            client: RpcClient::from_state(state)?,
+            config,
+            _lock: lock,
+        })
+    }
+
+    async fn commit(&mut self, items: PushItems, skip: &[&str]) -> Result<PushOutcome> {
+        progress::commit(&self.state, &self.client, &mut self.config, items, skip).await
+    }
+
+    /// Makes `name` a master candidate: CA key and config to it, its own SSH
+    /// key pair, then the new map, config and authorized_keys everywhere.
+    async fn promote(&mut self, name: &str) -> Result<PushOutcome> {
+        let node = find(&self.config, name)?.clone();
+        if node.offline {
+            return Err(Error::Invalid(format!(
+                "{name} is offline; bring it online first (`nodectl modify {name} --offline=no`)"
+            )));
+        }
+        // Loaded (for a token: reached and checked) before anything changes.
+        let ca_key = crate::pki::keystore::candidate_copy(&self.state, &self.config)?;
+        let mut next = self.config.clone();
+        find_mut(&mut next, name)?.role = NodeRole::Candidate;
+        let unreachable =
+            |e: Error| Error::Invalid(format!("cannot promote {name}: {e}; nothing was changed"));
+        let mut conn = self
+            .client
+            .connect(&node.name, &node.address)
+            .await
+            .map_err(unreachable)?;
+        conn.call(Procedure::InstallCandidateFiles {
+            ca_key,
+            config_json: config_json(&next)?,
+        })
+        .await
+        .map_err(unreachable)?;
+        let public = match conn.call(Procedure::GenerateSshKey).await {
+            Ok(Reply::SshPublicKey(key)) => key,
+            other => {
+                // Take back what the node was given.
+                let _ = conn.call(Procedure::RemoveCandidateFiles).await;
+                return Err(Error::Invalid(format!(
+                    "cannot promote {name}: no SSH key from it ({other:?}); nothing was changed"
+                )));
+            }
+        };
+        crate::state::ssh::check_public(&public)?;
+        let record = find_mut(&mut self.config, name)?;
+        record.role = NodeRole::Candidate;
+        record.ssh_public_key = Some(public);
+        self.commit(PushItems::ALL, &[]).await
+    }
+
+    /// Makes `name` a regular node: the new map reaches every online node
+    /// first, then its CA key, config and SSH private key go, then its
+    /// public key leaves every authorized_keys.
+    async fn demote(&mut self, name: &str) -> Result<PushOutcome> {
+        let node = find(&self.config, name)?.clone();
+        let record = find_mut(&mut self.config, name)?;
+        record.role = NodeRole::Regular;
+        record.ssh_public_key = None;
+        let mut result = self
+            .commit(
+                PushItems {
+                    ssconf: true,
+                    config: true,
+                    authorized_keys: false,
+                },
+                &[],
+            )
+            .await?;
+        if !node.offline {
+            if let Err(e) =
+                cluster::call(&self.client, &node, Procedure::RemoveCandidateFiles).await
+            {
+                result.unreachable.push((
+                    name.to_owned(),
+                    format!("its CA key, config and SSH key could not be removed: {e}"),
+                ));
+            }
+        }
+        let keys = self.push_authorized_keys().await?;
+        result.unreachable.extend(keys.unreachable);
+        Ok(result)
+    }
+
+    async fn push_authorized_keys(&self) -> Result<PushOutcome> {
+        let items = PushItems {
+            ssconf: false,
+            config: false,
+            authorized_keys: true,
+        };
+        cluster::apply_locally(&self.state, &self.config, items)?;
+        let me = self.state.load_identity()?.name;
+        progress::push(&self.client, &self.config, items, &[&me]).await
+    }
+
+    /// An online regular node to promote in place of `leaving`.
+    fn replacement(&self, leaving: &str) -> Option<String> {
+        let mut eligible: Vec<&NodeRecord> = self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Regular && !n.offline && n.name != leaving)
+            .collect();
+        eligible.sort_by(|a, b| a.name.cmp(&b.name));
+        eligible.first().map(|n| n.name.clone())
+    }
+
+    /// Applies the pool-size rule to `name` leaving the candidates.
+    async fn keep_pool(
+        &mut self,
+        name: &str,
+        auto_promote: bool,
+        strict: bool,
+    ) -> Result<PushOutcome> {
+        let remaining = online_candidates(&self.config).saturating_sub(1);
+        let pool = self.config.candidate_pool_size as usize;
+        if remaining >= pool {
+            return Ok(PushOutcome::default());
+        }
+        if auto_promote {
+            let Some(other) = self.replacement(name) else {
+                return Err(Error::Invalid(format!(
+                    "no online regular node to promote in place of {name}"
+                )));
+            };
+            crate::say!("promoting {other} to keep {pool} master candidates");
+            return self.promote(&other).await;
+        }
+        if strict {
+            return Err(Error::Invalid(format!(
+                "this would leave {remaining} master candidates, fewer than the pool size {pool}; pass --auto-promote to promote another node"
+            )));
+        }
+        eprintln!("warning: {remaining} master candidates remain, fewer than the pool size {pool}");
+        Ok(PushOutcome::default())
+    }
+}
+
+/// `nodectl modify NODE --master-candidate=yes|no`.
+pub async fn set_candidate(
+    state: &StateDir,
+    name: &str,
+    yes: bool,
+    auto_promote: bool,
+    wait: bool,
+) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("modify {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if yes {
+        if node.role == NodeRole::Master {
+            // Nothing to promote; send everyone the state again.
+            let push = master.commit(PushItems::ALL, &[]).await?;
+            crate::say!("{name} is the master; cluster state sent again");
+            return Ok(outcome(&push));
+        }
+        // On a candidate this re-installs its files and key: a repair.
+        let push = master.promote(name).await?;
+        crate::say!(
+            "{name} is now a master candidate (serial {})",
+            master.config.serial
+        );
+        return Ok(outcome(&push));
+    }
+    match node.role {
+        NodeRole::Master => Err(Error::Invalid(format!(
+            "{name} is the master and cannot be demoted; run `nodectl master-failover` on another candidate first"
+        ))),
+        NodeRole::Regular => {
+            // A repair: make sure it holds nothing a candidate holds.
+            let mut push = PushOutcome::default();
+            if !node.offline {
+                if let Err(e) = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await {
+                    push.unreachable.push((name.to_owned(), e.to_string()));
+                }
+            }
+            let sent = master.commit(PushItems::ALL, &[]).await?;
+            push.unreachable.extend(sent.unreachable);
+            crate::say!("{name} is a regular node; candidate files removed, state sent again");
+            Ok(outcome(&push))
+        }
+        NodeRole::Candidate => {
+            let mut push = master.keep_pool(name, auto_promote, true).await?;
+            let demoted = master.demote(name).await?;
+            push.unreachable.extend(demoted.unreachable);
+            crate::say!("{name} is now a regular node (serial {})", master.config.serial);
+            Ok(outcome(&push))
+        }
+    }
+}
+
+/// `nodectl modify NODE --offline=yes|no`.
+pub async fn set_offline(
+    state: &StateDir,
+    name: &str,
+    yes: bool,
+    auto_promote: bool,
+    wait: bool,
+) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("modify {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if node.role == NodeRole::Master {
+        if !yes {
+            // The master is online by definition: send everyone the state.
+            let push = master.commit(PushItems::ALL, &[]).await?;
+            crate::say!("{name} is the master; cluster state sent again");
+            return Ok(outcome(&push));
+        }
+        return Err(Error::Invalid(format!(
+            "{name} is the master and cannot be offlined; run `nodectl master-failover` on another candidate first"
+        )));
+    }
+    if yes && node.offline {
+        crate::say!("{name} is already offline");
+        return Ok(Outcome::Success);
+    }
+    // `--offline=no` on an online node goes through the online steps
+    // again: a repair that re-sends its state and re-issues a certificate
+    // that does not match the record.
+    if yes {
+        let mut push = if node.role.is_candidate() {
+            master.keep_pool(name, auto_promote, false).await?
+        } else {
+            PushOutcome::default()
+        };
+        find_mut(&mut master.config, name)?.offline = true;
+        // As a demotion for the map: every other node first.
+        let others = master.commit(PushItems::ALL, &[name]).await?;
+        push.unreachable.extend(others.unreachable);
+        // Best effort: the node may be gone.
+        match cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await {
+            Ok(_) => {}
+            Err(e) if node.role.is_candidate() => eprintln!(
+                "warning: could not remove the CA key and config from {name} ({e}); they will be removed when it comes back online"
+            ),
+            Err(_) => {}
+        }
+        crate::say!("{name} is offline (serial {})", master.config.serial);
+        return Ok(outcome(&push));
+    }
+    // Online: the node gets the current state first, then everyone else.
+    find_mut(&mut master.config, name)?.offline = false;
+    catch_up(&master, &node).await;
+    let reach =
+        |e: Error| Error::Invalid(format!("cannot bring {name} online: {e}; it stays offline"));
+    let mut conn = master
+        .client
+        .connect(&node.name, &node.address)
+        .await
+        .map_err(reach)?;
+    if let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? {
+        let alg: ssconf::DigestAlgorithm = master.config.digest.into();
+        // The certificate as it is on the node's disk now.
+        let der = crate::pki::load_certs_from_pem(&info.client_cert_pem).ok();
+        let actual = der
+            .as_ref()
+            .map(|der| alg.digest(der).to_string())
+            .unwrap_or_default();
+        // Issued by a CA the cluster no longer uses (it missed a rotation)?
+        let current_ca = crate::pki::load_certs(&master.state.ca_pem())?;
+        let from_current_ca = der.as_ref().is_some_and(|der| {
+            crate::pki::chains_to(der, &current_ca, rustls_pki_types::UnixTime::now()).is_ok()
+        });
+        if actual != node.digest || !from_current_ca {
+            // Not the certificate the master signed for it: issue a new one,
+            // for a key the node makes now.
+            crate::say!("{name}'s client certificate is not the one on record; issuing a new one");
+            let Reply::Csr(csr) = conn
+                .call(Procedure::PrepareClientKey)
+                .await
+                .map_err(reach)?
+            else {
+                return Err(reach(Error::Invalid("no CSR in the reply".into())));
+            };
+            let ca = crate::pki::keystore::load_ca(&master.state, &master.config)?;
+            let cert_pem = ca.sign_client_csr(&csr, master.config.cert_days)?;
+            let der = crate::pki::load_certs_from_pem(&cert_pem)?;
+            conn.call(Procedure::InstallClientCert { cert_pem })
+                .await
+                .map_err(reach)?;
+            let record = find_mut(&mut master.config, name)?;
+            record.digest = alg.digest(&der).to_string();
+            record.cert_expires = crate::pki::CertInfo::from_der(&der)?.not_after;
+        }
+    }
+    drop(conn);
+    let mut push = PushOutcome::default();
+    if node.role.is_candidate() {
+        find_mut(&mut master.config, name)?.role = NodeRole::Regular;
+        // Re-promote: CA key, config, its own SSH key, everywhere.
+        push = master.promote(name).await?;
+    } else {
+        let removed = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await;
+        if let Err(e) = removed {
+            push.unreachable.push((name.to_owned(), e.to_string()));
+        }
+        let done = master.commit(PushItems::ALL, &[]).await?;
+        push.unreachable.extend(done.unreachable);
+    }
+    // Its ca.pem as every node's (after a CA rotation it missed, it still
+    // trusts the old CA too).
+    if let Err(e) = finish_ca_catch_up(&master, &node).await {
+        push.unreachable.push((name.to_owned(), e.to_string()));
+    }
+    crate::say!("{name} is online (serial {})", master.config.serial);
+    Ok(outcome(&push))
+}
+
+/// A node that missed a renewal of the master's own certificate (it was
+/// offline) refuses the master's new one; the previous one, which its map
+/// still holds, brings it the current map once.
+async fn catch_up(master: &Master, node: &NodeRecord) {
+    let current = cluster::call(&master.client, node, Procedure::Ping).await;
+    let stale = match &current {
+        Ok(_) => false,
+        // Its map lacks the master's current certificate, or it serves with
+        // a certificate of a CA the master no longer trusts.
+        Err(Error::NotAuthorized { .. }) => true,
+        Err(Error::Unreachable { reason, .. }) => reason.contains("does not trust"),
+        Err(_) => false,
+    };
+    if !stale {
+        return;
+    }
+    let Ok(Some(previous)) = RpcClient::previous_from_state(&master.state) else {
+        return;
+    };
+    let result = async {
+        let ssconf = master.config.to_ssconf()?;
+        let mut conn = previous.connect(&node.name, &node.address).await?;
+        // The CAs first (so it trusts the master's current certificate),
+        // then the server certificate of the current CA, then the map.
+        let ca_pem = std::fs::read_to_string(master.state.ca_pem())
+            .map_err(Error::io(master.state.ca_pem()))?;
+        let mut bundle = ca_pem.clone();
+        let prev_ca = master.state.ca_prev_pem();
+        if let Ok(old) = std::fs::read_to_string(&prev_ca) {
+            bundle.push_str(&old);
+        }
+        if bundle != ca_pem {
+            conn.call(Procedure::InstallCaBundle { ca_pem: bundle })
+                .await?;
+            let (cert_pem, key) = crate::pki::pair::read_server_pair(&master.state)?;
+            conn.call(Procedure::InstallServerCert { cert_pem, key })
+                .await?;
+        }
+        conn.call(Procedure::WriteSsconf {
+            files: ssconf.render(),
+        })
+        .await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => crate::say!(
+            "{}: caught up with the master's previous certificate",
+            node.name
+        ),
+        Err(e) => eprintln!("warning: {}: could not catch it up: {e}", node.name),
+    }
+}
+
+/// Once a node that missed a CA rotation has its new client certificate,
+/// it trusts the current CA only, like every other node.
+async fn finish_ca_catch_up(master: &Master, node: &NodeRecord) -> Result<()> {
+    let ca_pem =
+        std::fs::read_to_string(master.state.ca_pem()).map_err(Error::io(master.state.ca_pem()))?;
+    cluster::call(&master.client, node, Procedure::InstallCaBundle { ca_pem }).await?;
+    Ok(())
+}
+
+/// `nodectl remove NODE`.
+pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome> {
+    let mut master = Master::open(state, wait, &format!("remove {name}"))?;
+    let node = find(&master.config, name)?.clone();
+    if node.role == NodeRole::Master {
+        return Err(Error::Invalid(format!(
+            "{name} is the master and cannot be removed; run `nodectl master-failover` on another candidate first"
+        )));
+    }
+    if node.role.is_candidate() && !node.offline {
+        master.keep_pool(name, false, false).await?;
+    }
+    master.config.nodes.retain(|n| n.name != name);
+    let mut push = master.commit(PushItems::ALL, &[]).await?;
+    if !node.offline {
+        if let Err(e) = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await
+        {
+            if node.role.is_candidate() {
+                push.unreachable
+                    .push((name.to_owned(), format!("its keys could not be wiped: {e}")));
+            }
+        }
+    }
+    crate::say!("{name} removed (serial {})", master.config.serial);
+    Ok(outcome(&push))
+}
+
+/// `nodectl master-failover`, on a master candidate.
+pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
+    state.check_initialised()?;
+    let identity = state.load_identity()?;
+    if !state.config_json().exists() {
+        return Err(Error::Invalid(
+            "this node is not a master candidate (it holds no config.json); run master-failover on a master candidate".into(),
+        ));
+    }
+    let _lock = ClusterLock::acquire(state, wait, "master-failover")?;
+    let mut config = cluster::load_config(state)?;
+    let me = config
+        .nodes
+        .iter()
+        .find(|n| n.uuid == identity.uuid)
+        .cloned()
+        .ok_or_else(|| Error::Invalid("this node is not in its own cluster config".into()))?;
+    match me.role {
+        NodeRole::Master => {
+            crate::say!("{} is already the master", me.name);
+            return Ok(Outcome::Success);
+        }
+        NodeRole::Regular => {
+            return Err(Error::Invalid(
+                "this node is not a master candidate; promote it first".into(),
+            ))
+        }
+        NodeRole::Candidate => {}
+    }
+    let old = config.master()?.name.clone();
+    for node in &mut config.nodes {
+        if node.role == NodeRole::Master {
+            node.role = NodeRole::Candidate;
+        }
+        if node.uuid == identity.uuid {
+            node.role = NodeRole::Master;
+            node.offline = false;
+        }
+    }
+    let client = RpcClient::from_state(state)?;
+    let push = progress::commit(state, &client, &mut config, PushItems::ALL, &[]).await?;
+    crate::say!(
+        "{} is the master now (serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
+        me.name, config.serial
+    );
+    Ok(outcome(&push))
+}

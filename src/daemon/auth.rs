@@ -1,0 +1,483 @@
+//! The authorization decision: who may issue RPCs to this node.
+//!
+//! A client is admitted only if BOTH hold:
+//! 1. its certificate chains to the cluster CA (rustls-webpki, which also
+//!    checks validity dates and the clientAuth purpose), and
+//! 2. the certificate's digest is an entry of the candidate map.
+//!
+//! The check runs inside the TLS handshake ([`CandidateVerifier`]), so a
+//! refused client gets a TLS alert: `unknown_ca` or `certificate_expired` for
+//! a bad chain, `access_denied` for a certificate not in the map,
+//! `certificate_required` for none at all. The map is read from an
+//! [`arc_swap::ArcSwap`]: one atomic load and one hash per handshake, no lock
+//! and no file I/O.
+//!
+//! The verifier cannot see the peer's address, but the denial log must name
+//! it. So the verifier leaves its [`Verdict`] in a task-local slot that the
+//! connection task (which knows the peer) reads right after the handshake.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use ssconf::{CandidateMap, CertDigest, DigestAlgorithm};
+
+use crate::daemon::budget::Exhausted;
+use crate::daemon::reload::CandidateMapHandle;
+
+/// Why a client was refused or disconnected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialReason {
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The certificate does not chain to the cluster CA, is expired, or is
+    /// not for client authentication.
+    Chain(String),
+    /// The certificate is valid but its digest is not in the candidate map.
+    NotInMap,
+    /// The candidate map changed and no longer holds the certificate's digest.
+    RemovedFromMap,
+    /// The handshake failed for another reason (protocol, timeout).
+    Handshake(String),
+    /// A client without a certificate asked for something other than a join.
+    AnonymousRequest(String),
+    /// A join request was refused (bad token, duplicate name, ...).
+    JoinRefused(String),
+    /// A budget was full: closed before any TLS was spoken, or right after
+    /// the handshake when no connection slot was free.
+    Exhausted(Exhausted),
+}
+
+impl fmt::Display for DenialReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenialReason::NoCertificate => f.write_str("no client certificate"),
+            DenialReason::Chain(e) => write!(f, "certificate not accepted: {e}"),
+            DenialReason::NotInMap => {
+                f.write_str("certificate digest not in the candidate map (not a master candidate)")
+            }
+            DenialReason::RemovedFromMap => {
+                f.write_str("certificate digest removed from the candidate map; connection closed")
+            }
+            DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
+            DenialReason::JoinRefused(why) => write!(f, "join refused: {why}"),
+            DenialReason::Exhausted(budget) => write!(f, "closed: {budget}"),
+            DenialReason::AnonymousRequest(p) => {
+                write!(
+                    f,
+                    "client without a certificate called {p}; only join is allowed"
+                )
+            }
+        }
+    }
+}
+
+/// A refused client, as the denial log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenialReason,
+    /// The certificate's subject, if it presented one.
+    pub subject: Option<String>,
+    /// The certificate's digest in the map's algorithm (SHA-256 if empty).
+    pub digest: Option<CertDigest>,
+}
+
+impl Denial {
+    /// A denial known only by its reason (no certificate was seen).
+    pub fn anonymous(reason: DenialReason) -> Self {
+        Denial {
+            reason,
+            subject: None,
+            digest: None,
+        }
+    }
+}
+
+/// A client the map admits: the entry's uuid names it in logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub uuid: String,
+    pub digest: CertDigest,
+}
+
+/// The outcome of the authorization check for one handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Admitted(Admission),
+    Denied(Denial),
+}
+
+/// The decision, given the chain check's result: chain first (a certificate
+/// we did not sign is refused whatever its digest), then the map.
+pub fn authorize(
+    chain: Result<(), rustls::Error>,
+    map: &CandidateMap,
+    end_entity: &[u8],
+) -> Verdict {
+    let log_digest = || {
+        let alg = map.algorithms().next().unwrap_or(DigestAlgorithm::Sha256);
+        Some(alg.digest(end_entity))
+    };
+    if let Err(e) = chain {
+        return Verdict::Denied(Denial {
+            reason: DenialReason::Chain(e.to_string()),
+            subject: Some(crate::pki::subject_of(end_entity)),
+            digest: log_digest(),
+        });
+    }
+    match map.lookup_der(end_entity) {
+        Some((uuid, digest)) => Verdict::Admitted(Admission {
+            uuid: uuid.to_owned(),
+            digest,
+        }),
+        None => Verdict::Denied(Denial {
+            reason: DenialReason::NotInMap,
+            subject: Some(crate::pki::subject_of(end_entity)),
+            digest: log_digest(),
+        }),
+    }
+}
+
+tokio::task_local! {
+    /// Where [`CandidateVerifier`] leaves its verdict for the connection task.
+    pub static VERDICT: RefCell<Option<Verdict>>;
+}
+
+/// Client certificates whose chain to the CA verified, by the SHA-256 of
+/// their DER (and of the intermediates sent with them), with their
+/// validity window.
+///
+/// The cluster's clients are few and connect again and again with the same
+/// certificate; for each of them the chain check (one ECDSA verification
+/// and a certificate parse, about a sixth of a handshake's CPU) gives the
+/// same answer every time, as long as the trust anchors are the same and
+/// the time is inside the certificate's validity. So a success is
+/// remembered: by exact DER (a re-encoded certificate is another entry),
+/// in the verifier of one TLS configuration (a CA change builds a new
+/// verifier, with an empty cache), and only with the validity re-checked
+/// at each use. Proof of possession (the client's CertificateVerify) and
+/// the map check still run on every handshake; a failure is never
+/// remembered. Reads are one atomic load and a hash lookup; an insertion
+/// copies the map (a new certificate is rare), and the cache holds at most
+/// [`ChainCache::CAPACITY`] certificates, starting over when full.
+#[derive(Debug, Default)]
+struct ChainCache {
+    verified: arc_swap::ArcSwap<std::collections::HashMap<[u8; 32], (i64, i64)>>,
+}
+
+impl ChainCache {
+    const CAPACITY: usize = 4096;
+
+    /// The SHA-256 of the certificate and the intermediates sent with it
+    /// (OpenSSL clients send their CA along), each length-prefixed.
+    fn key(end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for der in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
+            hash.update((der.len() as u64).to_be_bytes());
+            hash.update(der);
+        }
+        hash.finalize().into()
+    }
+
+    /// Whether `key`'s chain verified before and `now` is in its validity.
+    fn holds(&self, key: &[u8; 32], now: UnixTime) -> bool {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        self.verified
+            .load()
+            .get(key)
+            .is_some_and(|&(not_before, not_after)| not_before <= now && now <= not_after)
+    }
+
+    /// Remembers a certificate whose chain just verified.
+    fn insert(&self, key: [u8; 32], end_entity: &[u8]) {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
+            return;
+        };
+        let validity = (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        );
+        self.verified.rcu(|current| {
+            let mut next = if current.len() >= Self::CAPACITY {
+                std::collections::HashMap::new()
+            } else {
+                (**current).clone()
+            };
+            next.insert(key, validity);
+            next
+        });
+    }
+}
+
+/// The daemon's client-certificate verifier: chain AND map.
+#[derive(Debug)]
+pub struct CandidateVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    chain_cache: ChainCache,
+    map: CandidateMapHandle,
+    /// Set while this node is the master: clients without a certificate may
+    /// then complete the handshake, to call the join procedure and nothing
+    /// else. Every other node refuses them in the handshake.
+    anonymous: Arc<AtomicBool>,
+}
+
+impl CandidateVerifier {
+    /// Wraps the webpki chain verifier with the candidate-map check.
+    pub fn new(
+        chain: Arc<dyn ClientCertVerifier>,
+        map: CandidateMapHandle,
+        anonymous: Arc<AtomicBool>,
+    ) -> Self {
+        CandidateVerifier {
+            chain,
+            chain_cache: ChainCache::default(),
+            map,
+            anonymous,
+        }
+    }
+}
+
+impl ClientCertVerifier for CandidateVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.anonymous.load(Ordering::Acquire)
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let key = ChainCache::key(end_entity, intermediates);
+        let chain = if self.chain_cache.holds(&key, now) {
+            Ok(())
+        } else {
+            let chain = self
+                .chain
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ());
+            if chain.is_ok() {
+                self.chain_cache.insert(key, end_entity);
+            }
+            chain
+        };
+        let chain_error = chain.as_ref().err().cloned();
+        let verdict = authorize(chain, &self.map.load(), end_entity);
+        let result = match (&verdict, chain_error) {
+            (Verdict::Admitted(_), _) => Ok(ClientCertVerified::assertion()),
+            // Keep webpki's own error so the alert says what is wrong
+            // (unknown_ca, certificate_expired, ...).
+            (Verdict::Denied(_), Some(e)) => Err(e),
+            (Verdict::Denied(_), None) => Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )),
+        };
+        let _ = VERDICT.try_with(|slot| *slot.borrow_mut() = Some(verdict));
+        result
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// Logs denials, each once, at most [`DenialLog::PER_SECOND`] a second; the
+/// rest are counted and the count is logged when the next second opens.
+#[derive(Debug)]
+pub struct DenialLog {
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Default for DenialLog {
+    fn default() -> Self {
+        DenialLog {
+            window: Mutex::new(Window {
+                start: Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+}
+
+impl DenialLog {
+    /// Denials logged per second before the rest are only counted.
+    pub const PER_SECOND: u32 = 20;
+
+    /// Records one denial of `peer`.
+    pub fn record(&self, peer: SocketAddr, denial: &Denial) {
+        // Only denials take this lock; admitted connections never do.
+        let Ok(mut w) = self.window.lock() else {
+            return;
+        };
+        if w.start.elapsed() >= Duration::from_secs(1) {
+            if w.suppressed > 0 {
+                tracing::warn!(
+                    suppressed = w.suppressed,
+                    "{} more denied connections were not logged (rate limit)",
+                    w.suppressed
+                );
+            }
+            *w = Window {
+                start: Instant::now(),
+                logged: 0,
+                suppressed: 0,
+            };
+        }
+        if w.logged >= Self::PER_SECOND {
+            w.suppressed += 1;
+            return;
+        }
+        w.logged += 1;
+        drop(w);
+        let subject = denial.subject.as_deref().unwrap_or("-");
+        let digest = denial
+            .digest
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into());
+        tracing::warn!(
+            peer = %peer,
+            subject,
+            digest,
+            reason = %denial.reason,
+            "connection denied"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
+    use rustls::server::WebPkiClientVerifier;
+    use time::{Duration as TimeDuration, OffsetDateTime};
+
+    fn verifier(ca: &CertificateAuthority, map: CandidateMap) -> CandidateVerifier {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let chain = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::pki::provider::provider(),
+        )
+        .build()
+        .unwrap();
+        CandidateVerifier::new(
+            chain,
+            CandidateMapHandle::new(map),
+            Arc::new(AtomicBool::new(false)),
+        )
+    }
+
+    fn at(t: OffsetDateTime) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.unix_timestamp() as u64))
+    }
+
+    /// A certificate valid from an hour ago for one day, and a map with it.
+    fn candidate(ca: &CertificateAuthority) -> (CertificateDer<'static>, CandidateMap) {
+        let now = OffsetDateTime::now_utc();
+        let csr = NodeKey::generate().unwrap().client_csr("mc").unwrap();
+        let pem = ca
+            .sign_client_csr_between(
+                &csr,
+                now - TimeDuration::hours(1),
+                now + TimeDuration::days(1),
+            )
+            .unwrap();
+        let der = crate::pki::load_certs_from_pem(&pem).unwrap();
+        let map = CandidateMap::from_entries([("uuid-mc", DigestAlgorithm::Sha256.digest(&der))]);
+        (der, map)
+    }
+
+    #[test]
+    fn a_remembered_chain_still_expires_and_still_needs_the_map() {
+        let ca = CertificateAuthority::generate("c", 30).unwrap();
+        let (cert, map) = candidate(&ca);
+        let v = verifier(&ca, map);
+        let now = OffsetDateTime::now_utc();
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
+        assert!(v.chain_cache.holds(&ChainCache::key(&cert, &[]), at(now)));
+        // Remembered, and used again; with the CA sent along (as OpenSSL
+        // clients do) it is another entry, checked and remembered too.
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
+        let with_ca = [ca.cert_der().clone()];
+        assert!(v.verify_client_cert(&cert, &with_ca, at(now)).is_ok());
+        assert!(v
+            .chain_cache
+            .holds(&ChainCache::key(&cert, &with_ca), at(now)));
+        let expired = v.verify_client_cert(&cert, &with_ca, at(now + TimeDuration::days(2)));
+        assert!(expired.is_err(), "{expired:?}");
+        // Past notAfter (or before notBefore) the cache does not answer:
+        // webpki does, with its own error.
+        let later = v.verify_client_cert(&cert, &[], at(now + TimeDuration::days(2)));
+        assert!(
+            matches!(
+                later,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ExpiredContext { .. }
+                ))
+            ),
+            "{later:?}"
+        );
+        let earlier = v.verify_client_cert(&cert, &[], at(now - TimeDuration::days(1)));
+        assert!(earlier.is_err(), "{earlier:?}");
+        // Out of the map: refused, whatever the cache says of the chain.
+        v.map.publish(CandidateMap::empty());
+        assert!(v.verify_client_cert(&cert, &[], at(now)).is_err());
+    }
+
+    #[test]
+    fn another_ca_starts_with_nothing_remembered() {
+        let old = CertificateAuthority::generate("c", 30).unwrap();
+        let (cert, map) = candidate(&old);
+        let now = at(OffsetDateTime::now_utc());
+        assert!(verifier(&old, map.clone())
+            .verify_client_cert(&cert, &[], now)
+            .is_ok());
+        // A CA rotation builds a new TLS configuration, hence a new verifier.
+        let new = CertificateAuthority::generate("c", 30).unwrap();
+        let v = verifier(&new, map);
+        assert!(v.verify_client_cert(&cert, &[], now).is_err());
+        assert!(!v.chain_cache.holds(&ChainCache::key(&cert, &[]), now));
+    }
+}

@@ -1,0 +1,3 @@
+//! One file per procedure family.
+
+pub mod roles;

@@ -1,0 +1,145 @@
+//! What a node installs and removes for its role (SPEC §3) on the master's
+//! request, and what it reports about itself.
+
+use ssconf::Ssconf;
+
+use crate::core::{Error, Result, Secret};
+use crate::daemon::server::ClientCertFacts;
+use crate::state::config::ClusterConfig;
+use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::wire::NodeInfo;
+
+/// What this node reports about itself (`node-info`), read from disk now.
+pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFacts) -> NodeInfo {
+    let ssconf = Ssconf::load(&state.ssconf_dir());
+    let ssconf_sha256 = match &ssconf {
+        Ok(set) => Ok(fingerprint::ssconf_sha256(set)),
+        Err(e) => Err(e.to_string()),
+    };
+    let authorized_keys = match std::fs::read_to_string(state.authorized_keys()) {
+        Ok(text) => crate::state::ssh::managed_keys(&text).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", state.authorized_keys().display())),
+    };
+    NodeInfo {
+        uuid: identity.uuid.clone(),
+        name: identity.name.clone(),
+        address: identity.address.clone(),
+        client_digest_sha256: cert.sha256.to_string(),
+        client_digest_sha1: cert.sha1.to_string(),
+        client_cert_expires: cert.expires,
+        ssconf_serial: ssconf.as_ref().map(|s| s.serial).unwrap_or(0),
+        role_files: state.role_files(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        client_cert_pem: std::fs::read_to_string(state.client_pem()).unwrap_or_default(),
+        ssconf_sha256,
+        server_pem_sha256: fingerprint::file_sha256(&state.server_pem()),
+        ca_pem_sha256: fingerprint::file_sha256(&state.ca_pem()),
+        authorized_keys,
+    }
+}
+
+/// Parses a pushed config and checks it may replace the one held here:
+/// same cluster, serial not older.
+fn accept_config(state: &StateDir, config_json: &str) -> Result<ClusterConfig> {
+    let config: ClusterConfig = serde_json::from_str(config_json)
+        .map_err(|e| Error::Invalid(format!("pushed config is malformed: {e}")))?;
+    let ssconf = Ssconf::load(&state.ssconf_dir())?;
+    if ssconf.cluster_name != config.cluster_name {
+        return Err(Error::Invalid(format!(
+            "config for cluster {:?} refused: this node belongs to cluster {:?}",
+            config.cluster_name, ssconf.cluster_name
+        )));
+    }
+    if state.config_json().exists() {
+        let current: ClusterConfig = crate::state::read_json(&state.config_json())?;
+        if config.serial < current.serial {
+            return Err(Error::Invalid(format!(
+                "config serial {} is older than the serial {} this node holds; refusing to roll back",
+                config.serial, current.serial
+            )));
+        }
+    }
+    Ok(config)
+}
+
+/// Replaces `config.json` (serial-checked).
+pub fn write_config(state: &StateDir, config_json: &str) -> Result<()> {
+    accept_config(state, config_json)?;
+    state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)
+}
+
+/// Makes this node a master candidate: CA key and config.
+///
+/// `ca_key` is `None` when the config names a PKCS#11 token for the CA key:
+/// then no key file is written, and any stale `ca.key` is removed.
+pub fn install_candidate_files(
+    state: &StateDir,
+    ca_key: Option<&Secret>,
+    config_json: &str,
+) -> Result<()> {
+    let config = accept_config(state, config_json)?;
+    match (ca_key, &config.ca_key) {
+        (Some(ca_key), None) => {
+            // The key must belong to the CA this node trusts.
+            let ca_pem =
+                std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+            crate::pki::CertificateAuthority::from_pem(&ca_pem, ca_key.expose())?
+                .check_key_matches()?;
+            state.write(&state.ca_key(), ca_key.expose().as_bytes(), MODE_SECRET)?;
+        }
+        (None, Some(_)) => {
+            let path = state.ca_key();
+            ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))?;
+        }
+        (Some(_), Some(uri)) => {
+            return Err(Error::Invalid(format!(
+                "refusing a CA key file: the cluster config keeps the CA key in {uri}"
+            )))
+        }
+        (None, None) => {
+            return Err(Error::Invalid(
+                "no CA key was sent and the cluster config names no token for it".into(),
+            ))
+        }
+    }
+    state.write(&state.config_json(), config_json.as_bytes(), MODE_SECRET)
+}
+
+/// Makes this node a regular one: removes the CA key, config, tokens and
+/// the SSH key pair.
+pub fn remove_candidate_files(state: &StateDir) -> Result<()> {
+    for path in [
+        state.ca_key(),
+        state.config_json(),
+        state.tokens_json(),
+        state.ssh_private_key(),
+        state.ssh_public_key(),
+    ] {
+        ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))?;
+    }
+    Ok(())
+}
+
+/// Replaces ca.pem with `ca_pem` (the CAs to trust). Refused if the CA key
+/// this node holds would match none of them.
+pub fn install_ca_bundle(state: &StateDir, ca_pem: &str) -> Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Certificate(format!("CA bundle: {e}")))?;
+    if certs.is_empty() || certs.len() > 2 {
+        return Err(Error::Certificate(format!(
+            "a CA bundle holds one or two certificates, not {}",
+            certs.len()
+        )));
+    }
+    for cert in &certs {
+        webpki::anchor_from_trusted_cert(cert)
+            .map_err(|e| Error::Certificate(format!("CA bundle: {e}")))?;
+    }
+    if let Ok(key) = std::fs::read_to_string(state.ca_key()) {
+        crate::pki::CertificateAuthority::from_pem(ca_pem, &key)?;
+    }
+    state.write(&state.ca_pem(), ca_pem.as_bytes(), MODE_PUBLIC)
+}

@@ -1,0 +1,115 @@
+//! Join admission on the master (SPEC §5): [`admit`] checks the token,
+//! signs the CSR, records the digest of the certificate it signed, adds the
+//! node, saves and pushes, and answers with everything the node needs. The
+//! joining node's side is `nodectl join`.
+
+use ssconf::DigestAlgorithm;
+
+use crate::cluster::{self, ClusterLock, PushItems};
+use crate::core::{Error, Result};
+use crate::pki::{self, CertInfo, CertificateSigner};
+use crate::state::config::{check_address, check_name, ClusterConfig, NodeRecord, NodeRole};
+use crate::state::token::TokenStore;
+use crate::state::{self, StateDir};
+use crate::wire::{JoinReply, JoinRequest};
+
+/// The master's side, under the cluster lock: check, sign, add, save.
+/// Returns the reply (without push results) and the new config.
+pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterConfig)> {
+    check_name("node name", &req.node_name)?;
+    check_address(&req.address)?;
+    // Check the token before queueing for the lock, so that a peer without
+    // a valid token cannot hold up the cluster's administration.
+    TokenStore::load(state)?
+        .check(&req.token_id, req.secret.expose(), crate::core::time::now())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
+    let mut config = cluster::master_config(state)?;
+    let mut tokens = TokenStore::load(state)?;
+    let token = tokens
+        .check(&req.token_id, req.secret.expose(), crate::core::time::now())
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .clone();
+    if config.nodes.iter().any(|n| n.name == req.node_name) {
+        return Err(Error::Invalid(format!(
+            "a node named {:?} is already in the cluster; pick another --node-name (or `nodectl remove` the old one)",
+            req.node_name
+        )));
+    }
+    if config.nodes.iter().any(|n| n.address == req.address) {
+        return Err(Error::Invalid(format!(
+            "address {} is already used by another node; pick another --address",
+            req.address
+        )));
+    }
+    let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+    let store = crate::pki::keystore::for_cluster(state, &config)?;
+    let ca = store.load_ca(&ca_pem)?;
+    let ca_key = store.candidate_copy(&ca);
+    // The name in the certificate is the node name; the CSR contributes only
+    // its public key (and proves possession of the private key).
+    let client_pem = ca.sign_client_csr(&req.csr_pem, config.cert_days)?;
+    let client_der = pki::load_certs_from_pem(&client_pem)?;
+    let alg: DigestAlgorithm = config.digest.into();
+    let online_candidates = config
+        .nodes
+        .iter()
+        .filter(|n| n.role.is_candidate() && !n.offline)
+        .count();
+    let candidate =
+        token.master_candidate || online_candidates < config.candidate_pool_size as usize;
+    if candidate {
+        crate::state::ssh::check_public(&req.ssh_public_key)?;
+    }
+    let uuid = uuid::Uuid::new_v4().to_string();
+    config.nodes.push(NodeRecord {
+        uuid: uuid.clone(),
+        name: req.node_name.clone(),
+        address: req.address.clone(),
+        role: if candidate {
+            NodeRole::Candidate
+        } else {
+            NodeRole::Regular
+        },
+        offline: false,
+        digest: alg.digest(&client_der).to_string(),
+        cert_expires: CertInfo::from_der(&client_der)?.not_after,
+        ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
+        next_digest: None,
+    });
+    config.serial += 1;
+    // Burn the token first: a crash after this loses a token, never reuses one.
+    tokens.burn(&token.id);
+    tokens.save(state)?;
+    cluster::save_config(state, &config)?;
+    cluster::apply_locally(state, &config, PushItems::ALL)?;
+    let (server_pem, server_key) = crate::pki::pair::read_server_pair(state)?;
+    let reply = JoinReply {
+        uuid,
+        master_candidate: candidate,
+        ca_pem,
+        server_pem,
+        server_key,
+        client_pem,
+        ssconf_files: config.to_ssconf()?.render(),
+        ca_key: ca_key.filter(|_| candidate),
+        config_json: if candidate {
+            Some(
+                String::from_utf8(state::to_json(&config)?)
+                    .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?,
+            )
+        } else {
+            None
+        },
+        authorized_keys: cluster::candidate_ssh_keys(&config),
+        unreachable: Vec::new(),
+    };
+    tracing::info!(
+        node = %req.node_name,
+        address = %req.address,
+        role = if candidate { "candidate" } else { "regular" },
+        serial = config.serial,
+        "node joined"
+    );
+    Ok((reply, config))
+}

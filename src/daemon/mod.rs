@@ -1,0 +1,33 @@
+//! `noded`: the node daemon. [`runtime`] loads a node's state and runs
+//! until a signal stops it; [`server`] accepts connections and hands each
+//! to its handler; [`auth`] decides who is admitted in the TLS handshake
+//! ([`tls`] builds that configuration); [`reload`] keeps the candidate map
+//! current; [`budget`] bounds handshakes and connections; [`handlers`]
+//! answer the procedures; [`join`] admits new nodes on the master;
+//! [`metrics`] serves the Prometheus endpoint.
+
+use std::path::PathBuf;
+
+pub mod auth;
+pub mod budget;
+pub mod handlers;
+pub mod join;
+pub mod metrics;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+
+pub use runtime::{serve, LISTEN_BACKLOG};
+
+/// What `noded` runs with, from its command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The node's state directory.
+    pub state_dir: PathBuf,
+    /// Overrides the address recorded at init/join.
+    pub listen: Option<String>,
+    /// The loopback address of the Prometheus endpoint, if any.
+    pub metrics: Option<String>,
+    pub limits: server::Limits,
+}

@@ -1,0 +1,291 @@
+//! `noded`'s runtime: load a node's state, serve, reload, stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use ssconf::{CandidateMap, DigestAlgorithm, Ssconf};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use super::reload::{self, CandidateMapHandle};
+use super::server::{self, ClientCertFacts, Daemon, Limits};
+use super::tls::{self, ServerMaterial};
+use super::Options;
+use crate::core::{Error, Result};
+use crate::pki::{self, CertInfo};
+use crate::state::StateDir;
+
+/// Listen backlog: sized for bursts (a backlog of 5 stalls clients for a
+/// second when many connect at once).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Descriptors beyond the connection budgets: listeners, the map watcher,
+/// state files, pushes to other nodes after a join, stdio.
+pub const FD_RESERVE: u64 = 256;
+
+/// The open-file limit the budgets of `limits` need: every admitted
+/// connection, every handshake of both lanes, and [`FD_RESERVE`].
+pub fn fds_needed(limits: &Limits) -> u64 {
+    u64::from(limits.max_connections) + 2 * u64::from(limits.max_handshakes) + FD_RESERVE
+}
+
+/// Raises the soft RLIMIT_NOFILE to `needed` (at most the hard limit) and
+/// warns in one line when the hard limit is lower. Makes no call when the
+/// soft limit already suffices (under the systemd unit, `LimitNOFILE=`
+/// sets it). Returns the soft limit in force.
+pub fn raise_fd_limit(needed: u64) -> Option<u64> {
+    let (soft, hard) = match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return None;
+        }
+    };
+    if soft >= needed {
+        return Some(soft);
+    }
+    let target = needed.min(hard);
+    let mut in_force = soft;
+    if target > soft {
+        match rlimit::setrlimit(rlimit::Resource::NOFILE, target, hard) {
+            Ok(()) => {
+                tracing::info!("open-file limit raised from {soft} to {target}");
+                in_force = target;
+            }
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft}: {e}"),
+        }
+    }
+    if in_force < needed {
+        tracing::warn!(
+            "the open-file limit is {in_force} (hard limit {hard}) but the connection budgets need {needed}; raise LimitNOFILE or lower --max-connections/--max-handshakes, or accept fails under load"
+        );
+    }
+    Some(in_force)
+}
+
+/// Reads the daemon's TLS material from the state directory.
+pub fn load_server_material(state: &StateDir) -> Result<ServerMaterial> {
+    // Finishes a server certificate switch a crash interrupted.
+    crate::pki::pair::recover_server_pair(state)?;
+    let ca_certs = pki::load_certs(&state.ca_pem())?;
+    let mut server_chain = pki::load_certs(&state.server_pem())?;
+    server_chain.extend(ca_certs.iter().cloned());
+    Ok(ServerMaterial {
+        ca_certs,
+        server_chain,
+        server_key: pki::load_key(&state.server_key())?,
+    })
+}
+
+/// What the node reports about its own client certificate.
+pub fn load_client_facts(state: &StateDir) -> Result<ClientCertFacts> {
+    let path = state.client_pem();
+    let certs = pki::load_certs(&path)?;
+    let cert = certs.first().ok_or_else(|| Error::Pem {
+        path: path.clone(),
+        reason: "no certificate".into(),
+    })?;
+    Ok(ClientCertFacts {
+        sha256: DigestAlgorithm::Sha256.digest(cert),
+        sha1: DigestAlgorithm::Sha1.digest(cert),
+        expires: CertInfo::from_der(cert)?.not_after,
+    })
+}
+
+/// Binds `address` (`host:port`) with a burst-sized backlog.
+pub async fn bind(address: &str) -> Result<TcpListener> {
+    let invalid = |reason: String| Error::Invalid(format!("cannot listen on {address}: {reason}"));
+    let addr: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid("the name resolves to no address".into()))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| invalid(e.to_string()))?;
+    socket.bind(addr).map_err(|e| invalid(e.to_string()))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// The role this node has according to its ssconf, for status lines.
+fn role_of(ssconf: Option<&Ssconf>, name: &str) -> &'static str {
+    match ssconf {
+        Some(s) if s.master_node == name => "master",
+        Some(s) if s.master_candidates.iter().any(|n| n == name) => "candidate",
+        Some(_) => "regular",
+        None => "unknown",
+    }
+}
+
+/// The candidate map at start: a missing or malformed map denies every
+/// client until a valid one arrives (fail closed).
+fn initial_map(state: &StateDir) -> CandidateMapHandle {
+    let map_path = Ssconf::candidate_map_path(&state.ssconf_dir());
+    match CandidateMap::load(&map_path) {
+        Ok(map) => CandidateMapHandle::new(map),
+        Err(e) => {
+            tracing::error!(
+                "no valid candidate map ({e}); denying every client until a valid one arrives"
+            );
+            CandidateMapHandle::new(CandidateMap::empty())
+        }
+    }
+}
+
+/// Loads the node's state and binds its listener: everything that can fail
+/// before the daemon serves.
+async fn start(opts: &Options) -> Result<(Arc<Daemon>, TcpListener)> {
+    let state = StateDir::new(&opts.state_dir);
+    state.check_initialised()?;
+    crate::pki::pair::recover_client_pair(&state)?;
+    let identity = state.load_identity()?;
+    let handle = initial_map(&state);
+    let is_master = Arc::new(AtomicBool::new(false));
+    let config = tls::server_config(
+        load_server_material(&state)?,
+        &handle,
+        is_master.clone(),
+        opts.limits.allow_tls12,
+    )?;
+    raise_fd_limit(fds_needed(&opts.limits));
+    let address = opts
+        .listen
+        .clone()
+        .unwrap_or_else(|| identity.address.clone());
+    let listener = bind(&address).await?;
+    let client_facts = load_client_facts(&state)?;
+    let daemon = Daemon::new(
+        state,
+        identity,
+        config,
+        handle,
+        opts.limits.clone(),
+        client_facts,
+        is_master,
+    );
+    Ok((Arc::new(daemon), listener))
+}
+
+/// SIGHUP: ssconf (through the watcher's channel) and certificates reload.
+fn spawn_reloader(
+    daemon: Arc<Daemon>,
+    reload_tx: mpsc::Sender<()>,
+    local: SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP"))?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading certificates and ssconf");
+            let _ = reload_tx.send(()).await;
+            reload_certificates(&daemon);
+            notify_systemd(&[sd_notify::NotifyState::Status(&status_line(&daemon, local))]);
+        }
+    }))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(opts: Options) -> Result<()> {
+    let metrics_addr = opts
+        .metrics
+        .as_deref()
+        .map(super::metrics::parse_address)
+        .transpose()?;
+    let (daemon, listener) = start(&opts).await?;
+    let local = listener
+        .local_addr()
+        .map_err(Error::io(daemon.state.root()))?;
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let listener = bind(&addr.to_string()).await?;
+            let local = listener
+                .local_addr()
+                .map_err(Error::io(daemon.state.root()))?;
+            tracing::info!("metrics on http://{local}/metrics");
+            Some(tokio::spawn(super::metrics::serve(
+                listener,
+                daemon.clone(),
+            )))
+        }
+        None => None,
+    };
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let watched = daemon.clone();
+    let watcher = reload::spawn_watcher(daemon.state.ssconf_dir(), reload_rx, move || {
+        let daemon = watched.clone();
+        async move { daemon.reload_ssconf().await }
+    })?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?;
+    let reloader = spawn_reloader(daemon.clone(), reload_tx, local)?;
+
+    let status = status_line(&daemon, local);
+    tracing::info!("{status}");
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    };
+    server::run(listener, daemon, shutdown).await;
+    reloader.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    watcher.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn status_line(daemon: &Daemon, local: SocketAddr) -> String {
+    let ssconf = Ssconf::load(&daemon.state.ssconf_dir()).ok();
+    format!(
+        "role {}; {} entries in the candidate map; listening on {local}",
+        role_of(ssconf.as_ref(), &daemon.identity.name),
+        daemon.map.load().len()
+    )
+}
+
+/// Rebuilds the TLS configuration from the state directory; on any error
+/// the current one stays in force.
+pub fn reload_certificates(daemon: &Daemon) {
+    let rebuilt = load_server_material(&daemon.state).and_then(|m| {
+        tls::server_config(
+            m,
+            &daemon.map,
+            daemon.is_master.clone(),
+            daemon.limits.allow_tls12,
+        )
+    });
+    match rebuilt {
+        Ok(config) => {
+            daemon.tls.store(config);
+            tracing::info!("TLS configuration reloaded");
+        }
+        Err(e) => tracing::error!("keeping the current TLS configuration: {e}"),
+    }
+    match load_client_facts(&daemon.state) {
+        Ok(facts) => daemon.client_cert.store(Arc::new(facts)),
+        Err(e) => tracing::error!("keeping the current client certificate facts: {e}"),
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}

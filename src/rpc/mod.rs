@@ -1,0 +1,247 @@
+//! The RPC client: how a master or candidate commands a node, and how a
+//! joining node reaches the master ([`pinned`]); [`fanout`] runs a call on
+//! many nodes at once.
+//!
+//! Every connection verifies the server's chain to the cluster CA (name
+//! [`SERVER_NAME`](crate::pki::SERVER_NAME)) and presents this node's client
+//! certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, ClientConfig};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::core::{Error, FrameError, Result};
+use crate::pki;
+use crate::state::StateDir;
+use crate::wire::{self, Procedure, Reply, Request, PROTOCOL_VERSION};
+
+pub mod fanout;
+pub mod pinned;
+pub mod tls;
+
+/// Connects to nodes with one TLS client configuration.
+#[derive(Debug, Clone)]
+pub struct RpcClient {
+    config: Arc<ClientConfig>,
+    /// Bound on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Bound on one call, from sending the request to the whole reply.
+    pub call_timeout: Duration,
+    /// Largest reply accepted.
+    pub max_frame: u32,
+}
+
+impl RpcClient {
+    /// A client using `config`.
+    pub fn new(config: Arc<ClientConfig>) -> Self {
+        RpcClient {
+            config,
+            connect_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(60),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// A client with this node's CA and client certificate.
+    pub fn from_state(state: &StateDir) -> Result<Self> {
+        crate::pki::pair::recover_client_pair(state)?;
+        let ca = pki::load_certs(&state.ca_pem())?;
+        let chain = pki::load_certs(&state.client_pem())?;
+        let key = pki::load_key(&state.client_key())?;
+        Ok(Self::new(tls::client_config(&ca, chain, key)?))
+    }
+
+    /// A client with this node's previous client certificate, if it keeps
+    /// one (see `pki::pair::keep_previous_identity`).
+    pub fn previous_from_state(state: &StateDir) -> Result<Option<Self>> {
+        let cert = state.client_prev_pem();
+        let key = state.client_prev_key();
+        if !cert.exists() || !key.exists() {
+            return Ok(None);
+        }
+        // It also trusts the CA before the last rotation: a node that missed
+        // the rotation still serves with a certificate of that CA.
+        let mut ca = pki::load_certs(&state.ca_pem())?;
+        let prev_ca = state.ca_prev_pem();
+        if prev_ca.exists() {
+            ca.extend(pki::load_certs(&prev_ca)?);
+        }
+        let config = tls::client_config(&ca, pki::load_certs(&cert)?, pki::load_key(&key)?)?;
+        Ok(Some(Self::new(config)))
+    }
+
+    /// Opens a verified connection to `node` at `address` (`host:port`).
+    pub async fn connect(&self, node: &str, address: &str) -> Result<Connection> {
+        let unreachable = |reason: String| Error::Unreachable {
+            node: node.to_owned(),
+            reason,
+        };
+        let server_name = ServerName::try_from(pki::SERVER_NAME)
+            .map_err(|e| unreachable(format!("server name: {e}")))?;
+        let connector = TlsConnector::from(self.config.clone());
+        let connect = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(|e| unreachable(format!("cannot connect to {address}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| classify(node, address, &e))
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no TLS connection to {address} within {:?}",
+                    self.connect_timeout
+                ))
+            })??;
+        Ok(Connection {
+            stream,
+            node: node.to_owned(),
+            address: address.to_owned(),
+            next_id: 1,
+            max_frame: self.max_frame,
+            call_timeout: self.call_timeout,
+        })
+    }
+}
+
+/// One open connection to a node.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TlsStream<TcpStream>,
+    node: String,
+    address: String,
+    next_id: u64,
+    max_frame: u32,
+    call_timeout: Duration,
+}
+
+impl Connection {
+    /// Sends one request and waits for its reply.
+    pub async fn call(&mut self, procedure: Procedure) -> Result<Reply> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = wire::encode(&Request {
+            version: PROTOCOL_VERSION,
+            id,
+            procedure,
+        })?;
+        let timeout = self.call_timeout;
+        let node = self.node.clone();
+        let address = self.address.clone();
+        let exchange = async {
+            wire::write_frame(&mut self.stream, &request)
+                .await
+                .map_err(|e| frame_error(&node, &address, e))?;
+            let payload = wire::read_frame(&mut self.stream, self.max_frame)
+                .await
+                .map_err(|e| frame_error(&node, &address, e))?
+                .ok_or_else(|| Error::Unreachable {
+                    node: node.clone(),
+                    reason: format!("{address} closed the connection without replying"),
+                })?;
+            let response = wire::decode_response(&payload)?;
+            if response.id != id && response.id != 0 {
+                return Err(Error::Remote {
+                    node: node.clone(),
+                    message: format!("reply for request {} while waiting for {id}", response.id),
+                });
+            }
+            response.result.map_err(|e| match e.kind {
+                wire::RpcErrorKind::NotAuthorized => Error::NotAuthorized {
+                    node: node.clone(),
+                    reason: e.message,
+                },
+                _ => Error::Remote {
+                    node: node.clone(),
+                    message: e.message,
+                },
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Error::Unreachable {
+                node: self.node.clone(),
+                reason: format!("no reply from {} within {timeout:?}", self.address),
+            })?
+    }
+
+    /// Writes raw bytes (tests use this to send malformed frames).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        wire::write_frame(&mut self.stream, bytes)
+            .await
+            .map_err(|e| frame_error(&self.node, &self.address, e))
+    }
+
+    /// Closes the write side (TLS close_notify, then TCP FIN).
+    pub async fn close_write(&mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .shutdown()
+            .await
+            .map_err(|e| classify(&self.node, &self.address, &e))
+    }
+
+    /// Reads one raw reply frame and decodes it (tests).
+    pub async fn read_response(&mut self) -> Result<Option<wire::Response>> {
+        match wire::read_frame(&mut self.stream, self.max_frame).await {
+            Ok(Some(p)) => Ok(Some(wire::decode_response(&p)?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(frame_error(&self.node, &self.address, e)),
+        }
+    }
+}
+
+fn frame_error(node: &str, address: &str, e: FrameError) -> Error {
+    match e {
+        FrameError::Io(io) => classify(node, address, &io),
+        other => Error::Unreachable {
+            node: node.to_owned(),
+            reason: format!("{address}: {other}"),
+        },
+    }
+}
+
+/// Turns a TLS failure into an error an operator can act on. A TLS 1.3
+/// server checks the client certificate after the client's handshake ends,
+/// so a refusal surfaces as an alert on the first read.
+fn classify(node: &str, address: &str, e: &std::io::Error) -> Error {
+    let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::AlertReceived(alert)) => {
+            let why = match alert {
+                AlertDescription::AccessDenied => "this node's client certificate is not in the candidate map; only the master and master candidates may issue RPCs",
+                AlertDescription::UnknownCA => "this node's client certificate is not signed by the node's cluster CA",
+                AlertDescription::CertificateExpired => "this node's client certificate has expired (renew it with `nodectl renew-crypto --new-node-certificates`)",
+                AlertDescription::CertificateRequired => "no client certificate was presented",
+                _ => "the node refused the TLS handshake",
+            };
+            Error::NotAuthorized {
+                node: node.to_owned(),
+                reason: format!("{why} (TLS alert {alert:?} from {address})"),
+            }
+        }
+        Some(rustls::Error::InvalidCertificate(cert_error)) => Error::Unreachable {
+            node: node.to_owned(),
+            reason: format!(
+                "{address} presented a server certificate this node does not trust ({cert_error}); is it a node of this cluster?"
+            ),
+        },
+        Some(other) => Error::Unreachable {
+            node: node.to_owned(),
+            reason: format!("{address}: TLS: {other}"),
+        },
+        None => Error::Unreachable {
+            node: node.to_owned(),
+            reason: format!("{address}: {e}"),
+        },
+    }
+}

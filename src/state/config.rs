@@ -1,0 +1,196 @@
+//! The cluster configuration (`config.json`), held by the master and the
+//! master candidates, and the ssconf set derived from it.
+
+use serde::{Deserialize, Serialize};
+use ssconf::{CandidateMap, CertDigest, DigestAlgorithm, Ssconf};
+
+use crate::core::{Error, Result};
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Master,
+    Candidate,
+    Regular,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Master => "master",
+            NodeRole::Candidate => "candidate",
+            NodeRole::Regular => "regular",
+        }
+    }
+
+    /// Whether the role issues RPCs (and so has a map entry).
+    pub fn is_candidate(self) -> bool {
+        matches!(self, NodeRole::Master | NodeRole::Candidate)
+    }
+}
+
+/// One node as the master records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub uuid: String,
+    pub name: String,
+    pub address: String,
+    pub role: NodeRole,
+    pub offline: bool,
+    /// Digest of the client certificate the master signed for the node, in
+    /// the cluster's digest algorithm.
+    pub digest: String,
+    /// `notAfter` of that certificate, Unix seconds.
+    pub cert_expires: i64,
+    /// During a certificate renewal: the digest of the new certificate, in
+    /// the map next to the old one until the node uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_digest: Option<String>,
+    /// The node's SSH public key (master candidates only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_public_key: Option<String>,
+}
+
+/// The full cluster configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub cluster_name: String,
+    /// Bumped by every change; nodes refuse older ones.
+    pub serial: u64,
+    /// How many master candidates (the master included) the cluster keeps.
+    pub candidate_pool_size: u32,
+    /// Digest algorithm of the candidate map.
+    pub digest: DigestAlgorithmName,
+    /// Validity of new certificates, in days.
+    pub cert_days: u32,
+    /// SHA-256 of the CA certificate's DER (what join tokens pin), hex.
+    pub ca_sha256: String,
+    /// Where the CA key lives when it is not `ca.key`: a `pkcs11:` URI
+    /// (RFC 7512) that the master and every master candidate can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// [`DigestAlgorithm`] as it appears in JSON (`"sha256"` / `"sha1"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestAlgorithmName {
+    Sha256,
+    Sha1,
+}
+
+impl From<DigestAlgorithmName> for DigestAlgorithm {
+    fn from(n: DigestAlgorithmName) -> Self {
+        match n {
+            DigestAlgorithmName::Sha256 => DigestAlgorithm::Sha256,
+            DigestAlgorithmName::Sha1 => DigestAlgorithm::Sha1,
+        }
+    }
+}
+
+impl From<DigestAlgorithm> for DigestAlgorithmName {
+    fn from(a: DigestAlgorithm) -> Self {
+        match a {
+            DigestAlgorithm::Sha256 => DigestAlgorithmName::Sha256,
+            DigestAlgorithm::Sha1 => DigestAlgorithmName::Sha1,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The master's record.
+    pub fn master(&self) -> Result<&NodeRecord> {
+        self.nodes
+            .iter()
+            .find(|n| n.role == NodeRole::Master)
+            .ok_or_else(|| Error::Invalid("cluster config names no master".into()))
+    }
+
+    /// The nodes that are not offline (the ones pushes and checks reach).
+    pub fn online_nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.iter().filter(|n| !n.offline)
+    }
+
+    /// The record of the node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The ssconf set every node should hold for this config.
+    pub fn to_ssconf(&self) -> Result<Ssconf> {
+        let mut nodes: Vec<&NodeRecord> = self.nodes.iter().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let names = |f: &dyn Fn(&NodeRecord) -> bool| -> Vec<String> {
+            nodes
+                .iter()
+                .filter(|n| f(n))
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        let mut entries = Vec::new();
+        for n in nodes.iter().filter(|n| n.role.is_candidate() && !n.offline) {
+            // An empty digest: no valid certificate on record (a renewal
+            // that did not reach the node); no entry until it is renewed.
+            for text in std::iter::once(&n.digest).chain(n.next_digest.iter()) {
+                if text.is_empty() {
+                    continue;
+                }
+                let digest: CertDigest = text.parse().map_err(|e| {
+                    Error::Invalid(format!("config: node {}: bad digest: {e}", n.name))
+                })?;
+                entries.push((n.uuid.clone(), digest));
+            }
+        }
+        Ok(Ssconf {
+            cluster_name: self.cluster_name.clone(),
+            master_node: self.master()?.name.clone(),
+            node_list: names(&|_| true),
+            node_addresses: nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.address.clone()))
+                .collect(),
+            online_nodes: names(&|n| !n.offline),
+            offline_nodes: names(&|n| n.offline),
+            master_candidates: names(&|n| n.role.is_candidate() && !n.offline),
+            master_candidates_certs: CandidateMap::from_entries(entries),
+            serial: self.serial,
+        })
+    }
+}
+
+/// Checks a node or cluster name: what can stand in ssconf lines and JSON.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} {name:?} is not valid: use 1-253 letters, digits, '-', '.', '_'"
+        )))
+    }
+}
+
+/// Checks a `host:port` address.
+pub fn check_address(address: &str) -> Result<()> {
+    let invalid = || {
+        Error::Invalid(format!(
+            "address {address:?} is not HOST:PORT (e.g. 192.0.2.10:1811 or [2001:db8::1]:1811)"
+        ))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    if port == 0 || host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace()) {
+        return Err(invalid());
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.starts_with('[') != host.ends_with(']') || (host.contains(':') && !bracketed) {
+        return Err(invalid());
+    }
+    Ok(())
+}

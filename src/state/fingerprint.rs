@@ -1,0 +1,27 @@
+//! Fingerprints of state as a node reports it (`node-info`) and `verify`
+//! compares it: SHA-256 of whole files and of a whole ssconf set.
+
+use std::path::Path;
+
+use ssconf::Ssconf;
+
+use crate::core::hex::sha256_hex;
+
+/// SHA-256 (hex) of a file's bytes ("" if unreadable).
+pub fn file_sha256(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b))
+        .unwrap_or_default()
+}
+
+/// SHA-256 (hex) of a whole ssconf set, as `node-info` reports it.
+pub fn ssconf_sha256(set: &Ssconf) -> String {
+    let mut all = String::new();
+    for (name, text) in set.render() {
+        all.push_str(&name);
+        all.push('\0');
+        all.push_str(&text);
+        all.push('\0');
+    }
+    sha256_hex(all.as_bytes())
+}

@@ -1,0 +1,226 @@
+//! The wire format: length-prefixed postcard frames carrying a versioned
+//! request/response envelope.
+//!
+//! ```text
+//! +----------------+---------------------------------------------+
+//! | length: u32 BE | postcard(Request | Response), `length` bytes |
+//! +----------------+---------------------------------------------+
+//! ```
+//!
+//! A request body starts with `version: u16` and `id: u64`, then the
+//! [`Procedure`]; the two header fields are decoded first, so a reply can
+//! carry the id even when the procedure is unknown. The claimed length is
+//! checked against the limit before a single byte is allocated for it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Secret;
+
+mod codec;
+pub use crate::core::FrameError;
+pub use codec::*;
+
+/// The envelope version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The default largest frame either side accepts.
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// A call from a master or master candidate to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Procedure {
+    /// Liveness and version check.
+    Ping,
+    /// This node's identity, client-certificate digest, and role files.
+    NodeInfo,
+    /// Replace the node's ssconf set; refused if older than what it holds.
+    WriteSsconf {
+        /// `(file name, text)` for every ssconf key.
+        files: Vec<(String, String)>,
+    },
+    /// Bulk data for throughput measurement; the reply is its length.
+    Echo {
+        /// Encoded as bytes, not as a sequence of u8: the same bytes on
+        /// the wire, copied in one go instead of one element at a time.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A new node asks to join (the only procedure an anonymous connection
+    /// may call, and only on the master).
+    Join(JoinRequest),
+    /// Replace `config.json` (master candidates); refused if older.
+    WriteConfig { config_json: String },
+    /// Make this node a master candidate: CA key and config. No key is sent
+    /// when the config keeps the CA key in a PKCS#11 token.
+    InstallCandidateFiles {
+        ca_key: Option<Secret>,
+        config_json: String,
+    },
+    /// Make this node a regular node again: remove CA key, config, tokens
+    /// and SSH private key.
+    RemoveCandidateFiles,
+    /// Make this node's own SSH key pair (if it has none); reply with the
+    /// public key.
+    GenerateSshKey,
+    /// Replace the managed block of authorized_keys with these keys.
+    WriteAuthorizedKeys { keys: Vec<String> },
+    /// Make a new client key (kept pending on the node) and answer with a
+    /// CSR for it.
+    PrepareClientKey,
+    /// Install a client certificate for the pending key.
+    InstallClientCert { cert_pem: String },
+    /// Replace the shared server certificate and key, and serve with them.
+    InstallServerCert { cert_pem: String, key: Secret },
+    /// Replace this candidate's SSH key pair; reply with the new public key.
+    ReplaceSshKey,
+    /// Replace ca.pem (one or two CA certificates) and trust exactly those.
+    InstallCaBundle { ca_pem: String },
+}
+
+/// What a joining node sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token_id: String,
+    pub secret: Secret,
+    pub node_name: String,
+    pub address: String,
+    /// CSR for the node's client certificate; the key stays on the node.
+    pub csr_pem: String,
+    /// The node's SSH public key, used if it becomes a master candidate.
+    pub ssh_public_key: String,
+}
+
+/// What the master answers a successful join with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub uuid: String,
+    pub master_candidate: bool,
+    pub ca_pem: String,
+    pub server_pem: String,
+    pub server_key: Secret,
+    pub client_pem: String,
+    pub ssconf_files: Vec<(String, String)>,
+    /// For a master candidate: the CA key and the full config.
+    pub ca_key: Option<Secret>,
+    pub config_json: Option<String>,
+    pub authorized_keys: Vec<String>,
+    /// Nodes the master could not push the new state to.
+    pub unreachable: Vec<String>,
+}
+
+impl Procedure {
+    /// Number of procedures this build knows (variant indexes 0..COUNT).
+    pub const COUNT: u32 = 15;
+
+    /// The procedure's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Procedure::Ping => "ping",
+            Procedure::NodeInfo => "node-info",
+            Procedure::WriteSsconf { .. } => "write-ssconf",
+            Procedure::Echo { .. } => "echo",
+            Procedure::Join(_) => "join",
+            Procedure::WriteConfig { .. } => "write-config",
+            Procedure::InstallCandidateFiles { .. } => "install-candidate-files",
+            Procedure::RemoveCandidateFiles => "remove-candidate-files",
+            Procedure::GenerateSshKey => "generate-ssh-key",
+            Procedure::WriteAuthorizedKeys { .. } => "write-authorized-keys",
+            Procedure::PrepareClientKey => "prepare-client-key",
+            Procedure::InstallClientCert { .. } => "install-client-cert",
+            Procedure::InstallServerCert { .. } => "install-server-cert",
+            Procedure::ReplaceSshKey => "replace-ssh-key",
+            Procedure::InstallCaBundle { .. } => "install-ca-bundle",
+        }
+    }
+}
+
+/// Which of a node's role files it holds (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleFiles {
+    pub ca_key: bool,
+    pub config: bool,
+    pub ssh_private_key: bool,
+    pub tokens: bool,
+}
+
+/// A node's answer to [`Procedure::NodeInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub uuid: String,
+    pub name: String,
+    pub address: String,
+    /// SHA-256 digest of the node's client certificate, OpenSSL notation.
+    pub client_digest_sha256: String,
+    /// SHA-1 digest of the same certificate (Ganeti-format clusters).
+    pub client_digest_sha1: String,
+    /// `notAfter` of the client certificate, Unix seconds.
+    pub client_cert_expires: i64,
+    /// Serial of the ssconf set the node holds (0 if none).
+    pub ssconf_serial: u64,
+    pub role_files: RoleFiles,
+    pub version: String,
+    /// `client.pem` as it is on disk now.
+    pub client_cert_pem: String,
+    /// SHA-256 (hex) of the node's whole ssconf set, or the error reading it.
+    pub ssconf_sha256: Result<String, String>,
+    /// SHA-256 (hex) of `server.pem` and of `ca.pem` as files.
+    pub server_pem_sha256: String,
+    pub ca_pem_sha256: String,
+    /// The managed block of the node's authorized_keys, or the error.
+    pub authorized_keys: Result<Vec<String>, String>,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Pong { node: String, version: String },
+    NodeInfo(Box<NodeInfo>),
+    SsconfWritten { serial: u64 },
+    Echoed { len: u64 },
+    Joined(Box<JoinReply>),
+    Done,
+    SshPublicKey(String),
+    Csr(String),
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RpcErrorKind {
+    /// The frame or envelope could not be decoded; the connection closes.
+    Malformed,
+    /// The frame exceeds the limit; the connection closes.
+    TooLarge,
+    /// The envelope version is not spoken here.
+    UnsupportedVersion,
+    /// The procedure is not known to this daemon.
+    UnknownProcedure,
+    /// The procedure ran and failed.
+    Failed,
+    /// The request took longer than the per-request timeout.
+    Timeout,
+    /// The caller may not call this procedure.
+    NotAuthorized,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    pub kind: RpcErrorKind,
+    pub message: String,
+}
+
+/// One frame from client to server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u16,
+    pub id: u64,
+    pub procedure: Procedure,
+}
+
+/// One frame from server to client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u16,
+    pub id: u64,
+    pub result: Result<Reply, RpcError>,
+}
