@@ -11,16 +11,8 @@ use crate::core::{Error, Result};
 use crate::ctl::output::write_stdout;
 use crate::ctl::{self, Outcome};
 use crate::daemon::server::Limits;
+use crate::logging::LogFormat;
 use crate::state::{self, SshPaths, StateDir, DEFAULT_STATE_DIR, MODE_PUBLIC};
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (journald- and collector-friendly).
-    Json,
-}
 
 /// Options every command of both binaries takes.
 #[derive(Debug, Clone, Args)]

@@ -2,7 +2,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (journald- and collector-friendly).
+    Json,
+}
 
 /// Installs the global subscriber. `default` is the filter used when
 /// `RUST_LOG` is unset.

@@ -3,15 +3,43 @@
 //! node, saves and pushes, and answers with everything the node needs. The
 //! joining node's side is `nodectl join`.
 
+use std::sync::atomic::Ordering;
+
 use ssconf::DigestAlgorithm;
 
+use super::handlers::failed;
+use super::server::Daemon;
 use crate::cluster::{self, ClusterLock, PushItems};
 use crate::core::{Error, Result};
 use crate::pki::{self, CertInfo, CertificateSigner};
 use crate::state::config::{check_address, check_name, ClusterConfig, NodeRecord, NodeRole};
 use crate::state::token::TokenStore;
 use crate::state::{self, StateDir};
-use crate::wire::{JoinReply, JoinRequest};
+use crate::wire::{JoinReply, JoinRequest, Reply, RpcError};
+
+/// The record of a node admitted with `req`.
+fn new_record(
+    req: &JoinRequest,
+    candidate: bool,
+    digest: String,
+    client_der: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<NodeRecord> {
+    Ok(NodeRecord {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        name: req.node_name.clone(),
+        address: req.address.clone(),
+        role: if candidate {
+            NodeRole::Candidate
+        } else {
+            NodeRole::Regular
+        },
+        offline: false,
+        digest,
+        cert_expires: CertInfo::from_der(client_der)?.not_after,
+        ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
+        next_digest: None,
+    })
+}
 
 /// The master's side, under the cluster lock: check, sign, add, save.
 /// Returns the reply (without push results) and the new config.
@@ -61,22 +89,14 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
     if candidate {
         crate::state::ssh::check_public(&req.ssh_public_key)?;
     }
-    let uuid = uuid::Uuid::new_v4().to_string();
-    config.nodes.push(NodeRecord {
-        uuid: uuid.clone(),
-        name: req.node_name.clone(),
-        address: req.address.clone(),
-        role: if candidate {
-            NodeRole::Candidate
-        } else {
-            NodeRole::Regular
-        },
-        offline: false,
-        digest: alg.digest(&client_der).to_string(),
-        cert_expires: CertInfo::from_der(&client_der)?.not_after,
-        ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
-        next_digest: None,
-    });
+    let record = new_record(
+        req,
+        candidate,
+        alg.digest(&client_der).to_string(),
+        &client_der,
+    )?;
+    let uuid = record.uuid.clone();
+    config.nodes.push(record);
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses one.
     tokens.burn(&token.id);
@@ -93,14 +113,10 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         client_pem,
         ssconf_files: config.to_ssconf()?.render(),
         ca_key: ca_key.filter(|_| candidate),
-        config_json: if candidate {
-            Some(
-                String::from_utf8(state::to_json(&config)?)
-                    .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?,
-            )
-        } else {
-            None
-        },
+        config_json: candidate
+            .then(|| state::to_json(&config))
+            .transpose()?
+            .map(|json| String::from_utf8_lossy(&json).into_owned()),
         authorized_keys: cluster::candidate_ssh_keys(&config),
         unreachable: Vec::new(),
     };
@@ -112,4 +128,43 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         "node joined"
     );
     Ok((reply, config))
+}
+
+/// The master's side of a join: admit under the cluster lock, then push
+/// the new state to every other online node.
+pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply, RpcError> {
+    if !daemon.is_master.load(Ordering::Acquire) {
+        return Err(failed(
+            "this node is not the master; join through the master's address",
+        ));
+    }
+    let state = daemon.state.clone();
+    let name = request.node_name.clone();
+    let (mut join_reply, config) =
+        tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
+            .await
+            .map_err(|e| failed(format!("join task failed: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+    daemon.reload_ssconf().await;
+    let client =
+        crate::rpc::RpcClient::from_state(&daemon.state).map_err(|e| failed(e.to_string()))?;
+    let me = daemon.identity.name.clone();
+    match crate::cluster::push(
+        &client,
+        &config,
+        crate::cluster::PushItems::ALL,
+        &[&me, &name],
+        &crate::rpc::fanout::quiet,
+    )
+    .await
+    {
+        Ok(outcome) => {
+            for (node, why) in &outcome.unreachable {
+                tracing::warn!(%node, "not updated after the join of {name}: {why}");
+            }
+            join_reply.unreachable = outcome.unreachable.into_iter().map(|(n, _)| n).collect();
+        }
+        Err(e) => tracing::error!("push after the join of {name} failed: {e}"),
+    }
+    Ok(Reply::Joined(Box::new(join_reply)))
 }

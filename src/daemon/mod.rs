@@ -1,16 +1,20 @@
 //! `noded`: the node daemon. [`runtime`] loads a node's state and runs
-//! until a signal stops it; [`server`] accepts connections and hands each
-//! to its handler; [`auth`] decides who is admitted in the TLS handshake
-//! ([`tls`] builds that configuration); [`reload`] keeps the candidate map
-//! current; [`budget`] bounds handshakes and connections; [`handlers`]
-//! answer the procedures; [`join`] admits new nodes on the master;
-//! [`metrics`] serves the Prometheus endpoint.
+//! until a signal stops it; [`server`] holds the daemon's shared state and
+//! accepts connections; [`handshake`] runs each TLS handshake, in which
+//! [`auth`] decides who is admitted ([`tls`] builds that configuration),
+//! and types its outcome; [`handler`] serves an admitted connection, and
+//! [`handlers`] answer its procedures, one file per family; [`join`]
+//! admits new nodes on the master; [`reload`] keeps the candidate map
+//! current; [`budget`] bounds handshakes and connections; [`metrics`]
+//! serves the Prometheus endpoint.
 
 use std::path::PathBuf;
 
 pub mod auth;
 pub mod budget;
+pub mod handler;
 pub mod handlers;
+pub mod handshake;
 pub mod join;
 pub mod metrics;
 pub mod reload;

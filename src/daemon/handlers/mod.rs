@@ -1,3 +1,59 @@
-//! One file per procedure family.
+//! The procedures a node answers, one file per family: what a node says
+//! about itself ([`info`]), its ssconf ([`ssconf`]), its role files
+//! ([`roles`]), its certificates ([`certs`]) and its SSH keys ([`ssh`]).
+//! Joins are answered by [`super::join`].
 
+use super::server::Daemon;
+use crate::wire::{Procedure, Reply, RpcError, RpcErrorKind};
+
+pub mod certs;
+pub mod info;
 pub mod roles;
+pub mod ssconf;
+pub mod ssh;
+
+/// Answers one request of an admitted client.
+pub async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcError> {
+    match procedure {
+        Procedure::Ping => Ok(info::ping(daemon)),
+        Procedure::NodeInfo => info::node_info(daemon).await,
+        Procedure::Echo { payload } => Ok(info::echo(&payload)),
+        Procedure::WriteSsconf { files } => ssconf::write(daemon, files).await,
+        Procedure::Join(request) => super::join::handle_join(daemon, request).await,
+        Procedure::WriteConfig { config_json } => roles::write(daemon, config_json).await,
+        Procedure::InstallCandidateFiles {
+            ca_key,
+            config_json,
+        } => roles::install(daemon, ca_key, config_json).await,
+        Procedure::RemoveCandidateFiles => roles::remove(daemon).await,
+        Procedure::PrepareClientKey => certs::prepare_client_key(daemon).await,
+        Procedure::InstallClientCert { cert_pem } => {
+            certs::install_client_cert(daemon, cert_pem).await
+        }
+        Procedure::InstallServerCert { cert_pem, key } => {
+            certs::install_server_cert(daemon, cert_pem, key).await
+        }
+        Procedure::InstallCaBundle { ca_pem } => certs::install_ca_bundle(daemon, ca_pem).await,
+        Procedure::GenerateSshKey => ssh::generate(daemon).await,
+        Procedure::ReplaceSshKey => ssh::replace(daemon).await,
+        Procedure::WriteAuthorizedKeys { keys } => ssh::write_authorized_keys(daemon, keys).await,
+    }
+}
+
+/// Runs a blocking state-file operation off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> crate::core::Result<T> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .map_err(|e| failed(format!("task failed: {e}")))?
+        .map_err(|e| failed(e.to_string()))
+}
+
+/// A procedure that ran and failed.
+pub(crate) fn failed(message: impl Into<String>) -> RpcError {
+    RpcError {
+        kind: RpcErrorKind::Failed,
+        message: message.into(),
+    }
+}

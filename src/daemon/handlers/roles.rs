@@ -1,13 +1,17 @@
 //! What a node installs and removes for its role (SPEC §3) on the master's
 //! request, and what it reports about itself.
 
+use std::sync::atomic::Ordering;
+
 use ssconf::Ssconf;
 
+use super::super::server::Daemon;
+use super::{blocking, failed};
 use crate::core::{Error, Result, Secret};
 use crate::daemon::server::ClientCertFacts;
 use crate::state::config::ClusterConfig;
 use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
-use crate::wire::NodeInfo;
+use crate::wire::{NodeInfo, Reply, RpcError};
 
 /// What this node reports about itself (`node-info`), read from disk now.
 pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFacts) -> NodeInfo {
@@ -142,4 +146,36 @@ pub fn install_ca_bundle(state: &StateDir, ca_pem: &str) -> Result<()> {
         crate::pki::CertificateAuthority::from_pem(ca_pem, &key)?;
     }
     state.write(&state.ca_pem(), ca_pem.as_bytes(), MODE_PUBLIC)
+}
+
+/// `write-config`.
+pub async fn write(daemon: &Daemon, config_json: String) -> std::result::Result<Reply, RpcError> {
+    let state = daemon.state.clone();
+    blocking(move || write_config(&state, &config_json)).await?;
+    Ok(Reply::Done)
+}
+
+/// `install-candidate-files`.
+pub async fn install(
+    daemon: &Daemon,
+    ca_key: Option<Secret>,
+    config_json: String,
+) -> std::result::Result<Reply, RpcError> {
+    let state = daemon.state.clone();
+    blocking(move || install_candidate_files(&state, ca_key.as_ref(), &config_json)).await?;
+    tracing::info!("now holding the master-candidate files (CA key, config)");
+    Ok(Reply::Done)
+}
+
+/// `remove-candidate-files`; refused on the master.
+pub async fn remove(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
+    if daemon.is_master.load(Ordering::Acquire) {
+        return Err(failed(
+            "this node is the master; fail over to another candidate first",
+        ));
+    }
+    let state = daemon.state.clone();
+    blocking(move || remove_candidate_files(&state)).await?;
+    tracing::info!("master-candidate files removed (CA key, config, SSH private key)");
+    Ok(Reply::Done)
 }

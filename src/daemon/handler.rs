@@ -1,0 +1,293 @@
+//! One admitted connection: [`Handler::run`] reads requests, has each
+//! answered by its procedure family ([`super::handlers`]), and ends when
+//! the client closes, the idle timeout fires, the daemon stops, or the map
+//! no longer holds the client's digest. [`AnonymousJoin`] is the master's
+//! one-request connection for a node that has no certificate yet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+
+use super::auth::{Admission, Denial, DenialReason};
+use super::budget::{ConnectionSlot, HandshakePermit};
+use super::reload::CandidateMapHandle;
+use super::server::Daemon;
+use crate::core::FrameError;
+use crate::wire::{self, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION};
+
+/// An admitted client's connection.
+#[derive(Debug)]
+pub struct Handler {
+    daemon: Arc<Daemon>,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    admission: Admission,
+    /// Held for as long as the connection is served.
+    _slot: ConnectionSlot,
+}
+
+/// What one turn of the read loop got.
+enum Next {
+    /// A frame's payload: answer it.
+    Frame(Vec<u8>),
+    /// Close the connection.
+    Close,
+}
+
+impl Handler {
+    pub fn new(
+        daemon: Arc<Daemon>,
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+        admission: Admission,
+        slot: ConnectionSlot,
+    ) -> Self {
+        Handler {
+            daemon,
+            tls,
+            peer,
+            admission,
+            _slot: slot,
+        }
+    }
+
+    /// Serves requests until the connection ends.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        tracing::debug!(peer = %self.peer, uuid = %self.admission.uuid, "admitted");
+        self.daemon.metrics.accepted();
+        // `revoked` first checks the map as it is now, which covers a change
+        // between the verifier's check and this subscription.
+        let mut generation = self.daemon.map.subscribe();
+        loop {
+            let payload = match self.next(&mut generation, &mut stop).await {
+                Next::Frame(payload) => payload,
+                Next::Close => break,
+            };
+            // The map may have changed while the frame arrived.
+            if !self.daemon.map.load().contains(&self.admission.digest) {
+                continue;
+            }
+            if !self.answer(&payload).await {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.shutdown()).await;
+    }
+
+    /// Waits for the next frame, a revocation, the daemon's stop, or the
+    /// idle timeout.
+    async fn next(
+        &mut self,
+        generation: &mut watch::Receiver<u64>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Next {
+        let daemon = self.daemon.clone();
+        let read = tokio::select! {
+            biased;
+            _ = revoked(generation, &daemon.map, &self.admission) => {
+                daemon.deny(self.peer, &Denial {
+                    reason: DenialReason::RemovedFromMap,
+                    subject: self.tls.get_ref().1.peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| crate::pki::subject_of(c)),
+                    digest: Some(self.admission.digest),
+                });
+                return Next::Close;
+            }
+            _ = stop.changed() => return Next::Close,
+            r = tokio::time::timeout(
+                daemon.limits.idle_timeout,
+                wire::read_frame(&mut self.tls, daemon.limits.max_frame),
+            ) => r,
+        };
+        match read {
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "idle timeout");
+                Next::Close
+            }
+            Ok(Ok(None)) => Next::Close,
+            Ok(Ok(Some(payload))) => Next::Frame(payload),
+            Ok(Err(e @ (FrameError::TooLarge { .. } | FrameError::Truncated))) => {
+                tracing::warn!(peer = %self.peer, uuid = %self.admission.uuid, "closing connection: {e}");
+                let kind = match e {
+                    FrameError::TooLarge { .. } => RpcErrorKind::TooLarge,
+                    _ => RpcErrorKind::Malformed,
+                };
+                let error = RpcError {
+                    kind,
+                    message: e.to_string(),
+                };
+                let _ = reply(&mut self.tls, 0, Err(error)).await;
+                Next::Close
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, "connection ended: {e}");
+                Next::Close
+            }
+        }
+    }
+
+    /// Decodes, runs and answers one request; false when the connection
+    /// must close.
+    async fn answer(&mut self, payload: &[u8]) -> bool {
+        let daemon = &self.daemon;
+        let (id, result, keep_open) = match wire::decode_request(payload) {
+            Ok(request) => {
+                let name = request.procedure.name();
+                let started = Instant::now();
+                let timeout = daemon.limits.request_timeout;
+                let result = tokio::time::timeout(
+                    timeout,
+                    super::handlers::dispatch(daemon, request.procedure),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RpcError {
+                        kind: RpcErrorKind::Timeout,
+                        message: format!("{name} took longer than {timeout:?}"),
+                    })
+                });
+                daemon.metrics.rpc(name, result.is_ok(), started.elapsed());
+                (request.id, result, true)
+            }
+            Err((id, error)) => {
+                // An unknown procedure leaves the framing intact: answer and
+                // keep serving. Anything else malformed closes the connection.
+                let keep = error.kind == RpcErrorKind::UnknownProcedure;
+                tracing::warn!(peer = %self.peer, uuid = %self.admission.uuid, "bad request: {}", error.message);
+                (id, Err(error), keep)
+            }
+        };
+        let sent = tokio::time::timeout(
+            daemon.limits.request_timeout,
+            reply(&mut self.tls, id, result),
+        )
+        .await;
+        matches!(sent, Ok(Ok(()))) && keep_open
+    }
+}
+
+/// A connection without a client certificate, on the master: one request,
+/// which must be a join; then the connection is closed.
+#[derive(Debug)]
+pub struct AnonymousJoin {
+    daemon: Arc<Daemon>,
+    tls: TlsStream<TcpStream>,
+    peer: SocketAddr,
+    permit: HandshakePermit,
+    _slot: ConnectionSlot,
+}
+
+impl AnonymousJoin {
+    pub fn new(
+        daemon: Arc<Daemon>,
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+        permit: HandshakePermit,
+        slot: ConnectionSlot,
+    ) -> Self {
+        AnonymousJoin {
+            daemon,
+            tls,
+            peer,
+            permit,
+            _slot: slot,
+        }
+    }
+
+    /// Reads the one request, runs it if it is a join, answers, closes.
+    pub async fn serve(mut self) {
+        // A join request is small; anonymous peers get no 16 MiB frames.
+        const MAX_JOIN_FRAME: u32 = 64 * 1024;
+        let read = tokio::time::timeout(
+            self.daemon.limits.handshake_timeout,
+            wire::read_frame(&mut self.tls, MAX_JOIN_FRAME),
+        )
+        .await;
+        drop(self.permit);
+        let payload = match read {
+            Ok(Ok(Some(p))) => p,
+            _ => return,
+        };
+        // `counted`: the refusal is already recorded (once per connection).
+        let (id, result, counted) = match wire::decode_request(&payload) {
+            Ok(request) => match request.procedure {
+                // No timeout around the join: once admitted under the lock, the
+                // node is in the config and the joiner must get its reply.
+                Procedure::Join(join) => {
+                    let started = Instant::now();
+                    let result = super::join::handle_join(&self.daemon, join).await;
+                    self.daemon
+                        .metrics
+                        .rpc("join", result.is_ok(), started.elapsed());
+                    (request.id, result, false)
+                }
+                other => {
+                    self.daemon.deny(
+                        self.peer,
+                        &Denial {
+                            reason: DenialReason::AnonymousRequest(other.name().to_owned()),
+                            subject: None,
+                            digest: None,
+                        },
+                    );
+                    (
+                        request.id,
+                        Err(RpcError {
+                            kind: RpcErrorKind::NotAuthorized,
+                            message: "a client without a certificate may only join".into(),
+                        }),
+                        true,
+                    )
+                }
+            },
+            Err((id, error)) => (id, Err(error), false),
+        };
+        if let (Err(e), false) = (&result, counted) {
+            self.daemon.deny(
+                self.peer,
+                &Denial {
+                    reason: DenialReason::JoinRefused(e.message.clone()),
+                    subject: None,
+                    digest: None,
+                },
+            );
+        }
+        let _ = reply(&mut self.tls, id, result).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.shutdown()).await;
+    }
+}
+
+/// Resolves once the map no longer admits this connection's digest.
+async fn revoked(
+    generation: &mut watch::Receiver<u64>,
+    map: &CandidateMapHandle,
+    admission: &Admission,
+) {
+    loop {
+        if !map.load().contains(&admission.digest) {
+            return;
+        }
+        if generation.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn reply<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    id: u64,
+    result: Result<Reply, RpcError>,
+) -> Result<(), FrameError> {
+    let bytes = wire::encode(&Response {
+        version: PROTOCOL_VERSION,
+        id,
+        result,
+    })?;
+    wire::write_frame(writer, &bytes).await
+}
