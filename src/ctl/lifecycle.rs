@@ -385,8 +385,7 @@ async fn catch_up(master: &Master, node: &NodeRecord) {
         Ok(_) => false,
         // Its map lacks the master's current certificate, or it serves with
         // a certificate of a CA the master no longer trusts.
-        Err(Error::NotAuthorized { .. }) => true,
-        Err(Error::Unreachable { reason, .. }) => reason.contains("does not trust"),
+        Err(Error::NotAuthorized { .. } | Error::UntrustedServer { .. }) => true,
         Err(_) => false,
     };
     if !stale {
