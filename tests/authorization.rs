@@ -365,8 +365,8 @@ async fn client_verifies_the_server_chain() {
     // Our client (our CA, our master's certificate) against their daemon.
     let result = ping(&client(&ours, Some(&node_identity(&ours))), &theirs).await;
     match result {
-        Err(Error::Unreachable { reason, .. }) => {
-            assert!(reason.contains("does not trust"), "{reason}")
+        Err(e @ Error::UntrustedServer { .. }) => {
+            assert!(e.to_string().contains("does not trust"), "{e}")
         }
         other => panic!("client accepted a foreign server: {other:?}"),
     }

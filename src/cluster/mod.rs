@@ -1,10 +1,11 @@
 //! The cluster as the master changes it: the lock of mutating commands
 //! ([`lock`]), the config this node holds ([`store`]), commit and push to
-//! the nodes ([`push`]), and the consistency checks of `verify`
-//! ([`verify`]).
+//! the nodes ([`push`]), the steps of a certificate renewal ([`renew`]),
+//! and the consistency checks of `verify` ([`verify`]).
 
 pub mod lock;
 pub mod push;
+pub mod renew;
 pub mod store;
 pub mod verify;
 

@@ -47,6 +47,15 @@ pub enum Error {
     /// The command needs something it was not given or cannot have.
     #[error("{0}")]
     Invalid(String),
+    /// The node's server certificate does not chain to this node's cluster
+    /// CA: another cluster's daemon, an impostor, or a node that missed a CA
+    /// rotation.
+    #[error("{node}: {address} presented a server certificate this node does not trust ({reason}); is it a node of this cluster?")]
+    UntrustedServer {
+        node: String,
+        address: String,
+        reason: String,
+    },
 }
 
 /// Result alias for the library.

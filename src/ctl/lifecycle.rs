@@ -42,12 +42,59 @@ fn config_json(config: &ClusterConfig) -> Result<String> {
         .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))
 }
 
+/// Reports the nodes `push` did not reach and gives the exit outcome.
 fn outcome(push: &PushOutcome) -> Outcome {
     push.report();
+    exit_outcome(push)
+}
+
+/// 0 when every node took the change, 3 (partial) otherwise.
+fn exit_outcome(push: &PushOutcome) -> Outcome {
     if push.is_complete() {
         Outcome::Success
     } else {
         Outcome::Partial
+    }
+}
+
+/// An online regular node to promote in place of `leaving`: the first by
+/// name, so that reruns pick the same one.
+fn replacement(config: &ClusterConfig, leaving: &str) -> Option<String> {
+    config
+        .nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Regular && !n.offline && n.name != leaving)
+        .map(|n| &n.name)
+        .min()
+        .cloned()
+}
+
+/// What the pool-size rule asks when a master candidate leaves the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PoolRule {
+    /// Enough candidates remain.
+    Enough,
+    /// Promote another node (`--auto-promote`).
+    Promote,
+    /// Too few would remain: refuse the change.
+    Refuse { remaining: usize, pool: usize },
+    /// Too few remain, and the change goes ahead anyway (offline, remove).
+    Warn { remaining: usize, pool: usize },
+}
+
+/// The pool-size rule (SPEC §6) for one candidate leaving, out of `online`
+/// online candidates (the master included). `strict` refuses rather than
+/// warns.
+fn pool_rule(online: usize, pool: usize, auto_promote: bool, strict: bool) -> PoolRule {
+    let remaining = online.saturating_sub(1);
+    if remaining >= pool {
+        PoolRule::Enough
+    } else if auto_promote {
+        PoolRule::Promote
+    } else if strict {
+        PoolRule::Refuse { remaining, pool }
+    } else {
+        PoolRule::Warn { remaining, pool }
     }
 }
 
@@ -164,18 +211,6 @@ impl Master {
         progress::push(&self.client, &self.config, items, &[&me]).await
     }
 
-    /// An online regular node to promote in place of `leaving`.
-    fn replacement(&self, leaving: &str) -> Option<String> {
-        let mut eligible: Vec<&NodeRecord> = self
-            .config
-            .nodes
-            .iter()
-            .filter(|n| n.role == NodeRole::Regular && !n.offline && n.name != leaving)
-            .collect();
-        eligible.sort_by(|a, b| a.name.cmp(&b.name));
-        eligible.first().map(|n| n.name.clone())
-    }
-
     /// Applies the pool-size rule to `name` leaving the candidates.
     async fn keep_pool(
         &mut self,
@@ -183,27 +218,26 @@ impl Master {
         auto_promote: bool,
         strict: bool,
     ) -> Result<PushOutcome> {
-        let remaining = online_candidates(&self.config).saturating_sub(1);
         let pool = self.config.candidate_pool_size as usize;
-        if remaining >= pool {
-            return Ok(PushOutcome::default());
-        }
-        if auto_promote {
-            let Some(other) = self.replacement(name) else {
-                return Err(Error::Invalid(format!(
-                    "no online regular node to promote in place of {name}"
-                )));
-            };
-            crate::say!("promoting {other} to keep {pool} master candidates");
-            return self.promote(&other).await;
-        }
-        if strict {
-            return Err(Error::Invalid(format!(
+        match pool_rule(online_candidates(&self.config), pool, auto_promote, strict) {
+            PoolRule::Enough => Ok(PushOutcome::default()),
+            PoolRule::Promote => {
+                let Some(other) = replacement(&self.config, name) else {
+                    return Err(Error::Invalid(format!(
+                        "no online regular node to promote in place of {name}"
+                    )));
+                };
+                crate::say!("promoting {other} to keep {pool} master candidates");
+                self.promote(&other).await
+            }
+            PoolRule::Refuse { remaining, pool } => Err(Error::Invalid(format!(
                 "this would leave {remaining} master candidates, fewer than the pool size {pool}; pass --auto-promote to promote another node"
-            )));
+            ))),
+            PoolRule::Warn { remaining, pool } => {
+                eprintln!("warning: {remaining} master candidates remain, fewer than the pool size {pool}");
+                Ok(PushOutcome::default())
+            }
         }
-        eprintln!("warning: {remaining} master candidates remain, fewer than the pool size {pool}");
-        Ok(PushOutcome::default())
     }
 }
 
@@ -269,111 +303,165 @@ pub async fn set_offline(
 ) -> Result<Outcome> {
     let mut master = Master::open(state, wait, &format!("modify {name}"))?;
     let node = find(&master.config, name)?.clone();
-    if node.role == NodeRole::Master {
-        if !yes {
+    match offline_step(&node, yes) {
+        OfflineStep::ResendState => {
             // The master is online by definition: send everyone the state.
             let push = master.commit(PushItems::ALL, &[]).await?;
             crate::say!("{name} is the master; cluster state sent again");
-            return Ok(outcome(&push));
+            Ok(outcome(&push))
         }
-        return Err(Error::Invalid(format!(
+        OfflineStep::RefuseMaster => Err(Error::Invalid(format!(
             "{name} is the master and cannot be offlined; run `nodectl master-failover` on another candidate first"
-        )));
+        ))),
+        OfflineStep::AlreadyOffline => {
+            crate::say!("{name} is already offline");
+            Ok(Outcome::Success)
+        }
+        OfflineStep::TakeOffline => {
+            let push = master.take_offline(&node, auto_promote).await?;
+            crate::say!("{name} is offline (serial {})", master.config.serial);
+            Ok(outcome(&push))
+        }
+        OfflineStep::BringOnline => {
+            let push = master.bring_online(&node).await?;
+            crate::say!("{name} is online (serial {})", master.config.serial);
+            Ok(outcome(&push))
+        }
     }
-    if yes && node.offline {
-        crate::say!("{name} is already offline");
-        return Ok(Outcome::Success);
+}
+
+/// What `modify NODE --offline=yes|no` does to `node`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OfflineStep {
+    /// `--offline=no` on the master: its state is sent again.
+    ResendState,
+    /// `--offline=yes` on the master: refused.
+    RefuseMaster,
+    /// `--offline=yes` on an offline node: nothing to do.
+    AlreadyOffline,
+    TakeOffline,
+    /// `--offline=no`; on an online node, a repair that re-sends its state
+    /// and re-issues a certificate that does not match the record.
+    BringOnline,
+}
+
+fn offline_step(node: &NodeRecord, yes: bool) -> OfflineStep {
+    match (node.role, yes) {
+        (NodeRole::Master, false) => OfflineStep::ResendState,
+        (NodeRole::Master, true) => OfflineStep::RefuseMaster,
+        (_, true) if node.offline => OfflineStep::AlreadyOffline,
+        (_, true) => OfflineStep::TakeOffline,
+        (_, false) => OfflineStep::BringOnline,
     }
-    // `--offline=no` on an online node goes through the online steps
-    // again: a repair that re-sends its state and re-issues a certificate
-    // that does not match the record.
-    if yes {
+}
+
+/// Whether a node's client certificate must be issued again when it comes
+/// online: it is not the one on record, or a CA the cluster no longer uses
+/// issued it (it missed a rotation).
+fn needs_new_certificate(recorded: &str, actual: &str, from_current_ca: bool) -> bool {
+    actual != recorded || !from_current_ca
+}
+
+impl Master {
+    /// Offline: as a demotion for the map, every other node first; then
+    /// its candidate files removed, best effort (the node may be gone).
+    async fn take_offline(&mut self, node: &NodeRecord, auto_promote: bool) -> Result<PushOutcome> {
+        let name = node.name.as_str();
         let mut push = if node.role.is_candidate() {
-            master.keep_pool(name, auto_promote, false).await?
+            self.keep_pool(name, auto_promote, false).await?
         } else {
             PushOutcome::default()
         };
-        find_mut(&mut master.config, name)?.offline = true;
-        // As a demotion for the map: every other node first.
-        let others = master.commit(PushItems::ALL, &[name]).await?;
+        find_mut(&mut self.config, name)?.offline = true;
+        let others = self.commit(PushItems::ALL, &[name]).await?;
         push.unreachable.extend(others.unreachable);
-        // Best effort: the node may be gone.
-        match cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await {
+        match cluster::call(&self.client, node, Procedure::RemoveCandidateFiles).await {
             Ok(_) => {}
             Err(e) if node.role.is_candidate() => eprintln!(
                 "warning: could not remove the CA key and config from {name} ({e}); they will be removed when it comes back online"
             ),
             Err(_) => {}
         }
-        crate::say!("{name} is offline (serial {})", master.config.serial);
-        return Ok(outcome(&push));
+        Ok(push)
     }
-    // Online: the node gets the current state first, then everyone else.
-    find_mut(&mut master.config, name)?.offline = false;
-    catch_up(&master, &node).await;
-    let reach =
-        |e: Error| Error::Invalid(format!("cannot bring {name} online: {e}; it stays offline"));
-    let mut conn = master
-        .client
-        .connect(&node.name, &node.address)
-        .await
-        .map_err(reach)?;
-    if let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? {
-        let alg: ssconf::DigestAlgorithm = master.config.digest.into();
+
+    /// Online: the node gets the current state first (a new client
+    /// certificate if its own is not the one on record), then its role
+    /// again, then everyone else.
+    async fn bring_online(&mut self, node: &NodeRecord) -> Result<PushOutcome> {
+        let name = node.name.as_str();
+        find_mut(&mut self.config, name)?.offline = false;
+        catch_up(self, node).await;
+        self.reissue_if_stale(node).await?;
+        let mut push = PushOutcome::default();
+        if node.role.is_candidate() {
+            find_mut(&mut self.config, name)?.role = NodeRole::Regular;
+            // Re-promote: CA key, config, its own SSH key, everywhere.
+            push = self.promote(name).await?;
+        } else {
+            let removed = cluster::call(&self.client, node, Procedure::RemoveCandidateFiles).await;
+            if let Err(e) = removed {
+                push.unreachable.push((name.to_owned(), e.to_string()));
+            }
+            let done = self.commit(PushItems::ALL, &[]).await?;
+            push.unreachable.extend(done.unreachable);
+        }
+        // Its ca.pem as every node's (after a CA rotation it missed, it still
+        // trusts the old CA too).
+        if let Err(e) = finish_ca_catch_up(self, node).await {
+            push.unreachable.push((name.to_owned(), e.to_string()));
+        }
+        Ok(push)
+    }
+
+    /// Issues `node` a new client certificate, for a key it makes now, when
+    /// the one on its disk is not the one the master signed for it. A node
+    /// that cannot be reached stays offline.
+    async fn reissue_if_stale(&mut self, node: &NodeRecord) -> Result<()> {
+        let name = node.name.as_str();
+        let reach =
+            |e: Error| Error::Invalid(format!("cannot bring {name} online: {e}; it stays offline"));
+        let mut conn = self
+            .client
+            .connect(&node.name, &node.address)
+            .await
+            .map_err(reach)?;
+        let Reply::NodeInfo(info) = conn.call(Procedure::NodeInfo).await.map_err(reach)? else {
+            return Ok(());
+        };
+        let alg: ssconf::DigestAlgorithm = self.config.digest.into();
         // The certificate as it is on the node's disk now.
         let der = crate::pki::load_certs_from_pem(&info.client_cert_pem).ok();
         let actual = der
             .as_ref()
             .map(|der| alg.digest(der).to_string())
             .unwrap_or_default();
-        // Issued by a CA the cluster no longer uses (it missed a rotation)?
-        let current_ca = crate::pki::load_certs(&master.state.ca_pem())?;
+        let current_ca = crate::pki::load_certs(&self.state.ca_pem())?;
         let from_current_ca = der.as_ref().is_some_and(|der| {
             crate::pki::chains_to(der, &current_ca, rustls_pki_types::UnixTime::now()).is_ok()
         });
-        if actual != node.digest || !from_current_ca {
-            // Not the certificate the master signed for it: issue a new one,
-            // for a key the node makes now.
-            crate::say!("{name}'s client certificate is not the one on record; issuing a new one");
-            let Reply::Csr(csr) = conn
-                .call(Procedure::PrepareClientKey)
-                .await
-                .map_err(reach)?
-            else {
-                return Err(reach(Error::Invalid("no CSR in the reply".into())));
-            };
-            let ca = crate::pki::keystore::load_ca(&master.state, &master.config)?;
-            let cert_pem = ca.sign_client_csr(&csr, master.config.cert_days)?;
-            let der = crate::pki::load_certs_from_pem(&cert_pem)?;
-            conn.call(Procedure::InstallClientCert { cert_pem })
-                .await
-                .map_err(reach)?;
-            let record = find_mut(&mut master.config, name)?;
-            record.digest = alg.digest(&der).to_string();
-            record.cert_expires = crate::pki::CertInfo::from_der(&der)?.not_after;
+        if !needs_new_certificate(&node.digest, &actual, from_current_ca) {
+            return Ok(());
         }
+        crate::say!("{name}'s client certificate is not the one on record; issuing a new one");
+        let Reply::Csr(csr) = conn
+            .call(Procedure::PrepareClientKey)
+            .await
+            .map_err(reach)?
+        else {
+            return Err(reach(Error::Invalid("no CSR in the reply".into())));
+        };
+        let ca = crate::pki::keystore::load_ca(&self.state, &self.config)?;
+        let cert_pem = ca.sign_client_csr(&csr, self.config.cert_days)?;
+        let der = crate::pki::load_certs_from_pem(&cert_pem)?;
+        conn.call(Procedure::InstallClientCert { cert_pem })
+            .await
+            .map_err(reach)?;
+        let record = find_mut(&mut self.config, name)?;
+        record.digest = alg.digest(&der).to_string();
+        record.cert_expires = crate::pki::CertInfo::from_der(&der)?.not_after;
+        Ok(())
     }
-    drop(conn);
-    let mut push = PushOutcome::default();
-    if node.role.is_candidate() {
-        find_mut(&mut master.config, name)?.role = NodeRole::Regular;
-        // Re-promote: CA key, config, its own SSH key, everywhere.
-        push = master.promote(name).await?;
-    } else {
-        let removed = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await;
-        if let Err(e) = removed {
-            push.unreachable.push((name.to_owned(), e.to_string()));
-        }
-        let done = master.commit(PushItems::ALL, &[]).await?;
-        push.unreachable.extend(done.unreachable);
-    }
-    // Its ca.pem as every node's (after a CA rotation it missed, it still
-    // trusts the old CA too).
-    if let Err(e) = finish_ca_catch_up(&master, &node).await {
-        push.unreachable.push((name.to_owned(), e.to_string()));
-    }
-    crate::say!("{name} is online (serial {})", master.config.serial);
-    Ok(outcome(&push))
 }
 
 /// A node that missed a renewal of the master's own certificate (it was
@@ -381,15 +469,7 @@ pub async fn set_offline(
 /// still holds, brings it the current map once.
 async fn catch_up(master: &Master, node: &NodeRecord) {
     let current = cluster::call(&master.client, node, Procedure::Ping).await;
-    let stale = match &current {
-        Ok(_) => false,
-        // Its map lacks the master's current certificate, or it serves with
-        // a certificate of a CA the master no longer trusts.
-        Err(Error::NotAuthorized { .. }) => true,
-        Err(Error::Unreachable { reason, .. }) => reason.contains("does not trust"),
-        Err(_) => false,
-    };
-    if !stale {
+    if !missed_renewal(&current) {
         return;
     }
     let Ok(Some(previous)) = RpcClient::previous_from_state(&master.state) else {
@@ -428,6 +508,16 @@ async fn catch_up(master: &Master, node: &NodeRecord) {
         ),
         Err(e) => eprintln!("warning: {}: could not catch it up: {e}", node.name),
     }
+}
+
+/// Whether a ping's result says the node missed a renewal while it was
+/// offline: its map lacks the master's current certificate, or it serves
+/// with a certificate of a CA the master no longer trusts.
+fn missed_renewal(ping: &Result<Reply>) -> bool {
+    matches!(
+        ping,
+        Err(Error::NotAuthorized { .. } | Error::UntrustedServer { .. })
+    )
 }
 
 /// Once a node that missed a CA rotation has its new client certificate,
@@ -512,4 +602,254 @@ pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
         me.name, config.serial
     );
     Ok(outcome(&push))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::config::DigestAlgorithmName;
+
+    fn node(name: &str, role: NodeRole, offline: bool) -> NodeRecord {
+        NodeRecord {
+            uuid: format!("uuid-{name}"),
+            name: name.to_owned(),
+            address: "127.0.0.1:1".to_owned(),
+            role,
+            offline,
+            digest: format!("digest-{name}"),
+            cert_expires: 0,
+            next_digest: None,
+            ssh_public_key: None,
+        }
+    }
+
+    fn cluster(nodes: Vec<NodeRecord>) -> ClusterConfig {
+        ClusterConfig {
+            cluster_name: "test".to_owned(),
+            serial: 1,
+            candidate_pool_size: 3,
+            digest: DigestAlgorithmName::Sha256,
+            cert_days: 365,
+            ca_sha256: String::new(),
+            ca_key: None,
+            nodes,
+        }
+    }
+
+    use NodeRole::{Candidate as C, Master as M, Regular as R};
+
+    /// Nodes as (name, role, offline).
+    type Nodes = &'static [(&'static str, NodeRole, bool)];
+
+    #[test]
+    fn online_candidates_counts_the_master_and_online_candidates() {
+        let rows: &[(Nodes, usize)] = &[
+            (&[("m", M, false)], 1),
+            (&[("m", M, false), ("a", C, false), ("b", R, false)], 2),
+            (&[("m", M, false), ("a", C, true), ("b", C, false)], 2),
+            (&[("m", M, false), ("a", R, false), ("b", R, true)], 1),
+            (&[], 0),
+        ];
+        for (nodes, want) in rows {
+            let config = cluster(nodes.iter().map(|(n, r, o)| node(n, *r, *o)).collect());
+            assert_eq!(online_candidates(&config), *want, "{nodes:?}");
+        }
+    }
+
+    #[test]
+    fn replacement_is_the_first_online_regular_node_by_name() {
+        let rows: &[(Nodes, &str, Option<&str>)] = &[
+            (
+                &[("m", M, false), ("c", R, false), ("b", R, false)],
+                "a",
+                Some("b"),
+            ),
+            // The leaving node itself is never its replacement.
+            (
+                &[("m", M, false), ("b", R, false), ("c", R, false)],
+                "b",
+                Some("c"),
+            ),
+            // Offline and candidate nodes are not eligible.
+            (
+                &[("m", M, false), ("b", R, true), ("c", C, false)],
+                "c",
+                None,
+            ),
+            (&[("m", M, false)], "m", None),
+        ];
+        for (nodes, leaving, want) in rows {
+            let config = cluster(nodes.iter().map(|(n, r, o)| node(n, *r, *o)).collect());
+            assert_eq!(
+                replacement(&config, leaving).as_deref(),
+                *want,
+                "{nodes:?} leaving {leaving}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_rule_table() {
+        use PoolRule::*;
+        // (online candidates, pool size, --auto-promote, strict) -> rule
+        let rows = [
+            (4, 3, false, true, Enough),
+            (3, 2, false, true, Enough),
+            (3, 3, true, true, Promote),
+            (3, 3, true, false, Promote),
+            (
+                3,
+                3,
+                false,
+                true,
+                Refuse {
+                    remaining: 2,
+                    pool: 3,
+                },
+            ),
+            (
+                3,
+                3,
+                false,
+                false,
+                Warn {
+                    remaining: 2,
+                    pool: 3,
+                },
+            ),
+            (
+                1,
+                1,
+                false,
+                false,
+                Warn {
+                    remaining: 0,
+                    pool: 1,
+                },
+            ),
+            (
+                0,
+                1,
+                false,
+                true,
+                Refuse {
+                    remaining: 0,
+                    pool: 1,
+                },
+            ),
+            (1, 0, false, true, Enough),
+        ];
+        for (online, pool, auto, strict, want) in rows {
+            assert_eq!(
+                pool_rule(online, pool, auto, strict),
+                want,
+                "{online} online, pool {pool}, auto {auto}, strict {strict}"
+            );
+        }
+    }
+
+    #[test]
+    fn offline_step_table() {
+        use OfflineStep::*;
+        // (role, offline now, --offline=yes) -> step
+        let rows = [
+            (M, false, false, ResendState),
+            (M, false, true, RefuseMaster),
+            (C, false, true, TakeOffline),
+            (R, false, true, TakeOffline),
+            (C, true, true, AlreadyOffline),
+            (R, true, true, AlreadyOffline),
+            (C, true, false, BringOnline),
+            (R, true, false, BringOnline),
+            // A repair.
+            (R, false, false, BringOnline),
+        ];
+        for (role, offline, yes, want) in rows {
+            let n = node("n", role, offline);
+            assert_eq!(
+                offline_step(&n, yes),
+                want,
+                "{role:?} offline {offline} yes {yes}"
+            );
+        }
+    }
+
+    #[test]
+    fn needs_new_certificate_table() {
+        // (recorded, actual on disk, chains to the current CA) -> reissue
+        let rows = [
+            ("d1", "d1", true, false),
+            ("d1", "d2", true, true),
+            ("d1", "d1", false, true),
+            ("d1", "", false, true),
+            ("", "", false, true),
+        ];
+        for (recorded, actual, current, want) in rows {
+            assert_eq!(
+                needs_new_certificate(recorded, actual, current),
+                want,
+                "{recorded:?} {actual:?} {current}"
+            );
+        }
+    }
+
+    #[test]
+    fn missed_renewal_table() {
+        let node = || "n".to_owned();
+        let rows: Vec<(Result<Reply>, bool)> = vec![
+            (
+                Ok(Reply::Pong {
+                    node: node(),
+                    version: "1".into(),
+                }),
+                false,
+            ),
+            (
+                Err(Error::NotAuthorized {
+                    node: node(),
+                    reason: "access denied".into(),
+                }),
+                true,
+            ),
+            (
+                Err(Error::UntrustedServer {
+                    node: node(),
+                    address: "127.0.0.1:1".into(),
+                    reason: "unknown issuer".into(),
+                }),
+                true,
+            ),
+            (
+                Err(Error::Unreachable {
+                    node: node(),
+                    reason: "connection refused".into(),
+                }),
+                false,
+            ),
+            (
+                Err(Error::Remote {
+                    node: node(),
+                    message: "busy".into(),
+                }),
+                false,
+            ),
+        ];
+        for (ping, want) in &rows {
+            assert_eq!(missed_renewal(ping), *want, "{ping:?}");
+        }
+    }
+
+    #[test]
+    fn exit_outcome_table() {
+        let partial = PushOutcome {
+            unreachable: vec![("n".into(), "down".into())],
+        };
+        let rows = [
+            (PushOutcome::default(), Outcome::Success),
+            (partial, Outcome::Partial),
+        ];
+        for (push, want) in rows {
+            assert_eq!(exit_outcome(&push), want, "{push:?}");
+        }
+    }
 }

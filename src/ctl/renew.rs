@@ -6,24 +6,28 @@
 //! with the master's current certificate; the master's own certificate is
 //! renewed last and the final push uses it. Each step leaves a state in
 //! which every node serves and the master can command every node, so a
-//! rerun after a crash simply completes the job.
+//! rerun after a crash simply completes the job. The steps and what each
+//! makes of a node's record are in [`cluster::renew`]; this file carries
+//! them out and reports each node's line.
 
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use ssconf::DigestAlgorithm;
 
 use super::{progress, Outcome};
+use crate::cluster::renew::{
+    self, node_mut, record_outcome, NewCertificate, StepOutcome, SWITCH_GRACE,
+};
 use crate::cluster::{self, ClusterLock, PushItems, PushOutcome};
-use crate::core::{Error, Result, Secret};
-use crate::pki::{self, CertInfo, CertificateSigner, NodeKey};
+use crate::core::{hex, Error, Result, Secret};
+use crate::pki::keystore::KeyStore;
+use crate::pki::{self, CertificateAuthority, CertificateSigner, NodeKey};
 use crate::rpc::fanout::{fan_out, CONCURRENCY};
 use crate::rpc::RpcClient;
 use crate::state::config::{ClusterConfig, NodeRecord};
-use crate::state::StateDir;
+use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::wire::{Procedure, Reply};
-
-/// How long the old digests stay in the map after the nodes switched.
-pub const SWITCH_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What to renew.
 #[derive(Debug, Clone, Default)]
@@ -85,205 +89,233 @@ pub async fn renew(state: &StateDir, plan: &RenewPlan, wait: bool) -> Result<Out
     })
 }
 
+/// `--new-node-certificates`: the steps of [`cluster::renew`] for every
+/// node in `only` (default: every online node), the master last.
 async fn node_certificates(
     state: &StateDir,
     config: &mut ClusterConfig,
     only: &[String],
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    for name in only {
-        let node = config.node(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown node {name:?}; `nodectl list` shows the cluster's nodes"
-            ))
-        })?;
-        if node.offline {
-            return Err(Error::Invalid(format!(
-                "{name} is offline; bring it online first (`nodectl modify {name} --offline=no`)"
-            )));
-        }
-    }
+    let targets = renew::targets(config, only)?;
     let me = state.load_identity()?;
-    let alg: DigestAlgorithm = config.digest.into();
-    let ca = Arc::new(crate::pki::keystore::load_ca(state, config)?);
-    let days = config.cert_days;
-    let targets: Vec<NodeRecord> = config
-        .nodes
-        .iter()
-        .filter(|n| !n.offline && (only.is_empty() || only.contains(&n.name)))
-        .cloned()
-        .collect();
-    let others: Vec<NodeRecord> = targets
-        .iter()
-        .filter(|n| n.uuid != me.uuid)
-        .cloned()
-        .collect();
-    let renew_self = targets.iter().any(|n| n.uuid == me.uuid);
-    let client = RpcClient::from_state(state)?;
+    let run = Renewal::open(state, config)?;
+    // A run interrupted after this node switched, but before the switch was
+    // recorded, left its certificate as `next_digest`: adopted first.
+    let own = pki::file_digest(&state.client_pem(), run.alg)?.to_string();
+    record_outcome(node_mut(config, &me.name)?, &StepOutcome::Uses(own.clone()));
+    let (own_target, others): (Vec<NodeRecord>, Vec<NodeRecord>) =
+        targets.into_iter().partition(|n| n.uuid == me.uuid);
 
-    // A run that was interrupted after a node switched, but before the
-    // switch was recorded, left the certificate the node uses as
-    // `next_digest`: adopt it before anything else, or it would fall out
-    // of the map.
-    let own = crate::pki::file_digest(&state.client_pem(), alg)?.to_string();
-    adopt(node_mut(config, &me.name)?, &own);
-
-    // 1. Every other node makes a key and a CSR; the master signs.
-    let signed = fan_out_nodes(&others, |node| {
-        let client = client.clone();
-        let ca = ca.clone();
-        async move {
-            let mut conn = client.connect(&node.name, &node.address).await?;
-            let actual = match conn.call(Procedure::NodeInfo).await? {
-                Reply::NodeInfo(info) => pki::load_certs_from_pem(&info.client_cert_pem)
-                    .map(|der| alg.digest(&der).to_string())
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            let Reply::Csr(csr) = conn.call(Procedure::PrepareClientKey).await? else {
-                return Err(Error::Invalid("no CSR in the reply".into()));
-            };
-            Ok((actual, ca.sign_client_csr(&csr, days)?))
-        }
-    })
-    .await;
-    let mut pending: Vec<(NodeRecord, String)> = Vec::new();
-    for (node, result) in signed {
-        report_step(&node.name, "new key and CSR", &result);
-        let record = node_mut(config, &node.name)?;
-        match result {
-            Ok((actual, cert_pem)) => {
-                adopt(record, &actual);
-                let der = pki::load_certs_from_pem(&cert_pem)?;
-                record.next_digest = Some(alg.digest(&der).to_string());
-                pending.push((node, cert_pem));
-            }
-            Err(e) => {
-                // Keeps no valid entry: fixed later with --node.
-                record.digest = String::new();
-                record.next_digest = None;
-                failed.unreachable.push((node.name.clone(), format!("{e}; renew it later with `nodectl renew-crypto --new-node-certificates --node {}`", node.name)));
-            }
-        }
-    }
-    // 2. The overlapping map (old and new digests) reaches every node.
-    let overlap = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    let pending = run.prepare_and_sign(config, &others, failed).await?;
+    let overlap = run.commit(config).await?;
     failed.unreachable.extend(overlap.unreachable);
+    let mut switched = run.install(config, &pending, failed).await?;
+    if !own_target.is_empty() {
+        switched.extend(run.renew_own(config, &me.name, own, failed).await?);
+    }
+    run.settle(config, &switched, failed).await
+}
 
-    // 3. Each node switches to its new certificate.
-    let installed = fan_out_nodes(
-        &pending.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-        |node| {
-            let client = client.clone();
-            let cert_pem = pending
+/// What every step of a node-certificate renewal needs.
+struct Renewal<'a> {
+    state: &'a StateDir,
+    client: RpcClient,
+    ca: Arc<CertificateAuthority>,
+    alg: DigestAlgorithm,
+    days: u32,
+}
+
+impl<'a> Renewal<'a> {
+    fn open(state: &'a StateDir, config: &ClusterConfig) -> Result<Self> {
+        Ok(Renewal {
+            state,
+            alg: config.digest.into(),
+            ca: Arc::new(crate::pki::keystore::load_ca(state, config)?),
+            days: config.cert_days,
+            client: RpcClient::from_state(state)?,
+        })
+    }
+
+    /// Commits `config` and pushes it to every other online node.
+    async fn commit(&self, config: &mut ClusterConfig) -> Result<PushOutcome> {
+        progress::commit(self.state, &self.client, config, PushItems::ALL, &[]).await
+    }
+
+    /// Prepare and sign: every node in `nodes` makes a key and a CSR, the
+    /// master signs it and records the new digest next to the old one.
+    /// Returns the nodes that got a certificate, with it.
+    async fn prepare_and_sign(
+        &self,
+        config: &mut ClusterConfig,
+        nodes: &[NodeRecord],
+        failed: &mut PushOutcome,
+    ) -> Result<Vec<(NodeRecord, NewCertificate)>> {
+        let (alg, days) = (self.alg, self.days);
+        let signed = fan_out_nodes(nodes, |node| {
+            let client = self.client.clone();
+            let ca = self.ca.clone();
+            async move {
+                let (actual, csr) = prepare(&client, &node, alg).await?;
+                Ok((actual, ca.sign_client_csr(&csr, days)?))
+            }
+        })
+        .await;
+        let mut pending = Vec::new();
+        for (node, result) in signed {
+            report_step(&node.name, "new key and CSR", &result);
+            let outcome = match result {
+                Ok((actual, cert_pem)) => {
+                    let cert = NewCertificate::parse(cert_pem, alg)?;
+                    let next = cert.digest.clone();
+                    pending.push((node.clone(), cert));
+                    StepOutcome::Signed { actual, next }
+                }
+                Err(e) => {
+                    failed.unreachable.push(renew_later(&node.name, &e));
+                    StepOutcome::Failed
+                }
+            };
+            record_outcome(node_mut(config, &node.name)?, &outcome);
+        }
+        Ok(pending)
+    }
+
+    /// Install: each node switches to its new certificate (once the map
+    /// with both digests reached every node). Returns the nodes that did.
+    async fn install(
+        &self,
+        config: &mut ClusterConfig,
+        pending: &[(NodeRecord, NewCertificate)],
+        failed: &mut PushOutcome,
+    ) -> Result<Vec<(String, NewCertificate)>> {
+        let nodes: Vec<NodeRecord> = pending.iter().map(|(n, _)| n.clone()).collect();
+        let installed = fan_out_nodes(&nodes, |node| {
+            let client = self.client.clone();
+            let cert = pending
                 .iter()
                 .find(|(n, _)| n.uuid == node.uuid)
-                .map(|(_, c)| c.clone())
-                .unwrap_or_default();
+                .map(|(_, c)| c.clone());
             async move {
-                let procedure = Procedure::InstallClientCert {
-                    cert_pem: cert_pem.clone(),
-                };
-                cluster::call(&client, &node, procedure)
-                    .await
-                    .map(|_| cert_pem)
+                let cert = cert.ok_or_else(|| Error::Invalid("no certificate signed".into()))?;
+                let cert_pem = cert.cert_pem.clone();
+                let procedure = Procedure::InstallClientCert { cert_pem };
+                cluster::call(&client, &node, procedure).await.map(|_| cert)
             }
-        },
-    )
-    .await;
-    // Switched nodes keep both digests in the map until the grace period
-    // below has passed; they are recorded as switched only then.
-    let mut switched: Vec<(String, String)> = Vec::new();
-    for (node, result) in installed {
-        report_step(&node.name, "new client certificate", &result);
-        let record = node_mut(config, &node.name)?;
-        match result {
-            Ok(cert_pem) => switched.push((node.name.clone(), cert_pem)),
-            Err(e) => {
-                record.digest = String::new();
-                record.next_digest = None;
-                failed.unreachable.push((node.name.clone(), format!("{e}; renew it later with `nodectl renew-crypto --new-node-certificates --node {}`", node.name)));
+        })
+        .await;
+        let mut switched = Vec::new();
+        for (node, result) in installed {
+            report_step(&node.name, "new client certificate", &result);
+            match result {
+                Ok(cert) => switched.push((node.name, cert)),
+                Err(e) => {
+                    failed.unreachable.push(renew_later(&node.name, &e));
+                    record_outcome(node_mut(config, &node.name)?, &StepOutcome::Failed);
+                }
             }
         }
+        Ok(switched)
     }
-    // The master's own certificate comes last, and only when every node
-    // holds a map with its new digest: a node that missed the pushes keeps
-    // the master's old digest, and the master must still be able to
-    // command it once it is back.
-    if renew_self {
+
+    /// The master's own certificate (it uses `own`), last, and only when
+    /// every node holds a map with its new digest: a node that missed the
+    /// pushes keeps the master's old digest, and the master must still be
+    /// able to command it once it is back. Made and installed here.
+    async fn renew_own(
+        &self,
+        config: &mut ClusterConfig,
+        me: &str,
+        own: String,
+        failed: &mut PushOutcome,
+    ) -> Result<Option<(String, NewCertificate)>> {
         if !failed.is_complete() {
             eprintln!(
-                "{}: client certificate NOT renewed: some nodes did not get the new map; run `nodectl renew-crypto --new-node-certificates --node {}` once they are reachable",
-                me.name, me.name
+                "{me}: client certificate NOT renewed: some nodes did not get the new map; run `nodectl renew-crypto --new-node-certificates --node {me}` once they are reachable"
             );
-        } else {
-            let key = NodeKey::generate()?;
-            let cert_pem = ca.sign_client_csr(&key.client_csr(&me.name)?, days)?;
-            let der = pki::load_certs_from_pem(&cert_pem)?;
-            node_mut(config, &me.name)?.next_digest = Some(alg.digest(&der).to_string());
-            let overlap = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
-            if overlap.is_complete() {
-                state.write(
-                    &state.client_key_pending(),
-                    key.to_pem().expose().as_bytes(),
-                    crate::state::MODE_SECRET,
-                )?;
-                crate::pki::pair::keep_previous_identity(state)?;
-                crate::pki::pair::switch_client_pair(state, &cert_pem)?;
-                switched.push((me.name.clone(), cert_pem));
-                crate::say!("{}: new client certificate: ok", me.name);
-            } else {
-                node_mut(config, &me.name)?.next_digest = None;
-                eprintln!(
-                    "{}: client certificate NOT renewed: some nodes did not get the new map",
-                    me.name
-                );
-                failed.unreachable.extend(overlap.unreachable);
-            }
+            return Ok(None);
         }
+        let key = NodeKey::generate()?;
+        let cert_pem = self.ca.sign_client_csr(&key.client_csr(me)?, self.days)?;
+        let cert = NewCertificate::parse(cert_pem, self.alg)?;
+        let signed = StepOutcome::Signed {
+            actual: own,
+            next: cert.digest.clone(),
+        };
+        record_outcome(node_mut(config, me)?, &signed);
+        let overlap = self.commit(config).await?;
+        if !overlap.is_complete() {
+            record_outcome(node_mut(config, me)?, &StepOutcome::Withdrawn);
+            eprintln!("{me}: client certificate NOT renewed: some nodes did not get the new map");
+            failed.unreachable.extend(overlap.unreachable);
+            return Ok(None);
+        }
+        let state = self.state;
+        let pending_key = state.client_key_pending();
+        let key_pem = key.to_pem();
+        state.write(&pending_key, key_pem.expose().as_bytes(), MODE_SECRET)?;
+        crate::pki::pair::keep_previous_identity(state)?;
+        crate::pki::pair::switch_client_pair(state, &cert.cert_pem)?;
+        crate::say!("{me}: new client certificate: ok");
+        Ok(Some((me.to_owned(), cert)))
     }
 
-    // 4. Only the new digests remain — after a grace period, so that a
-    // command that loaded a node's old certificate just before the switch
-    // still completes with it.
-    if !switched.is_empty() {
-        tokio::time::sleep(SWITCH_GRACE).await;
+    /// Settle: only the new digests remain, after a grace period so that a
+    /// command that loaded a node's old certificate just before the switch
+    /// still completes with it.
+    async fn settle(
+        &self,
+        config: &mut ClusterConfig,
+        switched: &[(String, NewCertificate)],
+        failed: &mut PushOutcome,
+    ) -> Result<()> {
+        if !switched.is_empty() {
+            tokio::time::sleep(SWITCH_GRACE).await;
+        }
+        for (name, cert) in switched {
+            record_outcome(node_mut(config, name)?, &cert.settled());
+        }
+        // The master may have switched: it pushes with its new certificate.
+        let client = RpcClient::from_state(self.state)?;
+        let done = progress::commit(self.state, &client, config, PushItems::ALL, &[]).await?;
+        failed.unreachable.extend(done.unreachable);
+        Ok(())
     }
-    for (name, cert_pem) in &switched {
-        finish(node_mut(config, name)?, cert_pem, alg)?;
-    }
-    let client = RpcClient::from_state(state)?;
-    let done = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
-    failed.unreachable.extend(done.unreachable);
-    Ok(())
 }
 
-/// Records `actual` as the node's certificate if it is the pending one.
-fn adopt(record: &mut NodeRecord, actual: &str) {
-    if record.next_digest.as_deref() == Some(actual) {
-        record.digest = actual.to_owned();
-        record.next_digest = None;
-    }
+/// Prepare, on one node: the digest of the certificate it uses now (empty
+/// when unknown) and the CSR of a key it makes.
+async fn prepare(
+    client: &RpcClient,
+    node: &NodeRecord,
+    alg: DigestAlgorithm,
+) -> Result<(String, String)> {
+    let mut conn = client.connect(&node.name, &node.address).await?;
+    let actual = match conn.call(Procedure::NodeInfo).await? {
+        Reply::NodeInfo(info) => pki::load_certs_from_pem(&info.client_cert_pem)
+            .map(|der| alg.digest(&der).to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let Reply::Csr(csr) = conn.call(Procedure::PrepareClientKey).await? else {
+        return Err(Error::Invalid("no CSR in the reply".into()));
+    };
+    Ok((actual, csr))
 }
 
-fn finish(record: &mut NodeRecord, cert_pem: &str, alg: DigestAlgorithm) -> Result<()> {
-    let der = pki::load_certs_from_pem(cert_pem)?;
-    record.digest = alg.digest(&der).to_string();
-    record.next_digest = None;
-    record.cert_expires = CertInfo::from_der(&der)?.not_after;
-    Ok(())
-}
-
-fn node_mut<'a>(config: &'a mut ClusterConfig, name: &str) -> Result<&'a mut NodeRecord> {
-    config
-        .nodes
-        .iter_mut()
-        .find(|n| n.name == name)
-        .ok_or_else(|| Error::Invalid(format!("unknown node {name:?}")))
+/// A node whose renewal failed, with the command that fixes it later.
+fn renew_later(node: &str, e: &Error) -> (String, String) {
+    (
+        node.to_owned(),
+        format!(
+            "{e}; renew it later with `nodectl renew-crypto --new-node-certificates --node {node}`"
+        ),
+    )
 }
 
 /// A new shared server certificate on every online node; each daemon
-/// serves with it from the next handshake, without a restart.
+/// serves with it from the next handshake, without a restart. The master
+/// makes the key (the certificate is shared), so there is no prepare step.
 async fn cluster_certificate(
     state: &StateDir,
     config: &ClusterConfig,
@@ -292,27 +324,20 @@ async fn cluster_certificate(
     let ca = crate::pki::keystore::load_ca(state, config)?;
     let (cert_pem, key) = ca.issue_server_certificate(&config.cluster_name, config.cert_days)?;
     let client = RpcClient::from_state(state)?;
-    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
-    let results = fan_out_nodes(&nodes, |node| {
-        let client = client.clone();
-        let cert_pem = cert_pem.clone();
-        let key: Secret = key.clone();
-        async move {
-            cluster::call(
-                &client,
-                &node,
-                Procedure::InstallServerCert { cert_pem, key },
-            )
-            .await
-        }
-    })
-    .await;
-    report(
-        results,
+    let install = || Procedure::InstallServerCert {
+        cert_pem: cert_pem.clone(),
+        key: key.clone(),
+    };
+    let rerun = "nodectl renew-crypto --new-cluster-certificate";
+    install_everywhere(
+        &client,
+        config,
+        install,
         "new server certificate",
-        "nodectl renew-crypto --new-cluster-certificate",
+        rerun,
         failed,
-    );
+    )
+    .await;
     Ok(())
 }
 
@@ -324,12 +349,7 @@ async fn ssh_keys(
     failed: &mut PushOutcome,
 ) -> Result<()> {
     let client = RpcClient::from_state(state)?;
-    let candidates: Vec<NodeRecord> = config
-        .nodes
-        .iter()
-        .filter(|n| n.role.is_candidate() && !n.offline)
-        .cloned()
-        .collect();
+    let candidates = renew::online_candidates_except(config, None);
     let results = fan_out_nodes(&candidates, |node| {
         let client = client.clone();
         async move {
@@ -358,8 +378,28 @@ async fn ssh_keys(
     Ok(())
 }
 
-/// Sends `ca_pem` to every online node (this one included, through its
-/// daemon, which reloads its TLS configuration). Returns whether all took it.
+/// Runs the procedure `install` makes on every online node (this one
+/// included, through its daemon, which reloads its TLS configuration), and
+/// reports step `what`. Returns whether every node took it.
+async fn install_everywhere(
+    client: &RpcClient,
+    config: &ClusterConfig,
+    install: impl Fn() -> Procedure,
+    what: &str,
+    rerun: &str,
+    failed: &mut PushOutcome,
+) -> bool {
+    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
+    let results = fan_out_nodes(&nodes, |node| {
+        let client = client.clone();
+        let procedure = install();
+        async move { cluster::call(&client, &node, procedure).await }
+    })
+    .await;
+    report(results, what, rerun, failed)
+}
+
+/// Sends `ca_pem` to every online node. Returns whether all took it.
 async fn install_bundle(
     client: &RpcClient,
     config: &ClusterConfig,
@@ -367,14 +407,11 @@ async fn install_bundle(
     what: &str,
     failed: &mut PushOutcome,
 ) -> bool {
-    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
-    let results = fan_out_nodes(&nodes, |node| {
-        let client = client.clone();
-        let ca_pem = ca_pem.to_owned();
-        async move { cluster::call(&client, &node, Procedure::InstallCaBundle { ca_pem }).await }
-    })
-    .await;
-    report(results, what, "nodectl renew-crypto --new-ca", failed)
+    let install = || Procedure::InstallCaBundle {
+        ca_pem: ca_pem.to_owned(),
+    };
+    let rerun = "nodectl renew-crypto --new-ca";
+    install_everywhere(client, config, install, what, rerun, failed).await
 }
 
 /// Prints each node's outcome of step `what`; records every failure with
@@ -410,98 +447,18 @@ async fn new_ca(
     config: &mut ClusterConfig,
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    let new_cert_path = state.ca_new_pem();
     let trusted = pki::load_certs(&state.ca_pem())?;
     let client = RpcClient::from_state(state)?;
     let store = crate::pki::keystore::for_cluster(state, config)?;
-
-    // 1. A new CA, kept aside until every node trusts it. Its certificate is
-    // written last: it marks the phase (a key set aside by a run that died
-    // before that is replaced).
-    if !new_cert_path.exists() && trusted.len() == 1 {
-        let days = config.cert_days.saturating_mul(10).min(36500);
-        let ca = store.create_next_ca(&config.cluster_name, days)?;
-        state.write(
-            &new_cert_path,
-            ca.cert_pem().as_bytes(),
-            crate::state::MODE_PUBLIC,
-        )?;
-        crate::say!(
-            "new CA made: {}",
-            DigestAlgorithm::Sha256.digest(ca.cert_der())
-        );
+    // 1. A new CA, kept aside until every node trusts it.
+    if !state.ca_new_pem().exists() && trusted.len() == 1 {
+        make_next_ca(state, config, store.as_ref())?;
     }
-    if new_cert_path.exists() {
-        let new_cert =
-            std::fs::read_to_string(&new_cert_path).map_err(Error::io(&new_cert_path))?;
-        let new_ca = store.load_next_ca(&new_cert)?;
-        let new_key = store.candidate_copy(&new_ca);
-        // 2. Every node trusts both CAs.
-        let mut bundle = new_ca.cert_pem().to_owned();
-        for old in trusted
-            .iter()
-            .filter(|c| c.as_ref() != new_ca.cert_der().as_ref())
-        {
-            bundle.push_str(&pki::pem_of(old));
-        }
-        if !install_bundle(&client, config, &bundle, "trusts old and new CA", failed).await {
-            eprintln!(
-                "stopped: every online node must trust the new CA before anything is signed by it"
-            );
-            return Ok(());
-        }
-        // 3. The master and the candidates sign with the new CA from now on.
-        store.activate_next()?;
-        config.ca_sha256 = DigestAlgorithm::Sha256
-            .digest(new_ca.cert_der())
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let me = state.load_identity()?;
-        let mut next = config.clone();
-        next.serial += 1;
-        let config_json = String::from_utf8(crate::state::to_json(&next)?)
-            .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?;
-        let candidates: Vec<NodeRecord> = config
-            .nodes
-            .iter()
-            .filter(|n| n.role.is_candidate() && !n.offline && n.uuid != me.uuid)
-            .cloned()
-            .collect();
-        let results = fan_out_nodes(&candidates, |node| {
-            let client = client.clone();
-            let ca_key = new_key.clone();
-            let config_json = config_json.clone();
-            async move {
-                cluster::call(
-                    &client,
-                    &node,
-                    Procedure::InstallCandidateFiles {
-                        ca_key,
-                        config_json,
-                    },
-                )
-                .await
-            }
-        })
-        .await;
-        report(
-            results,
-            "new CA key",
-            "nodectl renew-crypto --new-ca",
-            failed,
-        );
-        let pushed = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
-        failed.unreachable.extend(pushed.unreachable);
-        if !failed.is_complete() {
-            eprintln!(
-                "stopped: rerun `nodectl renew-crypto --new-ca` once every node is reachable"
-            );
-            return Ok(());
-        }
-        store.finish_next()?;
-        ssconf::atomic::remove_durable(&new_cert_path).map_err(Error::io(&new_cert_path))?;
+    // 2. and 3.: trust, then sign with it.
+    if state.ca_new_pem().exists()
+        && !introduce_next_ca(state, &client, config, store.as_ref(), &trusted, failed).await?
+    {
+        return Ok(());
     }
     // 4. Every certificate reissued by the new CA.
     cluster_certificate(state, config, failed).await?;
@@ -510,8 +467,100 @@ async fn new_ca(
         eprintln!("stopped before dropping the old CA: rerun `nodectl renew-crypto --new-ca` once every node is reachable");
         return Ok(());
     }
-    // 5. The old CA is dropped everywhere. The master keeps its certificate
-    // (ca.prev.pem) to reach, once, a node that was offline meanwhile.
+    drop_old_ca(state, config, failed).await
+}
+
+/// Step 1 of `--new-ca`: the next CA, its key aside in the key store. Its
+/// certificate (`ca.new.pem`) is written last: it marks the phase (a key set
+/// aside by a run that died before that is replaced).
+fn make_next_ca(state: &StateDir, config: &ClusterConfig, store: &dyn KeyStore) -> Result<()> {
+    let days = config.cert_days.saturating_mul(10).min(36500);
+    let ca = store.create_next_ca(&config.cluster_name, days)?;
+    state.write(&state.ca_new_pem(), ca.cert_pem().as_bytes(), MODE_PUBLIC)?;
+    crate::say!(
+        "new CA made: {}",
+        DigestAlgorithm::Sha256.digest(ca.cert_der())
+    );
+    Ok(())
+}
+
+/// Steps 2 and 3 of `--new-ca`: every node trusts both CAs; then the master
+/// and the candidates sign with the new one, and the config names it.
+/// Returns whether every node took both, so that reissuing may begin.
+async fn introduce_next_ca(
+    state: &StateDir,
+    client: &RpcClient,
+    config: &mut ClusterConfig,
+    store: &dyn KeyStore,
+    trusted: &[CertificateDer<'static>],
+    failed: &mut PushOutcome,
+) -> Result<bool> {
+    let new_cert_path = state.ca_new_pem();
+    let new_cert = std::fs::read_to_string(&new_cert_path).map_err(Error::io(&new_cert_path))?;
+    let new_ca = store.load_next_ca(&new_cert)?;
+    let bundle = trust_bundle(new_ca.cert_pem(), new_ca.cert_der(), trusted);
+    if !install_bundle(client, config, &bundle, "trusts old and new CA", failed).await {
+        eprintln!(
+            "stopped: every online node must trust the new CA before anything is signed by it"
+        );
+        return Ok(false);
+    }
+    store.activate_next()?;
+    config.ca_sha256 = hex::lower(DigestAlgorithm::Sha256.digest(new_ca.cert_der()).as_bytes());
+    let new_key = store.candidate_copy(&new_ca);
+    send_next_ca_key(state, client, config, new_key, failed).await?;
+    let pushed = progress::commit(state, client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(pushed.unreachable);
+    if !failed.is_complete() {
+        eprintln!("stopped: rerun `nodectl renew-crypto --new-ca` once every node is reachable");
+        return Ok(false);
+    }
+    store.finish_next()?;
+    ssconf::atomic::remove_durable(&new_cert_path).map_err(Error::io(&new_cert_path))?;
+    Ok(true)
+}
+
+/// The new CA's key (for a file store; nothing for a token) and the config
+/// naming it, to every other online master candidate.
+async fn send_next_ca_key(
+    state: &StateDir,
+    client: &RpcClient,
+    config: &ClusterConfig,
+    ca_key: Option<Secret>,
+    failed: &mut PushOutcome,
+) -> Result<()> {
+    let me = state.load_identity()?;
+    let mut next = config.clone();
+    next.serial += 1;
+    let config_json = String::from_utf8(crate::state::to_json(&next)?)
+        .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?;
+    let candidates = renew::online_candidates_except(config, Some(&me.uuid));
+    let results = fan_out_nodes(&candidates, |node| {
+        let client = client.clone();
+        let procedure = Procedure::InstallCandidateFiles {
+            ca_key: ca_key.clone(),
+            config_json: config_json.clone(),
+        };
+        async move { cluster::call(&client, &node, procedure).await }
+    })
+    .await;
+    report(
+        results,
+        "new CA key",
+        "nodectl renew-crypto --new-ca",
+        failed,
+    );
+    Ok(())
+}
+
+/// Step 5 of `--new-ca`: the old CA is dropped everywhere. The master keeps
+/// its certificate (ca.prev.pem) to reach, once, a node that was offline
+/// meanwhile.
+async fn drop_old_ca(
+    state: &StateDir,
+    config: &ClusterConfig,
+    failed: &mut PushOutcome,
+) -> Result<()> {
     let ca = crate::pki::keystore::load_ca(state, config)?;
     let old: String = pki::load_certs(&state.ca_pem())?
         .iter()
@@ -519,26 +568,49 @@ async fn new_ca(
         .map(|c| pki::pem_of(c))
         .collect();
     if !old.is_empty() {
-        state.write(
-            &state.ca_prev_pem(),
-            old.as_bytes(),
-            crate::state::MODE_PUBLIC,
-        )?;
+        state.write(&state.ca_prev_pem(), old.as_bytes(), MODE_PUBLIC)?;
     }
     let client = RpcClient::from_state(state)?;
-    if install_bundle(
-        &client,
-        config,
-        ca.cert_pem(),
-        "trusts the new CA only",
-        failed,
-    )
-    .await
-    {
+    let what = "trusts the new CA only";
+    if install_bundle(&client, config, ca.cert_pem(), what, failed).await {
         crate::say!(
             "CA rotation complete: {}",
             DigestAlgorithm::Sha256.digest(ca.cert_der())
         );
     }
     Ok(())
+}
+
+/// The CA bundle of the trust phase: the new CA first, then every trusted
+/// CA that is not the new one.
+fn trust_bundle(new_pem: &str, new_der: &[u8], trusted: &[CertificateDer<'static>]) -> String {
+    let mut bundle = new_pem.to_owned();
+    for old in trusted.iter().filter(|c| c.as_ref() != new_der) {
+        bundle.push_str(&pki::pem_of(old));
+    }
+    bundle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_bundle_puts_the_new_ca_first_and_once() {
+        let der = |b: &[u8]| CertificateDer::from(b.to_vec());
+        let (new, old, older) = (der(b"new"), der(b"old"), der(b"older"));
+        let new_pem = pki::pem_of(&new);
+        // trusted now -> the CAs of the bundle, in order
+        let rows: Vec<(Vec<CertificateDer<'static>>, Vec<&CertificateDer<'static>>)> = vec![
+            (vec![old.clone()], vec![&new, &old]),
+            // A rerun: ca.pem already holds the new CA.
+            (vec![new.clone(), old.clone()], vec![&new, &old]),
+            (vec![old.clone(), older.clone()], vec![&new, &old, &older]),
+            (vec![], vec![&new]),
+        ];
+        for (trusted, want) in rows {
+            let want: String = want.into_iter().map(|c| pki::pem_of(c)).collect();
+            assert_eq!(trust_bundle(&new_pem, &new, &trusted), want);
+        }
+    }
 }

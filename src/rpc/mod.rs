@@ -229,11 +229,10 @@ fn classify(node: &str, address: &str, e: &std::io::Error) -> Error {
                 reason: format!("{why} (TLS alert {alert:?} from {address})"),
             }
         }
-        Some(rustls::Error::InvalidCertificate(cert_error)) => Error::Unreachable {
+        Some(rustls::Error::InvalidCertificate(cert_error)) => Error::UntrustedServer {
             node: node.to_owned(),
-            reason: format!(
-                "{address} presented a server certificate this node does not trust ({cert_error}); is it a node of this cluster?"
-            ),
+            address: address.to_owned(),
+            reason: cert_error.to_string(),
         },
         Some(other) => Error::Unreachable {
             node: node.to_owned(),
