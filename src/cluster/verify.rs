@@ -3,6 +3,7 @@
 //! and the command that fixes it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde::Serialize;
 use ssconf::{CandidateMap, CertDigest, DigestAlgorithm, Ssconf};
@@ -38,12 +39,105 @@ impl Severity {
     }
 }
 
+/// What a finding is about: the word `verify` prints and `--json` carries.
+///
+/// The variants are in the byte order of their strings (`CANDIDATE_...`
+/// before `CA_...`: `N` sorts before `_`), so that findings sort as they
+/// did when the code was a string; a test holds the two orders together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    AuthorizedKeysDiffer,
+    AuthorizedKeysUnreadable,
+    CandidateDigestMismatch,
+    CandidateWithoutEntry,
+    CaDiffers,
+    CaKeyFileWithToken,
+    CaKeyUnusable,
+    CertExpired,
+    CertExpires,
+    CertNotFromCa,
+    CertUnreadable,
+    MapEntryNotCandidate,
+    MapEntryUnknown,
+    RegularUsesCandidateCert,
+    RoleFileForbidden,
+    RoleFileMissing,
+    ServerCertDiffers,
+    SharedCertificate,
+    SsconfDiffers,
+    SsconfUnreadable,
+    StaleTokens,
+    Unreachable,
+}
+
+impl Code {
+    /// Every code, in order.
+    pub const ALL: [Code; 22] = [
+        Code::AuthorizedKeysDiffer,
+        Code::AuthorizedKeysUnreadable,
+        Code::CandidateDigestMismatch,
+        Code::CandidateWithoutEntry,
+        Code::CaDiffers,
+        Code::CaKeyFileWithToken,
+        Code::CaKeyUnusable,
+        Code::CertExpired,
+        Code::CertExpires,
+        Code::CertNotFromCa,
+        Code::CertUnreadable,
+        Code::MapEntryNotCandidate,
+        Code::MapEntryUnknown,
+        Code::RegularUsesCandidateCert,
+        Code::RoleFileForbidden,
+        Code::RoleFileMissing,
+        Code::ServerCertDiffers,
+        Code::SharedCertificate,
+        Code::SsconfDiffers,
+        Code::SsconfUnreadable,
+        Code::StaleTokens,
+        Code::Unreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::AuthorizedKeysDiffer => "AUTHORIZED_KEYS_DIFFER",
+            Code::AuthorizedKeysUnreadable => "AUTHORIZED_KEYS_UNREADABLE",
+            Code::CandidateDigestMismatch => "CANDIDATE_DIGEST_MISMATCH",
+            Code::CandidateWithoutEntry => "CANDIDATE_WITHOUT_ENTRY",
+            Code::CaDiffers => "CA_DIFFERS",
+            Code::CaKeyFileWithToken => "CA_KEY_FILE_WITH_TOKEN",
+            Code::CaKeyUnusable => "CA_KEY_UNUSABLE",
+            Code::CertExpired => "CERT_EXPIRED",
+            Code::CertExpires => "CERT_EXPIRES",
+            Code::CertNotFromCa => "CERT_NOT_FROM_CA",
+            Code::CertUnreadable => "CERT_UNREADABLE",
+            Code::MapEntryNotCandidate => "MAP_ENTRY_NOT_CANDIDATE",
+            Code::MapEntryUnknown => "MAP_ENTRY_UNKNOWN",
+            Code::RegularUsesCandidateCert => "REGULAR_USES_CANDIDATE_CERT",
+            Code::RoleFileForbidden => "ROLE_FILE_FORBIDDEN",
+            Code::RoleFileMissing => "ROLE_FILE_MISSING",
+            Code::ServerCertDiffers => "SERVER_CERT_DIFFERS",
+            Code::SharedCertificate => "SHARED_CERTIFICATE",
+            Code::SsconfDiffers => "SSCONF_DIFFERS",
+            Code::SsconfUnreadable => "SSCONF_UNREADABLE",
+            Code::StaleTokens => "STALE_TOKENS",
+            Code::Unreachable => "UNREACHABLE",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Finding {
     pub severity: Severity,
     pub node: String,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub fix: String,
 }
@@ -52,14 +146,7 @@ pub struct Finding {
 struct Findings(Vec<Finding>);
 
 impl Findings {
-    fn add(
-        &mut self,
-        severity: Severity,
-        node: &str,
-        code: &'static str,
-        message: String,
-        fix: String,
-    ) {
+    fn add(&mut self, severity: Severity, node: &str, code: Code, message: String, fix: String) {
         self.0.push(Finding {
             severity,
             node: node.to_owned(),
@@ -67,6 +154,14 @@ impl Findings {
             message,
             fix,
         });
+    }
+
+    /// The findings in their printed order, each once.
+    fn into_sorted(self) -> Vec<Finding> {
+        let mut findings = self.0;
+        findings.sort();
+        findings.dedup();
+        findings
     }
 }
 
@@ -86,7 +181,7 @@ fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: 
         findings.add(
             Severity::Error,
             node,
-            "CERT_EXPIRED",
+            Code::CertExpired,
             format!("{what} expired on {when}"),
             fix.to_owned(),
         );
@@ -94,7 +189,7 @@ fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: 
         findings.add(
             Severity::Error,
             node,
-            "CERT_EXPIRES",
+            Code::CertExpires,
             format!("{what} expires in {days} days ({when})"),
             fix.to_owned(),
         );
@@ -102,12 +197,15 @@ fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: 
         findings.add(
             Severity::Warning,
             node,
-            "CERT_EXPIRES",
+            Code::CertExpires,
             format!("{what} expires in {days} days ({when})"),
             fix.to_owned(),
         );
     }
 }
+
+/// An online node that answered, and its answer.
+type Answer<'a> = (&'a NodeRecord, &'a NodeInfo);
 
 /// Runs every check; `infos` holds what each reachable online node said.
 fn check(
@@ -117,25 +215,29 @@ fn check(
     now: i64,
 ) -> Vec<Finding> {
     let mut findings = Findings::default();
-    let alg: DigestAlgorithm = config.digest.into();
+    check_candidate_map(&mut findings, config, local);
+    let answers = check_reachable(&mut findings, config, infos);
+    check_client_certificates(&mut findings, config, local, &answers, now);
+    check_shared_files(&mut findings, config, local, &answers);
+    check_role_files(&mut findings, config, &answers);
+    check_authorized_keys(&mut findings, config, &answers);
+    check_cluster_certificates(&mut findings, local, now);
+    findings.into_sorted()
+}
+
+/// The map this node holds: entries only for online candidates, and one
+/// for each of them.
+fn check_candidate_map(findings: &mut Findings, config: &ClusterConfig, local: &LocalView) {
     let master = config.master().map(|m| m.name.clone()).unwrap_or_default();
     let by_uuid: BTreeMap<&str, &NodeRecord> =
         config.nodes.iter().map(|n| (n.uuid.as_str(), n)).collect();
-    let expected_ssconf = config.to_ssconf().ok();
-    let expected_ssconf_sha = expected_ssconf
-        .as_ref()
-        .map(crate::state::fingerprint::ssconf_sha256);
-    let expected_keys: BTreeSet<String> = cluster::candidate_ssh_keys(config).into_iter().collect();
-
-    // The map this node holds: entries only for online candidates, and one
-    // for each of them.
     for (uuid, _) in local.map.entries() {
         match by_uuid.get(uuid.as_str()) {
             Some(n) if n.role.is_candidate() && !n.offline => {}
             Some(n) => findings.add(
                 Severity::Error,
                 &n.name,
-                "MAP_ENTRY_NOT_CANDIDATE",
+                Code::MapEntryNotCandidate,
                 format!(
                     "the candidate map has an entry for {}, which is {}",
                     n.name,
@@ -146,7 +248,7 @@ fn check(
             None => findings.add(
                 Severity::Error,
                 &local.name,
-                "MAP_ENTRY_UNKNOWN",
+                Code::MapEntryUnknown,
                 format!("the candidate map has an entry for uuid {uuid}, which is no node of the cluster"),
                 resync(&master),
             ),
@@ -161,7 +263,7 @@ fn check(
             findings.add(
                 Severity::Error,
                 &n.name,
-                "CANDIDATE_WITHOUT_ENTRY",
+                Code::CandidateWithoutEntry,
                 format!(
                     "{} is a master candidate but has no entry in the candidate map",
                     n.name
@@ -174,109 +276,190 @@ fn check(
             );
         }
     }
+}
 
-    // Per node, from what it reported.
-    let mut holders: BTreeMap<CertDigest, Vec<String>> = BTreeMap::new();
+/// Every online node answered; returns those that did, with their answers.
+/// A node missing from `infos` was not asked and is no finding.
+fn check_reachable<'a>(
+    findings: &mut Findings,
+    config: &'a ClusterConfig,
+    infos: &'a BTreeMap<String, Result<NodeInfo, String>>,
+) -> Vec<Answer<'a>> {
+    let mut answers = Vec::new();
     for n in config.online_nodes() {
-        let info = match infos.get(&n.name) {
-            Some(Ok(info)) => info,
-            Some(Err(e)) => {
-                findings.add(
-                    Severity::Error,
-                    &n.name,
-                    "UNREACHABLE",
-                    format!("{} did not answer: {e}", n.name),
-                    format!(
-                        "start noded on {0}, or mark it offline: nodectl modify {0} --offline=yes",
-                        n.name
-                    ),
-                );
-                continue;
-            }
-            None => continue,
-        };
-        let candidate = n.role.is_candidate();
-        // Its client certificate.
+        match infos.get(&n.name) {
+            Some(Ok(info)) => answers.push((n, info)),
+            Some(Err(e)) => findings.add(
+                Severity::Error,
+                &n.name,
+                Code::Unreachable,
+                format!("{} did not answer: {e}", n.name),
+                format!(
+                    "start noded on {0}, or mark it offline: nodectl modify {0} --offline=yes",
+                    n.name
+                ),
+            ),
+            None => {}
+        }
+    }
+    answers
+}
+
+/// Each node's client certificate: readable, the one in the map (for a
+/// candidate) or not in it (for a regular node), from the current CA, not
+/// expiring, and no two nodes holding the same one.
+fn check_client_certificates(
+    findings: &mut Findings,
+    config: &ClusterConfig,
+    local: &LocalView,
+    answers: &[Answer<'_>],
+    now: i64,
+) {
+    let alg: DigestAlgorithm = config.digest.into();
+    let mut holders: BTreeMap<CertDigest, Vec<String>> = BTreeMap::new();
+    for (n, info) in answers {
         match pki::load_certs_from_pem(&info.client_cert_pem) {
             Err(e) => findings.add(
                 Severity::Error,
                 &n.name,
-                "CERT_UNREADABLE",
+                Code::CertUnreadable,
                 format!("client.pem: {e}"),
                 reissue(&n.name),
             ),
             Ok(der) => {
                 let digest = alg.digest(&der);
                 holders.entry(digest).or_default().push(n.name.clone());
-                if candidate {
-                    let entries: Vec<CertDigest> = local
-                        .map
-                        .entries()
-                        .iter()
-                        .filter(|(u, _)| *u == n.uuid)
-                        .map(|(_, d)| *d)
-                        .collect();
-                    if !entries.is_empty() && !entries.contains(&digest) {
-                        findings.add(
-                            Severity::Error,
-                            &n.name,
-                            "CANDIDATE_DIGEST_MISMATCH",
-                            format!("{}'s client certificate ({digest}) is not the one in the candidate map", n.name),
-                            reissue(&n.name),
-                        );
-                    }
-                } else if local.map.contains(&digest) {
-                    findings.add(
-                        Severity::Error,
-                        &n.name,
-                        "REGULAR_USES_CANDIDATE_CERT",
-                        format!("regular node {} uses a certificate that is in the candidate map ({digest})", n.name),
-                        reissue(&n.name),
-                    );
-                }
-                // Signed by the current CA? (Expiry is its own finding.)
-                // Checked at a moment it is valid, so that an expired
-                // certificate is reported as expired, not as foreign.
-                let at_secs = CertInfo::from_der(&der)
-                    .map(|i| (i.not_after - 1).min(now))
-                    .unwrap_or(now);
-                let at = rustls_pki_types::UnixTime::since_unix_epoch(
-                    std::time::Duration::from_secs(u64::try_from(at_secs).unwrap_or(0)),
-                );
-                if let Err(e) = pki::chains_to(&der, &local.ca_certs, at) {
-                    findings.add(
-                        Severity::Error,
-                        &n.name,
-                        "CERT_NOT_FROM_CA",
-                        format!("{}'s client certificate is not a client certificate of the current CA ({e:?})", n.name),
-                        reissue(&n.name),
-                    );
-                }
-                if let Ok(info) = CertInfo::from_der(&der) {
-                    expiry(
-                        &mut findings,
-                        &n.name,
-                        "client certificate",
-                        info.not_after,
-                        now,
-                        &reissue(&n.name),
-                    );
-                }
+                check_client_digest(findings, local, n, digest);
+                check_client_issuer(findings, local, n, &der, now);
             }
         }
-        // Same ssconf everywhere.
+    }
+    for (digest, names) in holders.iter().filter(|(_, names)| names.len() > 1) {
+        for name in names {
+            findings.add(
+                Severity::Error,
+                name,
+                Code::SharedCertificate,
+                format!(
+                    "{} share one client certificate ({digest})",
+                    names.join(", ")
+                ),
+                reissue(name),
+            );
+        }
+    }
+}
+
+/// A candidate's client certificate is the one its map entries name; a
+/// regular node's is in no entry.
+fn check_client_digest(
+    findings: &mut Findings,
+    local: &LocalView,
+    n: &NodeRecord,
+    digest: CertDigest,
+) {
+    if n.role.is_candidate() {
+        let entries: Vec<CertDigest> = local
+            .map
+            .entries()
+            .iter()
+            .filter(|(u, _)| *u == n.uuid)
+            .map(|(_, d)| *d)
+            .collect();
+        if !entries.is_empty() && !entries.contains(&digest) {
+            findings.add(
+                Severity::Error,
+                &n.name,
+                Code::CandidateDigestMismatch,
+                format!(
+                    "{}'s client certificate ({digest}) is not the one in the candidate map",
+                    n.name
+                ),
+                reissue(&n.name),
+            );
+        }
+    } else if local.map.contains(&digest) {
+        findings.add(
+            Severity::Error,
+            &n.name,
+            Code::RegularUsesCandidateCert,
+            format!(
+                "regular node {} uses a certificate that is in the candidate map ({digest})",
+                n.name
+            ),
+            reissue(&n.name),
+        );
+    }
+}
+
+/// A client certificate is signed by the current CA, and how soon it
+/// expires.
+fn check_client_issuer(
+    findings: &mut Findings,
+    local: &LocalView,
+    n: &NodeRecord,
+    der: &rustls_pki_types::CertificateDer<'_>,
+    now: i64,
+) {
+    // Expiry is its own finding: the chain is checked at a moment the
+    // certificate is valid, so that an expired certificate is reported as
+    // expired, not as foreign.
+    let at_secs = CertInfo::from_der(der)
+        .map(|i| (i.not_after - 1).min(now))
+        .unwrap_or(now);
+    let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(at_secs).unwrap_or(0),
+    ));
+    if let Err(e) = pki::chains_to(der, &local.ca_certs, at) {
+        findings.add(
+            Severity::Error,
+            &n.name,
+            Code::CertNotFromCa,
+            format!(
+                "{}'s client certificate is not a client certificate of the current CA ({e:?})",
+                n.name
+            ),
+            reissue(&n.name),
+        );
+    }
+    if let Ok(info) = CertInfo::from_der(der) {
+        expiry(
+            findings,
+            &n.name,
+            "client certificate",
+            info.not_after,
+            now,
+            &reissue(&n.name),
+        );
+    }
+}
+
+/// The files every node holds alike: the same ssconf set as the config
+/// makes, and the same server.pem and ca.pem as this node.
+fn check_shared_files(
+    findings: &mut Findings,
+    config: &ClusterConfig,
+    local: &LocalView,
+    answers: &[Answer<'_>],
+) {
+    let expected_ssconf_sha = config
+        .to_ssconf()
+        .ok()
+        .as_ref()
+        .map(crate::state::fingerprint::ssconf_sha256);
+    for (n, info) in answers {
         match (&info.ssconf_sha256, &expected_ssconf_sha) {
             (Err(e), _) => findings.add(
                 Severity::Error,
                 &n.name,
-                "SSCONF_UNREADABLE",
+                Code::SsconfUnreadable,
                 e.clone(),
                 resync(&n.name),
             ),
             (Ok(have), Some(want)) if have != want => findings.add(
                 Severity::Error,
                 &n.name,
-                "SSCONF_DIFFERS",
+                Code::SsconfDiffers,
                 format!(
                     "{}'s ssconf (serial {}) differs from the cluster's (serial {})",
                     n.name, info.ssconf_serial, config.serial
@@ -289,7 +472,7 @@ fn check(
             findings.add(
                 Severity::Error,
                 &n.name,
-                "SERVER_CERT_DIFFERS",
+                Code::ServerCertDiffers,
                 format!("{}'s server.pem differs from {}'s", n.name, local.name),
                 "nodectl renew-crypto --new-cluster-certificate".into(),
             );
@@ -298,21 +481,28 @@ fn check(
             findings.add(
                 Severity::Error,
                 &n.name,
-                "CA_DIFFERS",
+                Code::CaDiffers,
                 format!("{}'s ca.pem differs from {}'s", n.name, local.name),
                 resync(&n.name),
             );
         }
-        // Role files.
+    }
+}
+
+/// The role files (SPEC §3): the CA key, config and SSH private key on every
+/// candidate and on no regular node; join tokens on the master alone.
+fn check_role_files(findings: &mut Findings, config: &ClusterConfig, answers: &[Answer<'_>]) {
+    // With the CA key in a token, no node holds a key file: one that does
+    // is a copy that the token was meant to prevent.
+    let key_file_expected = config.ca_key.is_none();
+    for (n, info) in answers {
         let files = &info.role_files;
-        // With the CA key in a token, no node holds a key file: one that
-        // does is a copy that the token was meant to prevent.
-        let key_file_expected = config.ca_key.is_none();
+        let candidate = n.role.is_candidate();
         if let (Some(uri), true) = (&config.ca_key, files.ca_key) {
             findings.add(
                 Severity::Error,
                 &n.name,
-                "CA_KEY_FILE_WITH_TOKEN",
+                Code::CaKeyFileWithToken,
                 format!("{} holds ca.key although the CA key is in {uri}", n.name),
                 format!(
                     "nodectl modify {} --master-candidate={}",
@@ -332,7 +522,7 @@ fn check(
                     findings.add(
                         Severity::Error,
                         &n.name,
-                        "ROLE_FILE_MISSING",
+                        Code::RoleFileMissing,
                         format!("master candidate {} lacks its {what}", n.name),
                         format!("nodectl modify {} --master-candidate=yes", n.name),
                     );
@@ -342,49 +532,55 @@ fn check(
                 findings.add(
                     Severity::Warning,
                     &n.name,
-                    "STALE_TOKENS",
+                    Code::StaleTokens,
                     format!("{} holds tokens.json but is not the master", n.name),
                     format!("nodectl modify {} --master-candidate=yes", n.name),
                 );
             }
         } else {
-            for (what, present, expected) in
-                held.into_iter()
-                    .chain([("join tokens (tokens.json)", files.tokens, true)])
-            {
+            let tokens = ("join tokens (tokens.json)", files.tokens, true);
+            for (what, present, expected) in held.into_iter().chain([tokens]) {
                 if expected && present {
                     findings.add(
                         Severity::Error,
                         &n.name,
-                        "ROLE_FILE_FORBIDDEN",
+                        Code::RoleFileForbidden,
                         format!("regular node {} holds a {what}", n.name),
                         format!("nodectl modify {} --master-candidate=no", n.name),
                     );
                 }
             }
         }
+    }
+}
+
+/// Every node's managed authorized_keys block holds exactly the online
+/// candidates' public keys.
+fn check_authorized_keys(findings: &mut Findings, config: &ClusterConfig, answers: &[Answer<'_>]) {
+    let expected: BTreeSet<String> = cluster::candidate_ssh_keys(config).into_iter().collect();
+    for (n, info) in answers {
         match &info.authorized_keys {
             Err(e) => findings.add(
                 Severity::Error,
                 &n.name,
-                "AUTHORIZED_KEYS_UNREADABLE",
+                Code::AuthorizedKeysUnreadable,
                 e.clone(),
                 resync(&n.name),
             ),
             Ok(keys) => {
                 let have: BTreeSet<String> = keys.iter().map(|k| k.trim().to_owned()).collect();
-                if have != expected_keys {
+                if have != expected {
                     findings.add(
                         Severity::Error,
                         &n.name,
-                        "AUTHORIZED_KEYS_DIFFER",
+                        Code::AuthorizedKeysDiffer,
                         format!(
                             "{}'s managed authorized_keys block has {} keys; the master candidates' are {} ({} missing, {} extra)",
                             n.name,
                             have.len(),
-                            expected_keys.len(),
-                            expected_keys.difference(&have).count(),
-                            have.difference(&expected_keys).count()
+                            expected.len(),
+                            expected.difference(&have).count(),
+                            have.difference(&expected).count()
                         ),
                         resync(&n.name),
                     );
@@ -392,24 +588,14 @@ fn check(
             }
         }
     }
-    for (digest, names) in holders.iter().filter(|(_, names)| names.len() > 1) {
-        for name in names {
-            findings.add(
-                Severity::Error,
-                name,
-                "SHARED_CERTIFICATE",
-                format!(
-                    "{} share one client certificate ({digest})",
-                    names.join(", ")
-                ),
-                reissue(name),
-            );
-        }
-    }
-    // The cluster-wide certificates, as this node holds them.
+}
+
+/// The cluster-wide certificates, as this node holds them: how soon the CA
+/// certificates and the shared server certificate expire.
+fn check_cluster_certificates(findings: &mut Findings, local: &LocalView, now: i64) {
     for ca in &local.ca_infos {
         expiry(
-            &mut findings,
+            findings,
             &local.name,
             "the cluster CA certificate",
             ca.not_after,
@@ -419,7 +605,7 @@ fn check(
     }
     if let Some(server) = &local.server_info {
         expiry(
-            &mut findings,
+            findings,
             &local.name,
             "the shared server certificate",
             server.not_after,
@@ -427,10 +613,6 @@ fn check(
             "nodectl renew-crypto --new-cluster-certificate",
         );
     }
-    let mut findings = findings.0;
-    findings.sort();
-    findings.dedup();
-    findings
 }
 
 /// What the verifying node itself holds.
@@ -507,7 +689,7 @@ fn check_key_store(state: &StateDir, config: &ClusterConfig, node: &str) -> Opti
     findings.add(
         Severity::Error,
         node,
-        "CA_KEY_UNUSABLE",
+        Code::CaKeyUnusable,
         format!("the CA key cannot sign for ca.pem: {e}"),
         match &config.ca_key {
             Some(uri) => format!(
@@ -539,4 +721,424 @@ pub async fn findings(
     let mut findings = check(&config, &local, &infos, crate::core::time::now());
     findings.extend(check_key_store(state, &config, &local.name));
     Ok((findings, infos.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
+    use crate::state::config::DigestAlgorithmName;
+    use crate::wire::RoleFiles;
+    use time::{Duration, OffsetDateTime};
+
+    const DAY: i64 = 86_400;
+
+    /// A cluster of four online nodes as `check` sees it: `m` the master,
+    /// `a` a candidate, `b` and `c` regular nodes, every answer consistent.
+    struct Fixture {
+        ca: CertificateAuthority,
+        config: ClusterConfig,
+        local: LocalView,
+        infos: BTreeMap<String, Result<NodeInfo, String>>,
+        now: i64,
+    }
+
+    /// A client certificate for `name` from `ca`, valid from `from` to
+    /// `until` days from now.
+    fn client_pem(ca: &impl CertificateSigner, name: &str, from: i64, until: i64) -> String {
+        let csr = NodeKey::generate().unwrap().client_csr(name).unwrap();
+        let now = OffsetDateTime::now_utc();
+        ca.sign_client_csr_between(
+            &csr,
+            now + Duration::days(from),
+            now + Duration::days(until),
+        )
+        .unwrap()
+    }
+
+    fn digest_of(pem: &str) -> CertDigest {
+        DigestAlgorithm::Sha256.digest(&pki::load_certs_from_pem(pem).unwrap())
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let ca = CertificateAuthority::generate("test", 3650).unwrap();
+            let roles = [
+                ("m", NodeRole::Master),
+                ("a", NodeRole::Candidate),
+                ("b", NodeRole::Regular),
+                ("c", NodeRole::Regular),
+            ];
+            let pems: Vec<String> = roles
+                .iter()
+                .map(|(name, _)| client_pem(&ca, name, -1, 365))
+                .collect();
+            let nodes = roles
+                .iter()
+                .zip(&pems)
+                .map(|((name, role), pem)| NodeRecord {
+                    uuid: format!("uuid-{name}"),
+                    name: (*name).to_owned(),
+                    address: "127.0.0.1:1811".into(),
+                    role: *role,
+                    offline: false,
+                    digest: digest_of(pem).to_string(),
+                    cert_expires: 0,
+                    next_digest: None,
+                    ssh_public_key: role
+                        .is_candidate()
+                        .then(|| format!("ssh-ed25519 AAAAkey-of-{name} root@{name}")),
+                })
+                .collect();
+            let config = ClusterConfig {
+                cluster_name: "test".into(),
+                serial: 7,
+                candidate_pool_size: 2,
+                digest: DigestAlgorithmName::Sha256,
+                cert_days: 365,
+                ca_sha256: String::new(),
+                ca_key: None,
+                nodes,
+            };
+            let ssconf = config.to_ssconf().unwrap();
+            let (server_pem, _) = ca.issue_server_certificate("test", 365).unwrap();
+            let server_der = pki::load_certs_from_pem(&server_pem).unwrap();
+            let local = LocalView {
+                name: "m".into(),
+                map: ssconf.master_candidates_certs.clone(),
+                ca_certs: vec![ca.cert_der().clone()],
+                ca_infos: vec![CertInfo::from_der(ca.cert_der()).unwrap()],
+                ca_pem_sha256: "ca-pem-sha".into(),
+                server_pem_sha256: "server-pem-sha".into(),
+                server_info: Some(CertInfo::from_der(&server_der).unwrap()),
+            };
+            let ssconf_sha = crate::state::fingerprint::ssconf_sha256(&ssconf);
+            let keys = cluster::candidate_ssh_keys(&config);
+            let infos = config
+                .nodes
+                .iter()
+                .zip(pems)
+                .map(|(n, client_cert_pem)| {
+                    let candidate = n.role.is_candidate();
+                    let info = NodeInfo {
+                        uuid: n.uuid.clone(),
+                        name: n.name.clone(),
+                        address: n.address.clone(),
+                        client_digest_sha256: n.digest.clone(),
+                        client_digest_sha1: String::new(),
+                        client_cert_expires: 0,
+                        ssconf_serial: config.serial,
+                        role_files: RoleFiles {
+                            ca_key: candidate,
+                            config: candidate,
+                            ssh_private_key: candidate,
+                            tokens: n.role == NodeRole::Master,
+                        },
+                        version: "test".into(),
+                        client_cert_pem,
+                        ssconf_sha256: Ok(ssconf_sha.clone()),
+                        server_pem_sha256: local.server_pem_sha256.clone(),
+                        ca_pem_sha256: local.ca_pem_sha256.clone(),
+                        authorized_keys: Ok(keys.clone()),
+                    };
+                    (n.name.clone(), Ok(info))
+                })
+                .collect();
+            Fixture {
+                ca,
+                config,
+                local,
+                infos,
+                now: crate::core::time::now(),
+            }
+        }
+
+        fn info(&mut self, name: &str) -> &mut NodeInfo {
+            self.infos.get_mut(name).unwrap().as_mut().unwrap()
+        }
+
+        /// The map with one more entry.
+        fn add_map_entry(&mut self, uuid: &str) {
+            let digest = DigestAlgorithm::Sha256.digest(self.ca.cert_der());
+            let entries = self.local.map.entries().iter().cloned();
+            let extra = (uuid.to_owned(), digest);
+            self.local.map = CandidateMap::from_entries(entries.chain([extra]));
+        }
+
+        /// `c` now presents a certificate from `ca`, valid `from`..`until`
+        /// days from now.
+        fn reissue_c(&mut self, ca: Option<&CertificateAuthority>, from: i64, until: i64) {
+            let pem = client_pem(ca.unwrap_or(&self.ca), "c", from, until);
+            self.info("c").client_cert_pem = pem;
+        }
+    }
+
+    use Code::*;
+    use Severity::{Error as E, Warning as W};
+
+    type Row = (
+        &'static str,
+        fn(&mut Fixture),
+        &'static [(Severity, &'static str, Code)],
+    );
+
+    const ROWS: &[Row] = &[
+        ("a consistent cluster", |_| {}, &[]),
+        // The candidate map.
+        (
+            "map entry for a regular node",
+            |f| f.add_map_entry("uuid-c"),
+            &[(E, "c", MapEntryNotCandidate)],
+        ),
+        (
+            "map entry for no node",
+            |f| f.add_map_entry("uuid-gone"),
+            &[(E, "m", MapEntryUnknown)],
+        ),
+        (
+            "candidate without entry",
+            |f| {
+                let entries = f.local.map.entries().iter().cloned();
+                let kept: Vec<_> = entries.filter(|(u, _)| u != "uuid-a").collect();
+                f.local.map = CandidateMap::from_entries(kept);
+            },
+            &[(E, "a", CandidateWithoutEntry)],
+        ),
+        // Reachability.
+        (
+            "online node does not answer",
+            |f| {
+                f.infos.insert("c".into(), Err("connection refused".into()));
+            },
+            &[(E, "c", Unreachable)],
+        ),
+        (
+            "node not asked",
+            |f| {
+                f.infos.remove("c");
+            },
+            &[],
+        ),
+        // Client certificates.
+        (
+            "unreadable client certificate",
+            |f| f.info("c").client_cert_pem = "not a certificate".into(),
+            &[(E, "c", CertUnreadable)],
+        ),
+        (
+            "candidate presents another certificate than its entry",
+            |f| f.info("a").client_cert_pem = client_pem(&f.ca, "a", -1, 365),
+            &[(E, "a", CandidateDigestMismatch)],
+        ),
+        (
+            "regular node presents a candidate's certificate",
+            |f| f.info("c").client_cert_pem = f.info("a").client_cert_pem.clone(),
+            &[
+                (E, "a", SharedCertificate),
+                (E, "c", RegularUsesCandidateCert),
+                (E, "c", SharedCertificate),
+            ],
+        ),
+        (
+            "two regular nodes share a certificate",
+            |f| f.info("c").client_cert_pem = f.info("b").client_cert_pem.clone(),
+            &[(E, "b", SharedCertificate), (E, "c", SharedCertificate)],
+        ),
+        (
+            "client certificate from another CA",
+            |f| {
+                let other = CertificateAuthority::generate("other", 3650).unwrap();
+                f.reissue_c(Some(&other), -1, 365);
+            },
+            &[(E, "c", CertNotFromCa)],
+        ),
+        (
+            "client certificate expires within the warning period",
+            |f| f.reissue_c(None, -1, 20),
+            &[(W, "c", CertExpires)],
+        ),
+        (
+            "client certificate expires within the error period",
+            |f| f.reissue_c(None, -1, 3),
+            &[(E, "c", CertExpires)],
+        ),
+        (
+            "client certificate expired",
+            |f| f.reissue_c(None, -30, -1),
+            &[(E, "c", CertExpired)],
+        ),
+        // Files every node holds alike.
+        (
+            "ssconf unreadable",
+            |f| f.info("c").ssconf_sha256 = Err("ssconf/cluster_name: missing".into()),
+            &[(E, "c", SsconfUnreadable)],
+        ),
+        (
+            "ssconf differs",
+            |f| f.info("c").ssconf_sha256 = Ok("0".repeat(64)),
+            &[(E, "c", SsconfDiffers)],
+        ),
+        (
+            "server.pem differs",
+            |f| f.info("c").server_pem_sha256 = "other".into(),
+            &[(E, "c", ServerCertDiffers)],
+        ),
+        (
+            "ca.pem differs",
+            |f| f.info("b").ca_pem_sha256 = "other".into(),
+            &[(E, "b", CaDiffers)],
+        ),
+        // Role files.
+        (
+            "candidate lacks the config and the SSH key",
+            |f| {
+                f.info("a").role_files.config = false;
+                f.info("a").role_files.ssh_private_key = false;
+            },
+            &[(E, "a", RoleFileMissing), (E, "a", RoleFileMissing)],
+        ),
+        (
+            "candidate holds join tokens",
+            |f| f.info("a").role_files.tokens = true,
+            &[(W, "a", StaleTokens)],
+        ),
+        (
+            "regular node holds the CA key and join tokens",
+            |f| {
+                f.info("b").role_files.ca_key = true;
+                f.info("b").role_files.tokens = true;
+            },
+            &[(E, "b", RoleFileForbidden), (E, "b", RoleFileForbidden)],
+        ),
+        (
+            "CA key files although the key is in a token",
+            |f| f.config.ca_key = Some("pkcs11:token=ca;object=ca".into()),
+            &[(E, "a", CaKeyFileWithToken), (E, "m", CaKeyFileWithToken)],
+        ),
+        (
+            "CA key in a token, no node holds a key file",
+            |f| {
+                f.config.ca_key = Some("pkcs11:token=ca;object=ca".into());
+                f.info("m").role_files.ca_key = false;
+                f.info("a").role_files.ca_key = false;
+            },
+            &[],
+        ),
+        // authorized_keys.
+        (
+            "authorized_keys unreadable",
+            |f| f.info("c").authorized_keys = Err("permission denied".into()),
+            &[(E, "c", AuthorizedKeysUnreadable)],
+        ),
+        (
+            "authorized_keys lacks a candidate's key",
+            |f| {
+                let keys = f.info("b").authorized_keys.as_mut().unwrap();
+                keys.pop();
+            },
+            &[(E, "b", AuthorizedKeysDiffer)],
+        ),
+        // The cluster-wide certificates.
+        (
+            "CA certificate expires within the warning period",
+            |f| f.local.ca_infos[0].not_after = f.now + 20 * DAY,
+            &[(W, "m", CertExpires)],
+        ),
+        (
+            "server certificate expired",
+            |f| {
+                if let Some(server) = f.local.server_info.as_mut() {
+                    server.not_after = f.now - DAY;
+                }
+            },
+            &[(E, "m", CertExpired)],
+        ),
+    ];
+
+    #[test]
+    fn check_finds_exactly_what_is_broken() {
+        for (case, breaks, want) in ROWS {
+            let mut f = Fixture::new();
+            breaks(&mut f);
+            let got: Vec<(Severity, String, Code)> = check(&f.config, &f.local, &f.infos, f.now)
+                .into_iter()
+                .map(|x| (x.severity, x.node, x.code))
+                .collect();
+            let want: Vec<(Severity, String, Code)> = want
+                .iter()
+                .map(|(s, n, c)| (*s, (*n).to_owned(), *c))
+                .collect();
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    #[test]
+    fn every_family_has_a_row() {
+        let covered: BTreeSet<Code> = ROWS
+            .iter()
+            .flat_map(|(_, _, want)| want.iter().map(|(_, _, c)| *c))
+            .collect();
+        let missing: Vec<Code> = Code::ALL
+            .into_iter()
+            // Needs a state directory: `key_store` below.
+            .filter(|c| *c != CaKeyUnusable && !covered.contains(c))
+            .collect();
+        assert_eq!(missing, [], "codes no row produces");
+    }
+
+    #[test]
+    fn codes_sort_print_and_serialise_as_their_strings() {
+        for pair in Code::ALL.windows(2) {
+            assert!(pair[0] < pair[1], "{pair:?}");
+            assert!(pair[0].as_str() < pair[1].as_str(), "{pair:?}");
+        }
+        for code in Code::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(code.to_string(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn finding_json() {
+        let finding = Finding {
+            severity: Severity::Warning,
+            node: "a".into(),
+            code: StaleTokens,
+            message: "m".into(),
+            fix: "f".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&finding).unwrap(),
+            r#"{"severity":"WARNING","node":"a","code":"STALE_TOKENS","message":"m","fix":"f"}"#
+        );
+    }
+
+    #[test]
+    fn key_store() {
+        let ca = CertificateAuthority::generate("test", 3650).unwrap();
+        let other = CertificateAuthority::generate("other", 3650).unwrap();
+        let own_key = ca.key_pem().unwrap();
+        let other_key = other.key_pem().unwrap();
+        let config = Fixture::new().config;
+        let rows: [(&str, Option<&str>, Option<Code>); 3] = [
+            ("the CA's own key", Some(own_key.expose()), None),
+            ("no key file: a missing role file", None, None),
+            (
+                "another CA's key",
+                Some(other_key.expose()),
+                Some(CaKeyUnusable),
+            ),
+        ];
+        for (case, key, want) in rows {
+            let dir = tempfile::tempdir().unwrap();
+            let state = StateDir::new(dir.path());
+            std::fs::write(state.ca_pem(), ca.cert_pem()).unwrap();
+            if let Some(key) = key {
+                std::fs::write(state.ca_key(), key).unwrap();
+            }
+            let got = check_key_store(&state, &config, "m").map(|f| (f.node, f.code));
+            assert_eq!(got, want.map(|c| ("m".to_owned(), c)), "{case}");
+        }
+    }
 }

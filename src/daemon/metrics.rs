@@ -195,8 +195,9 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
-    /// The text exposition of every metric; `now` is Unix seconds. Reads
-    /// the certificates from `state` (call off the async threads).
+    /// The text exposition of every metric (`FAMILIES`, in order);
+    /// `now` is Unix seconds. Reads the certificates from `state` (call off
+    /// the async threads).
     pub fn render(
         &self,
         map: &CandidateMapHandle,
@@ -204,161 +205,196 @@ impl Metrics {
         state: &StateDir,
         now: i64,
     ) -> String {
+        let scrape = Scrape {
+            metrics: self,
+            map,
+            budgets,
+            state,
+            now,
+        };
         let mut out = String::with_capacity(4096);
-        fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-            let _ = writeln!(out, "# HELP noded_{name} {help}");
-            let _ = writeln!(out, "# TYPE noded_{name} {kind}");
-        }
-
-        head(
-            &mut out,
-            "connections_accepted_total",
-            "counter",
-            "Connections admitted after the TLS handshake.",
-        );
-        let _ = writeln!(
-            out,
-            "noded_connections_accepted_total {}",
-            self.accepted.load(Relaxed)
-        );
-        head(
-            &mut out,
-            "ssconf_reloads_total",
-            "counter",
-            "Times the ssconf files were read again (a change seen, or SIGHUP).",
-        );
-        let _ = writeln!(
-            out,
-            "noded_ssconf_reloads_total {}",
-            self.ssconf_reloads.load(Relaxed)
-        );
-
-        head(
-            &mut out,
-            "connections_refused_total",
-            "counter",
-            "Connections refused or closed by the daemon, by reason.",
-        );
-        for (reason, count) in Refusal::ALL.iter().zip(&self.refused) {
-            let _ = writeln!(
-                out,
-                "noded_connections_refused_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                count.load(Relaxed)
-            );
-        }
-
-        head(
-            &mut out,
-            "handshakes_in_progress",
-            "gauge",
-            "Connections in the TLS handshake, by lane (each lane has --max-handshakes).",
-        );
-        for lane in [Lane::General, Lane::ControlPlane] {
-            let _ = writeln!(
-                out,
-                "noded_handshakes_in_progress{{lane=\"{}\"}} {}",
-                lane.label(),
-                budgets.pending(lane)
-            );
-        }
-        head(
-            &mut out,
-            "connections_open",
-            "gauge",
-            "Admitted connections open (at most --max-connections).",
-        );
-        let _ = writeln!(out, "noded_connections_open {}", budgets.open());
-
-        head(
-            &mut out,
-            "rpc_total",
-            "counter",
-            "RPCs answered, by procedure and outcome.",
-        );
-        let names = PROCEDURES.iter().chain(std::iter::once(&"other"));
-        for (name, row) in names.zip(&self.rpcs) {
-            for (outcome, count) in ["ok", "error"].iter().zip(row) {
-                let n = count.load(Relaxed);
-                if n > 0 || *name == "ping" {
-                    let _ = writeln!(
-                        out,
-                        "noded_rpc_total{{procedure=\"{name}\",outcome=\"{outcome}\"}} {n}"
-                    );
-                }
-            }
-        }
-
-        head(
-            &mut out,
-            "rpc_duration_seconds",
-            "histogram",
-            "Time from a request's decoding to its result, before the reply is sent.",
-        );
-        let mut cumulative = 0u64;
-        let bounds = BUCKETS_MICROS
-            .iter()
-            .map(|b| format!("{}", *b as f64 / 1e6))
-            .chain(std::iter::once("+Inf".to_owned()));
-        for (le, count) in bounds.zip(&self.latency) {
-            cumulative = cumulative.saturating_add(count.load(Relaxed));
-            let _ = writeln!(
-                out,
-                "noded_rpc_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "noded_rpc_duration_seconds_sum {}",
-            self.latency_sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        // The count is the +Inf bucket, so the two always agree.
-        let _ = writeln!(out, "noded_rpc_duration_seconds_count {cumulative}");
-
-        head(
-            &mut out,
-            "candidate_map_entries",
-            "gauge",
-            "Entries of the candidate map in force.",
-        );
-        let _ = writeln!(out, "noded_candidate_map_entries {}", map.load().len());
-        head(
-            &mut out,
-            "candidate_map_last_reload_timestamp_seconds",
-            "gauge",
-            "Unix time the candidate map in force was loaded.",
-        );
-        let _ = writeln!(
-            out,
-            "noded_candidate_map_last_reload_timestamp_seconds {}",
-            map.published_at()
-        );
-
-        head(
-            &mut out,
-            "certificate_expiry_seconds",
-            "gauge",
-            "Seconds until the certificate's notAfter (negative once expired; the earliest of a CA bundle).",
-        );
-        for (label, path) in [
-            ("ca", state.ca_pem()),
-            ("server", state.server_pem()),
-            ("client", state.client_pem()),
-        ] {
-            match earliest_not_after(&path) {
-                Ok(not_after) => {
-                    let _ = writeln!(
-                        out,
-                        "noded_certificate_expiry_seconds{{certificate=\"{label}\"}} {}",
-                        not_after.saturating_sub(now)
-                    );
-                }
-                Err(e) => tracing::debug!("metrics: {e}"),
-            }
+        for family in FAMILIES {
+            let _ = writeln!(out, "# HELP noded_{} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE noded_{} {}", family.name, family.kind.as_str());
+            let mut samples = Samples {
+                out: &mut out,
+                name: family.name,
+            };
+            (family.samples)(&scrape, &mut samples);
         }
         out
     }
 }
+
+/// What a scrape reads: the counters, and the state read at scrape time.
+struct Scrape<'a> {
+    metrics: &'a Metrics,
+    map: &'a CandidateMapHandle,
+    budgets: &'a Budgets,
+    state: &'a StateDir,
+    now: i64,
+}
+
+/// A metric family's `# TYPE`.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family: its name (after `noded_`), type, help, and how its
+/// samples are read.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: fn(&Scrape<'_>, &mut Samples<'_>),
+}
+
+/// Writes the sample lines of one family.
+struct Samples<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl Samples<'_> {
+    /// `noded_{name}{suffix}{labels} {value}`; `suffix` is `_bucket`,
+    /// `_sum` or `_count` for a histogram, empty otherwise.
+    fn line(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "noded_{}{suffix}", self.name);
+        for (i, (key, label)) in labels.iter().enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            let _ = write!(self.out, "{open}{key}=\"{label}\"");
+        }
+        if !labels.is_empty() {
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Every metric family, in the order of the exposition.
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "connections_accepted_total",
+        kind: Kind::Counter,
+        help: "Connections admitted after the TLS handshake.",
+        samples: |s, out| out.line("", &[], s.metrics.accepted.load(Relaxed)),
+    },
+    Family {
+        name: "ssconf_reloads_total",
+        kind: Kind::Counter,
+        help: "Times the ssconf files were read again (a change seen, or SIGHUP).",
+        samples: |s, out| out.line("", &[], s.metrics.ssconf_reloads.load(Relaxed)),
+    },
+    Family {
+        name: "connections_refused_total",
+        kind: Kind::Counter,
+        help: "Connections refused or closed by the daemon, by reason.",
+        samples: |s, out| {
+            for (reason, count) in Refusal::ALL.iter().zip(&s.metrics.refused) {
+                out.line("", &[("reason", reason.label())], count.load(Relaxed));
+            }
+        },
+    },
+    Family {
+        name: "handshakes_in_progress",
+        kind: Kind::Gauge,
+        help: "Connections in the TLS handshake, by lane (each lane has --max-handshakes).",
+        samples: |s, out| {
+            for lane in [Lane::General, Lane::ControlPlane] {
+                out.line("", &[("lane", lane.label())], s.budgets.pending(lane));
+            }
+        },
+    },
+    Family {
+        name: "connections_open",
+        kind: Kind::Gauge,
+        help: "Admitted connections open (at most --max-connections).",
+        samples: |s, out| out.line("", &[], s.budgets.open()),
+    },
+    Family {
+        name: "rpc_total",
+        kind: Kind::Counter,
+        help: "RPCs answered, by procedure and outcome.",
+        samples: |s, out| {
+            // Only the series that counted something, and ping's always.
+            let names = PROCEDURES.iter().chain(std::iter::once(&"other"));
+            for (name, row) in names.zip(&s.metrics.rpcs) {
+                for (outcome, count) in ["ok", "error"].iter().zip(row) {
+                    let n = count.load(Relaxed);
+                    if n > 0 || *name == "ping" {
+                        out.line("", &[("procedure", name), ("outcome", outcome)], n);
+                    }
+                }
+            }
+        },
+    },
+    Family {
+        name: "rpc_duration_seconds",
+        kind: Kind::Histogram,
+        help: "Time from a request's decoding to its result, before the reply is sent.",
+        samples: |s, out| {
+            let mut cumulative = 0u64;
+            let bounds = BUCKETS_MICROS
+                .iter()
+                .map(|b| format!("{}", *b as f64 / 1e6))
+                .chain(std::iter::once("+Inf".to_owned()));
+            for (le, count) in bounds.zip(&s.metrics.latency) {
+                cumulative = cumulative.saturating_add(count.load(Relaxed));
+                out.line("_bucket", &[("le", &le)], cumulative);
+            }
+            let sum = s.metrics.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+            out.line("_sum", &[], sum);
+            // The count is the +Inf bucket, so the two always agree.
+            out.line("_count", &[], cumulative);
+        },
+    },
+    Family {
+        name: "candidate_map_entries",
+        kind: Kind::Gauge,
+        help: "Entries of the candidate map in force.",
+        samples: |s, out| out.line("", &[], s.map.load().len()),
+    },
+    Family {
+        name: "candidate_map_last_reload_timestamp_seconds",
+        kind: Kind::Gauge,
+        help: "Unix time the candidate map in force was loaded.",
+        samples: |s, out| out.line("", &[], s.map.published_at()),
+    },
+    Family {
+        name: "certificate_expiry_seconds",
+        kind: Kind::Gauge,
+        help: "Seconds until the certificate's notAfter (negative once expired; the earliest of a CA bundle).",
+        samples: |s, out| {
+            for (label, path) in [
+                ("ca", s.state.ca_pem()),
+                ("server", s.state.server_pem()),
+                ("client", s.state.client_pem()),
+            ] {
+                match earliest_not_after(&path) {
+                    Ok(not_after) => out.line(
+                        "",
+                        &[("certificate", label)],
+                        not_after.saturating_sub(s.now),
+                    ),
+                    Err(e) => tracing::debug!("metrics: {e}"),
+                }
+            }
+        },
+    },
+];
 
 fn earliest_not_after(path: &std::path::Path) -> Result<i64> {
     let certs = crate::pki::load_certs(path)?;
@@ -504,5 +540,100 @@ mod tests {
         assert_eq!(m.rpcs[0][0].load(Relaxed), 1);
         assert_eq!(m.rpcs[0][1].load(Relaxed), 1);
         assert_eq!(m.rpcs[OTHER][0].load(Relaxed), 1);
+    }
+
+    /// A scrape of a daemon that did a little of everything, with its
+    /// certificates in a state directory; `now` is a day before the CA's
+    /// notAfter.
+    fn scrape_of_known_state() -> String {
+        use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
+        let ca = CertificateAuthority::generate("test", 3650).unwrap();
+        let (server_pem, _) = ca.issue_server_certificate("test", 365).unwrap();
+        let csr = NodeKey::generate().unwrap().client_csr("m").unwrap();
+        let client_pem = ca.sign_client_csr(&csr, 365).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        std::fs::write(state.ca_pem(), ca.cert_pem()).unwrap();
+        std::fs::write(state.server_pem(), server_pem).unwrap();
+        std::fs::write(state.client_pem(), client_pem).unwrap();
+        let ca_not_after = crate::pki::CertInfo::from_der(ca.cert_der())
+            .unwrap()
+            .not_after;
+
+        let m = Metrics::default();
+        m.accepted();
+        m.accepted();
+        m.ssconf_reloaded();
+        m.refused(Refusal::NotInMap);
+        m.refused(Refusal::HandshakePerSource);
+        m.rpc("ping", true, Duration::from_micros(40));
+        m.rpc("echo", false, Duration::from_millis(3));
+        m.rpc("nope", true, Duration::from_secs(1));
+        let budgets = Budgets::new(4, 2, 8);
+        let _slot = budgets.admit().unwrap();
+        let _permit = budgets.start_handshake([127, 0, 0, 1].into()).unwrap();
+        let digest = ssconf::DigestAlgorithm::Sha256.digest(ca.cert_der());
+        let map = CandidateMapHandle::new(ssconf::CandidateMap::from_entries([("u1", digest)]));
+        m.render(&map, &budgets, &state, ca_not_after - 86_400)
+    }
+
+    #[test]
+    fn render_known_state() {
+        let out = scrape_of_known_state();
+        let families: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE noded_"))
+            .collect();
+        assert_eq!(
+            families,
+            [
+                "connections_accepted_total counter",
+                "ssconf_reloads_total counter",
+                "connections_refused_total counter",
+                "handshakes_in_progress gauge",
+                "connections_open gauge",
+                "rpc_total counter",
+                "rpc_duration_seconds histogram",
+                "candidate_map_entries gauge",
+                "candidate_map_last_reload_timestamp_seconds gauge",
+                "certificate_expiry_seconds gauge",
+            ]
+        );
+        assert!(out.starts_with(
+            "# HELP noded_connections_accepted_total Connections admitted after the TLS handshake.\n\
+             # TYPE noded_connections_accepted_total counter\n\
+             noded_connections_accepted_total 2\n\
+             # HELP noded_ssconf_reloads_total "
+        ));
+        let lines: Vec<&str> = out.lines().collect();
+        for want in [
+            "noded_ssconf_reloads_total 1",
+            "noded_connections_refused_total{reason=\"no_certificate\"} 0",
+            "noded_connections_refused_total{reason=\"not_in_map\"} 1",
+            "noded_connections_refused_total{reason=\"handshake_per_source\"} 1",
+            "noded_handshakes_in_progress{lane=\"general\"} 1",
+            "noded_handshakes_in_progress{lane=\"control_plane\"} 0",
+            "noded_connections_open 1",
+            "noded_rpc_total{procedure=\"ping\",outcome=\"ok\"} 1",
+            "noded_rpc_total{procedure=\"ping\",outcome=\"error\"} 0",
+            "noded_rpc_total{procedure=\"echo\",outcome=\"error\"} 1",
+            "noded_rpc_total{procedure=\"other\",outcome=\"ok\"} 1",
+            "noded_rpc_duration_seconds_bucket{le=\"0.00005\"} 1",
+            "noded_rpc_duration_seconds_bucket{le=\"0.005\"} 2",
+            "noded_rpc_duration_seconds_bucket{le=\"0.1\"} 2",
+            "noded_rpc_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "noded_rpc_duration_seconds_sum 1.00304",
+            "noded_rpc_duration_seconds_count 3",
+            "noded_candidate_map_entries 1",
+            "noded_certificate_expiry_seconds{certificate=\"ca\"} 86400",
+        ] {
+            assert!(lines.contains(&want), "{want} not in:\n{out}");
+        }
+        // A series that counted nothing is left out (ping's excepted).
+        assert!(!out.contains("procedure=\"echo\",outcome=\"ok\""), "{out}");
+        for cert in ["server", "client"] {
+            let series = format!("noded_certificate_expiry_seconds{{certificate=\"{cert}\"}} ");
+            assert!(out.contains(&series), "{series}");
+        }
     }
 }
