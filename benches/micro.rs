@@ -29,7 +29,7 @@ static CLIENT_CERT: OnceLock<Vec<u8>> = OnceLock::new();
 fn main() -> BoxResult<()> {
     let ca = CertificateAuthority::generate("bench", 30)?;
     let key = NodeKey::generate()?;
-    let pem = ca.sign_client_csr(&key.client_csr("bench-node")?, 30)?;
+    let pem = ca.sign_client_csr(&key.csr("bench-node")?, "bench-node", 30)?;
     let der = noded::pki::load_certs_from_pem(&pem)?.as_ref().to_vec();
     CLIENT_CERT
         .set(der)

@@ -115,10 +115,16 @@ fn sigkill_at_random_points_leaves_whole_files() {
 /// is left aside and the old pair keeps working.
 #[test]
 fn an_interrupted_server_certificate_switch_is_finished_at_start() {
-    use noded::pki::CertificateSigner;
+    use noded::pki::{CertificateSigner, NodeKey};
     let m = init_master("m");
     let pending = m.dir().join("server.key.new");
-    let (new_pem, new_key) = m.ca().issue_server_certificate("testcluster", 30).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let uuid = m.state.load_identity().unwrap().uuid;
+    let new_pem = m
+        .ca()
+        .sign_server_csr(&key.csr("m").unwrap(), "m", &uuid, 30)
+        .unwrap();
+    let new_key = key.to_pem();
 
     // Killed after the key, before the certificate: the old pair stays.
     std::fs::write(&pending, new_key.expose()).unwrap();
@@ -132,8 +138,17 @@ fn an_interrupted_server_certificate_switch_is_finished_at_start() {
     );
     drop(daemon);
 
-    // Killed after the certificate, before the rename: the new pair.
+    // Killed after the certificate, before the rename: the new pair, whose
+    // digest the cluster recorded before the switch began.
     std::fs::write(m.state.server_pem(), &new_pem).unwrap();
+    let der = noded::pki::load_certs_from_pem(&new_pem).unwrap();
+    let recorded = m.dir().join("ssconf/ssconf_node_server_certs");
+    let mut lines = std::fs::read_to_string(&recorded).unwrap();
+    lines.push_str(&format!(
+        "{uuid}={}\n",
+        ssconf::DigestAlgorithm::Sha256.digest(&der)
+    ));
+    std::fs::write(&recorded, lines).unwrap();
     let _daemon = Daemon::start(&m, &[]);
     let out = nodectl(m.dir(), &["ping"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

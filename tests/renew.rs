@@ -132,7 +132,13 @@ fn cluster_certificate_and_ssh_keys() {
     let dm = Daemon::start(&m, &[]);
     let (a, _da) = join_and_start(&m, "a", &[]);
     let (b, _db) = join_and_start(&m, "b", &[]);
-    let old_server = std::fs::read_to_string(m.state.server_pem()).unwrap();
+    let server_of = |n: &Node| {
+        (
+            std::fs::read_to_string(n.state.server_pem()).unwrap(),
+            std::fs::read_to_string(n.state.server_key()).unwrap(),
+        )
+    };
+    let old_servers: Vec<_> = [&m, &a, &b].into_iter().map(server_of).collect();
     let old_keys = (
         std::fs::read_to_string(m.state.ssh_public_key()).unwrap(),
         std::fs::read_to_string(a.state.ssh_public_key()).unwrap(),
@@ -146,14 +152,19 @@ fn cluster_certificate_and_ssh_keys() {
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    let new_server = std::fs::read_to_string(m.state.server_pem()).unwrap();
-    assert_ne!(old_server, new_server);
-    for n in [&a, &b] {
-        assert_eq!(
-            std::fs::read_to_string(n.state.server_pem()).unwrap(),
-            new_server
-        );
+    // Every node made its own new key; each certificate names its node.
+    let new_servers: Vec<_> = [&m, &a, &b].into_iter().map(server_of).collect();
+    for (n, (old, new)) in [&m, &a, &b]
+        .into_iter()
+        .zip(old_servers.iter().zip(&new_servers))
+    {
+        assert_ne!(old.0, new.0, "{}: same certificate", n.name);
+        assert_ne!(old.1, new.1, "{}: same key", n.name);
+        let der = noded::pki::load_certs_from_pem(&new.0).unwrap();
+        let uuid = n.state.load_identity().unwrap().uuid;
+        assert_eq!(noded::rpc::identity::uuid_of(&der), Some(uuid));
     }
+    assert_ne!(new_servers[1].1, new_servers[2].1, "a and b share a key");
     // The running daemons serve the new certificate without a restart.
     let served = Command::new("timeout")
         .args([
@@ -176,7 +187,7 @@ fn cluster_certificate_and_ssh_keys() {
             .to_owned()
     };
     assert!(
-        served.contains(&first_cert_in(&new_server)),
+        served.contains(&first_cert_in(&new_servers[2].0)),
         "b still serves the old certificate"
     );
     let new_keys = (

@@ -128,34 +128,41 @@ pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
 }
 
 /// A regular node of `master`'s cluster, made the way a join makes one: its
-/// own key, a CSR signed by the CA, the cluster's ssconf and server
-/// certificate; no CA key, no config.
+/// own client and server keys, CSRs signed by the CA, the cluster's ssconf;
+/// no CA key, no config. The cluster does not record it.
 pub fn regular_node(master: &Node, name: &str) -> Node {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let state = StateDir::new(&dir);
-    for (from, to) in [
-        (master.state.ca_pem(), state.ca_pem()),
-        (master.state.server_pem(), state.server_pem()),
-        (master.state.server_key(), state.server_key()),
-    ] {
-        std::fs::copy(from, to).unwrap();
-    }
+    std::fs::copy(master.state.ca_pem(), state.ca_pem()).unwrap();
+    let uuid = format!("uuid-{name}");
     let key = NodeKey::generate().unwrap();
     let cert = master
         .ca()
-        .sign_client_csr(&key.client_csr(name).unwrap(), 90)
+        .sign_client_csr(&key.csr(name).unwrap(), name, 90)
         .unwrap();
     ssconf::write_atomic(&state.client_pem(), cert.as_bytes(), 0o644).unwrap();
     ssconf::write_atomic(&state.client_key(), key.to_pem().expose().as_bytes(), 0o600).unwrap();
+    let server_key = NodeKey::generate().unwrap();
+    let server = master
+        .ca()
+        .sign_server_csr(&server_key.csr(name).unwrap(), name, &uuid, 90)
+        .unwrap();
+    ssconf::write_atomic(&state.server_pem(), server.as_bytes(), 0o644).unwrap();
+    ssconf::write_atomic(
+        &state.server_key(),
+        server_key.to_pem().expose().as_bytes(),
+        0o600,
+    )
+    .unwrap();
     Ssconf::load(&master.state.ssconf_dir())
         .unwrap()
         .store(&state.ssconf_dir())
         .unwrap();
     let address = format!("127.0.0.1:{}", free_port());
     let identity = NodeIdentity {
-        uuid: format!("uuid-{name}"),
+        uuid,
         name: name.to_owned(),
         address: address.clone(),
         ssh_dir: None,
@@ -354,7 +361,12 @@ pub fn signed_by(
     let key = NodeKey::generate().unwrap();
     let now = OffsetDateTime::now_utc();
     let cert = ca
-        .sign_client_csr_between(&key.client_csr(name).unwrap(), now + from, now + to)
+        .sign_csr_between(
+            &key.csr(name).unwrap(),
+            &noded::pki::LeafRole::Client { node: name },
+            now + from,
+            now + to,
+        )
         .unwrap();
     Identity::from_pem(cert, key.to_pem().expose().to_owned())
 }
@@ -397,7 +409,9 @@ pub fn client(node: &Node, identity: Option<&Identity>) -> RpcClient {
     let ca = node.ca_certs();
     let config = match identity {
         Some(id) => {
-            noded::rpc::tls::client_config(&ca, id.chain.clone(), id.key.clone_key()).unwrap()
+            let recorded = noded::rpc::identity::RecordedServers::from_state(&node.state).unwrap();
+            noded::rpc::tls::client_config(&ca, recorded, id.chain.clone(), id.key.clone_key())
+                .unwrap()
         }
         None => noded::rpc::tls::anonymous_client_config(&ca).unwrap(),
     };

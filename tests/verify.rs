@@ -246,11 +246,15 @@ fn files_must_be_the_same_everywhere() {
     let doc = expect(&k.m, &[("ERROR", "c", "SSCONF_DIFFERS")]);
     run_fix(&k.m, &doc, "c");
     expect(&k.m, &[]);
-    // server.pem differs on one node.
-    let (other, _) =
+    // server.pem on one node is not the certificate recorded for it.
+    let other = {
+        use noded::pki::NodeKey;
+        let key = NodeKey::generate().unwrap();
+        let uuid = k.c.state.load_identity().unwrap().uuid;
         k.m.ca()
-            .issue_server_certificate("testcluster", 30)
-            .unwrap();
+            .sign_server_csr(&key.csr("c").unwrap(), "c", &uuid, 30)
+            .unwrap()
+    };
     let good = std::fs::read(k.c.state.server_pem()).unwrap();
     ssconf::write_atomic(&k.c.state.server_pem(), other.as_bytes(), 0o644).unwrap();
     expect(&k.m, &[("ERROR", "c", "SERVER_CERT_DIFFERS")]);

@@ -92,7 +92,10 @@ pub async fn push(
     skip: &[&str],
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
-    let ssconf_files = config.to_ssconf()?.render();
+    let set = config.to_ssconf()?;
+    // Each node must prove it is the node this config records.
+    client.trust_servers(&set);
+    let ssconf_files = set.render();
     let config_json = String::from_utf8(state::to_json(config)?)
         .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?;
     let keys = candidate_ssh_keys(config);

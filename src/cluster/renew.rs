@@ -105,6 +105,34 @@ pub fn record_outcome(record: &mut NodeRecord, outcome: &StepOutcome) {
     }
 }
 
+/// What happened to one node in a step of a server certificate renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerStep {
+    /// The node serves with `actual` (empty when unknown) and the master
+    /// signed it a new certificate with digest `next`: clients accept both.
+    Signed { actual: String, next: String },
+    /// The node serves with the new certificate: only it remains.
+    Switched,
+}
+
+/// Changes `record`'s server digests as `step` says.
+pub fn record_server_outcome(record: &mut NodeRecord, step: &ServerStep) {
+    match step {
+        ServerStep::Signed { actual, next } => {
+            // An earlier run's switch that was never recorded.
+            if record.next_server_digest.as_deref() == Some(actual.as_str()) {
+                record.server_digest = actual.clone();
+            }
+            record.next_server_digest = Some(next.clone());
+        }
+        ServerStep::Switched => {
+            if let Some(next) = record.next_server_digest.take() {
+                record.server_digest = next;
+            }
+        }
+    }
+}
+
 /// Records `actual` as the node's certificate if it is the pending one.
 fn adopt(record: &mut NodeRecord, actual: &str) {
     if record.next_digest.as_deref() == Some(actual) {
@@ -172,6 +200,8 @@ mod tests {
             cert_expires: 100,
             next_digest: next.map(Into::into),
             ssh_public_key: None,
+            server_digest: String::new(),
+            next_server_digest: None,
         }
     }
 

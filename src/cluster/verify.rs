@@ -219,6 +219,7 @@ fn check(
     let answers = check_reachable(&mut findings, config, infos);
     check_client_certificates(&mut findings, config, local, &answers, now);
     check_shared_files(&mut findings, config, local, &answers);
+    check_server_certificates(&mut findings, &answers, now);
     check_role_files(&mut findings, config, &answers);
     check_authorized_keys(&mut findings, config, &answers);
     check_cluster_certificates(&mut findings, local, now);
@@ -468,15 +469,6 @@ fn check_shared_files(
             ),
             _ => {}
         }
-        if info.server_pem_sha256 != local.server_pem_sha256 {
-            findings.add(
-                Severity::Error,
-                &n.name,
-                Code::ServerCertDiffers,
-                format!("{}'s server.pem differs from {}'s", n.name, local.name),
-                "nodectl renew-crypto --new-cluster-certificate".into(),
-            );
-        }
         if info.ca_pem_sha256 != local.ca_pem_sha256 {
             findings.add(
                 Severity::Error,
@@ -486,6 +478,40 @@ fn check_shared_files(
                 resync(&n.name),
             );
         }
+    }
+}
+
+/// Each node's own server certificate (SPEC §9.1): the one the cluster
+/// recorded for it, and how soon it expires.
+fn check_server_certificates(findings: &mut Findings, answers: &[Answer<'_>], now: i64) {
+    for (n, info) in answers {
+        let recorded = std::iter::once(&n.server_digest).chain(n.next_server_digest.iter());
+        if info.server_digest.is_empty() || !recorded.into_iter().any(|d| *d == info.server_digest)
+        {
+            findings.add(
+                Severity::Error,
+                &n.name,
+                Code::ServerCertDiffers,
+                format!(
+                    "{}'s server certificate (sha256 {}) is not the one recorded for it",
+                    n.name,
+                    if info.server_digest.is_empty() {
+                        "unreadable"
+                    } else {
+                        &info.server_digest
+                    }
+                ),
+                "nodectl renew-crypto --new-cluster-certificate".into(),
+            );
+        }
+        expiry(
+            findings,
+            &n.name,
+            "its server certificate",
+            info.server_cert_expires,
+            now,
+            "nodectl renew-crypto --new-cluster-certificate",
+        );
     }
 }
 
@@ -591,7 +617,7 @@ fn check_authorized_keys(findings: &mut Findings, config: &ClusterConfig, answer
 }
 
 /// The cluster-wide certificates, as this node holds them: how soon the CA
-/// certificates and the shared server certificate expire.
+/// certificates expire.
 fn check_cluster_certificates(findings: &mut Findings, local: &LocalView, now: i64) {
     for ca in &local.ca_infos {
         expiry(
@@ -603,16 +629,7 @@ fn check_cluster_certificates(findings: &mut Findings, local: &LocalView, now: i
             "nodectl renew-crypto --new-ca",
         );
     }
-    if let Some(server) = &local.server_info {
-        expiry(
-            findings,
-            &local.name,
-            "the shared server certificate",
-            server.not_after,
-            now,
-            "nodectl renew-crypto --new-cluster-certificate",
-        );
-    }
+    {}
 }
 
 /// What the verifying node itself holds.
@@ -622,8 +639,6 @@ struct LocalView {
     ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     ca_infos: Vec<CertInfo>,
     ca_pem_sha256: String,
-    server_pem_sha256: String,
-    server_info: Option<CertInfo>,
 }
 
 fn local_view(state: &StateDir) -> Result<LocalView> {
@@ -632,9 +647,6 @@ fn local_view(state: &StateDir) -> Result<LocalView> {
         .iter()
         .filter_map(|c| CertInfo::from_der(c).ok())
         .collect();
-    let server_info = pki::load_certs(&state.server_pem())
-        .ok()
-        .and_then(|c| c.first().and_then(|c| CertInfo::from_der(c).ok()));
     Ok(LocalView {
         name: state.load_identity()?.name,
         map: CandidateMap::load(&Ssconf::candidate_map_path(&state.ssconf_dir()))
@@ -642,8 +654,6 @@ fn local_view(state: &StateDir) -> Result<LocalView> {
         ca_certs,
         ca_infos,
         ca_pem_sha256: crate::state::fingerprint::file_sha256(&state.ca_pem()),
-        server_pem_sha256: crate::state::fingerprint::file_sha256(&state.server_pem()),
-        server_info,
     })
 }
 
@@ -748,12 +758,18 @@ mod tests {
     fn client_pem(ca: &impl CertificateSigner, name: &str, from: i64, until: i64) -> String {
         let csr = NodeKey::generate().unwrap().client_csr(name).unwrap();
         let now = OffsetDateTime::now_utc();
-        ca.sign_client_csr_between(
+        ca.sign_csr_between(
             &csr,
+            &pki::LeafRole::Client { node: name },
             now + Duration::days(from),
             now + Duration::days(until),
         )
         .unwrap()
+    }
+
+    /// A stand-in server certificate digest for node `name`.
+    fn server_digest_of(name: &str) -> String {
+        DigestAlgorithm::Sha256.digest(name.as_bytes()).to_string()
     }
 
     fn digest_of(pem: &str) -> CertDigest {
@@ -788,6 +804,8 @@ mod tests {
                     ssh_public_key: role
                         .is_candidate()
                         .then(|| format!("ssh-ed25519 AAAAkey-of-{name} root@{name}")),
+                    server_digest: server_digest_of(name),
+                    next_server_digest: None,
                 })
                 .collect();
             let config = ClusterConfig {
@@ -801,17 +819,14 @@ mod tests {
                 nodes,
             };
             let ssconf = config.to_ssconf().unwrap();
-            let (server_pem, _) = ca.issue_server_certificate("test", 365).unwrap();
-            let server_der = pki::load_certs_from_pem(&server_pem).unwrap();
             let local = LocalView {
                 name: "m".into(),
                 map: ssconf.master_candidates_certs.clone(),
                 ca_certs: vec![ca.cert_der().clone()],
                 ca_infos: vec![CertInfo::from_der(ca.cert_der()).unwrap()],
                 ca_pem_sha256: "ca-pem-sha".into(),
-                server_pem_sha256: "server-pem-sha".into(),
-                server_info: Some(CertInfo::from_der(&server_der).unwrap()),
             };
+            let now = crate::core::time::now();
             let ssconf_sha = crate::state::fingerprint::ssconf_sha256(&ssconf);
             let keys = cluster::candidate_ssh_keys(&config);
             let infos = config
@@ -837,7 +852,8 @@ mod tests {
                         version: "test".into(),
                         client_cert_pem,
                         ssconf_sha256: Ok(ssconf_sha.clone()),
-                        server_pem_sha256: local.server_pem_sha256.clone(),
+                        server_digest: n.server_digest.clone(),
+                        server_cert_expires: now + 365 * DAY,
                         ca_pem_sha256: local.ca_pem_sha256.clone(),
                         authorized_keys: Ok(keys.clone()),
                     };
@@ -849,7 +865,7 @@ mod tests {
                 config,
                 local,
                 infos,
-                now: crate::core::time::now(),
+                now,
             }
         }
 
@@ -980,7 +996,7 @@ mod tests {
         ),
         (
             "server.pem differs",
-            |f| f.info("c").server_pem_sha256 = "other".into(),
+            |f| f.info("c").server_digest = server_digest_of("other"),
             &[(E, "c", ServerCertDiffers)],
         ),
         (
@@ -1046,12 +1062,8 @@ mod tests {
         ),
         (
             "server certificate expired",
-            |f| {
-                if let Some(server) = f.local.server_info.as_mut() {
-                    server.not_after = f.now - DAY;
-                }
-            },
-            &[(E, "m", CertExpired)],
+            |f| f.info("b").server_cert_expires = f.now - DAY,
+            &[(E, "b", CertExpired)],
         ),
     ];
 

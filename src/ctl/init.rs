@@ -50,15 +50,20 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         None => Box::new(FileKeyStore::new(state)),
     };
     let ca = store.create_ca(&opts.cluster_name, ca_days)?;
-    let (server_pem, server_key) =
-        ca.issue_server_certificate(&opts.cluster_name, opts.cert_days)?;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    // Like every node, the master makes its own two keys and has the CA
+    // sign a CSR for each.
     let node_key = NodeKey::generate()?;
-    let client_pem = ca.sign_client_csr(&node_key.client_csr(&opts.node_name)?, opts.cert_days)?;
+    let server_key = NodeKey::generate()?;
+    let name = &opts.node_name;
+    let client_pem = ca.sign_client_csr(&node_key.csr(name)?, name, opts.cert_days)?;
+    let server_pem = ca.sign_server_csr(&server_key.csr(name)?, name, &uuid, opts.cert_days)?;
     let client_der = crate::pki::load_certs_from_pem(&client_pem)?;
+    let server_der = crate::pki::load_certs_from_pem(&server_pem)?;
     // The master is a master candidate: it has its own SSH key pair.
     let (ssh_private, ssh_public) = crate::state::ssh::generate(&opts.node_name)?;
     let master = NodeRecord {
-        uuid: uuid::Uuid::new_v4().to_string(),
+        uuid,
         name: opts.node_name.clone(),
         address: opts.address.clone(),
         role: NodeRole::Master,
@@ -67,6 +72,8 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         cert_expires: CertInfo::from_der(&client_der)?.not_after,
         ssh_public_key: Some(ssh_public.clone()),
         next_digest: None,
+        server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
+        next_server_digest: None,
     };
     let config = ClusterConfig {
         cluster_name: opts.cluster_name.clone(),
@@ -90,7 +97,7 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         identity: &identity,
         ca_pem: ca.cert_pem(),
         server_pem: &server_pem,
-        server_key: &server_key,
+        server_key: &server_key.to_pem(),
         client_key: &node_key.to_pem(),
         client_pem: &client_pem,
         ssconf: &config.to_ssconf()?,

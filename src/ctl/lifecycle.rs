@@ -391,7 +391,10 @@ impl Master {
     async fn bring_online(&mut self, node: &NodeRecord) -> Result<PushOutcome> {
         let name = node.name.as_str();
         find_mut(&mut self.config, name)?.offline = false;
-        catch_up(self, node).await;
+        if let Some(server_digest) = catch_up(self, node).await {
+            find_mut(&mut self.config, name)?.server_digest = server_digest;
+            self.client.trust_servers(&self.config.to_ssconf()?);
+        }
         self.reissue_if_stale(node).await?;
         let mut push = PushOutcome::default();
         if node.role.is_candidate() {
@@ -452,7 +455,7 @@ impl Master {
             return Err(reach(Error::Invalid("no CSR in the reply".into())));
         };
         let ca = crate::pki::keystore::load_ca(&self.state, &self.config)?;
-        let cert_pem = ca.sign_client_csr(&csr, self.config.cert_days)?;
+        let cert_pem = ca.sign_client_csr(&csr, name, self.config.cert_days)?;
         let der = crate::pki::load_certs_from_pem(&cert_pem)?;
         conn.call(Procedure::InstallClientCert { cert_pem })
             .await
@@ -466,17 +469,18 @@ impl Master {
 
 /// A node that missed a renewal of the master's own certificate (it was
 /// offline) refuses the master's new one; the previous one, which its map
-/// still holds, brings it the current map once.
-async fn catch_up(master: &Master, node: &NodeRecord) {
+/// still holds, brings it the current map once. A node that missed a CA
+/// rotation also gets a server certificate of the current CA: returns its
+/// digest, for the config.
+async fn catch_up(master: &Master, node: &NodeRecord) -> Option<String> {
     let current = cluster::call(&master.client, node, Procedure::Ping).await;
     if !missed_renewal(&current) {
-        return;
+        return None;
     }
     let Ok(Some(previous)) = RpcClient::previous_from_state(&master.state) else {
-        return;
+        return None;
     };
     let result = async {
-        let ssconf = master.config.to_ssconf()?;
         let mut conn = previous.connect(&node.name, &node.address).await?;
         // The CAs first (so it trusts the master's current certificate),
         // then the server certificate of the current CA, then the map.
@@ -487,26 +491,45 @@ async fn catch_up(master: &Master, node: &NodeRecord) {
         if let Ok(old) = std::fs::read_to_string(&prev_ca) {
             bundle.push_str(&old);
         }
+        let mut server_digest = None;
         if bundle != ca_pem {
             conn.call(Procedure::InstallCaBundle { ca_pem: bundle })
                 .await?;
-            let (cert_pem, key) = crate::pki::pair::read_server_pair(&master.state)?;
-            conn.call(Procedure::InstallServerCert { cert_pem, key })
-                .await?;
+            let Reply::Csr(csr) = conn.call(Procedure::PrepareServerKey).await? else {
+                return Err(Error::Invalid("no CSR in the reply".into()));
+            };
+            let ca = crate::pki::keystore::load_ca(&master.state, &master.config)?;
+            let cert_pem =
+                ca.sign_server_csr(&csr, &node.name, &node.uuid, master.config.cert_days)?;
+            let der = crate::pki::load_certs_from_pem(&cert_pem)?;
+            conn.call(Procedure::InstallServerCert { cert_pem }).await?;
+            server_digest = Some(ssconf::DigestAlgorithm::Sha256.digest(&der).to_string());
         }
+        // The map as it will be once its new server certificate is recorded.
+        let mut config = master.config.clone();
+        if let Some(digest) = &server_digest {
+            find_mut(&mut config, &node.name)?.server_digest = digest.clone();
+        }
+        let ssconf = config.to_ssconf()?;
         conn.call(Procedure::WriteSsconf {
             files: ssconf.render(),
         })
         .await?;
-        Ok::<(), Error>(())
+        Ok::<Option<String>, Error>(server_digest)
     }
     .await;
     match result {
-        Ok(()) => crate::say!(
-            "{}: caught up with the master's previous certificate",
-            node.name
-        ),
-        Err(e) => eprintln!("warning: {}: could not catch it up: {e}", node.name),
+        Ok(digest) => {
+            crate::say!(
+                "{}: caught up with the master's previous certificate",
+                node.name
+            );
+            digest
+        }
+        Err(e) => {
+            eprintln!("warning: {}: could not catch it up: {e}", node.name);
+            None
+        }
     }
 }
 
@@ -620,6 +643,8 @@ mod tests {
             cert_expires: 0,
             next_digest: None,
             ssh_public_key: None,
+            server_digest: String::new(),
+            next_server_digest: None,
         }
     }
 

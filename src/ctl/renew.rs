@@ -17,7 +17,7 @@ use ssconf::DigestAlgorithm;
 
 use super::{progress, Outcome};
 use crate::cluster::renew::{
-    self, node_mut, record_outcome, NewCertificate, StepOutcome, SWITCH_GRACE,
+    self, node_mut, record_outcome, NewCertificate, ServerStep, StepOutcome, SWITCH_GRACE,
 };
 use crate::cluster::{self, ClusterLock, PushItems, PushOutcome};
 use crate::core::{hex, Error, Result, Secret};
@@ -71,7 +71,7 @@ pub async fn renew(state: &StateDir, plan: &RenewPlan, wait: bool) -> Result<Out
         node_certificates(state, &mut config, &plan.nodes, &mut unreachable).await?;
     }
     if plan.cluster_certificate && !plan.ca {
-        cluster_certificate(state, &config, &mut unreachable).await?;
+        server_certificates(state, &mut config, &mut unreachable).await?;
     }
     if plan.ssh_keys {
         ssh_keys(state, &mut config, &mut unreachable).await?;
@@ -157,7 +157,7 @@ impl<'a> Renewal<'a> {
             let ca = self.ca.clone();
             async move {
                 let (actual, csr) = prepare(&client, &node, alg).await?;
-                Ok((actual, ca.sign_client_csr(&csr, days)?))
+                Ok((actual, ca.sign_client_csr(&csr, &node.name, days)?))
             }
         })
         .await;
@@ -236,7 +236,7 @@ impl<'a> Renewal<'a> {
             return Ok(None);
         }
         let key = NodeKey::generate()?;
-        let cert_pem = self.ca.sign_client_csr(&key.client_csr(me)?, self.days)?;
+        let cert_pem = self.ca.sign_client_csr(&key.csr(me)?, me, self.days)?;
         let cert = NewCertificate::parse(cert_pem, self.alg)?;
         let signed = StepOutcome::Signed {
             actual: own,
@@ -313,32 +313,101 @@ fn renew_later(node: &str, e: &Error) -> (String, String) {
     )
 }
 
-/// A new shared server certificate on every online node; each daemon
-/// serves with it from the next handshake, without a restart. The master
-/// makes the key (the certificate is shared), so there is no prepare step.
-async fn cluster_certificate(
+/// `--new-cluster-certificate`: every online node (the master included,
+/// through its own daemon) makes a new server key and a CSR; the master
+/// signs a certificate naming the node and records its digest beside the
+/// current one, so that clients accept either while the node switches; then
+/// the node serves with it (no restart) and only the new digest remains. A
+/// node where a step fails keeps serving with its current certificate.
+async fn server_certificates(
     state: &StateDir,
-    config: &ClusterConfig,
+    config: &mut ClusterConfig,
     failed: &mut PushOutcome,
 ) -> Result<()> {
-    let ca = crate::pki::keystore::load_ca(state, config)?;
-    let (cert_pem, key) = ca.issue_server_certificate(&config.cluster_name, config.cert_days)?;
     let client = RpcClient::from_state(state)?;
-    let install = || Procedure::InstallServerCert {
-        cert_pem: cert_pem.clone(),
-        key: key.clone(),
-    };
-    let rerun = "nodectl renew-crypto --new-cluster-certificate";
-    install_everywhere(
-        &client,
-        config,
-        install,
-        "new server certificate",
-        rerun,
-        failed,
-    )
+    let ca = Arc::new(crate::pki::keystore::load_ca(state, config)?);
+    let days = config.cert_days;
+    let nodes: Vec<NodeRecord> = config.online_nodes().cloned().collect();
+    let signed = fan_out_nodes(&nodes, |node| {
+        let (client, ca) = (client.clone(), ca.clone());
+        async move {
+            let (actual, csr) = prepare_server(&client, &node).await?;
+            let cert = ca.sign_server_csr(&csr, &node.name, &node.uuid, days)?;
+            Ok((actual, cert))
+        }
+    })
     .await;
+    let rerun = "run `nodectl renew-crypto --new-cluster-certificate` again";
+    let mut pending = Vec::new();
+    for (node, result) in signed {
+        report_step(&node.name, "new server key and CSR", &result);
+        let record = node_mut(config, &node.name)?;
+        match result {
+            Ok((actual, cert_pem)) => {
+                let next = NewCertificate::parse(cert_pem, DigestAlgorithm::Sha256)?;
+                renew::record_server_outcome(
+                    record,
+                    &ServerStep::Signed {
+                        actual,
+                        next: next.digest.clone(),
+                    },
+                );
+                pending.push((node, next));
+            }
+            Err(e) => failed.unreachable.push((
+                node.name,
+                format!("{e}; its current server certificate stays; {rerun}"),
+            )),
+        }
+    }
+    // Every client accepts the old and the new certificate of each node.
+    let overlap = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(overlap.unreachable);
+    let installed =
+        fan_out_nodes(
+            &pending.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            |node| {
+                let client = client.clone();
+                let cert_pem = pending
+                    .iter()
+                    .find(|(n, _)| n.uuid == node.uuid)
+                    .map(|(_, c)| c.cert_pem.clone())
+                    .unwrap_or_default();
+                async move {
+                    cluster::call(&client, &node, Procedure::InstallServerCert { cert_pem }).await
+                }
+            },
+        )
+        .await;
+    for (node, result) in installed {
+        report_step(&node.name, "new server certificate", &result);
+        let record = node_mut(config, &node.name)?;
+        match result {
+            Ok(_) => renew::record_server_outcome(record, &ServerStep::Switched),
+            // Both stay accepted: whichever the node serves with is valid.
+            Err(e) => failed
+                .unreachable
+                .push((node.name, format!("{e}; {rerun}"))),
+        }
+    }
+    tokio::time::sleep(SWITCH_GRACE).await;
+    let done = progress::commit(state, &client, config, PushItems::ALL, &[]).await?;
+    failed.unreachable.extend(done.unreachable);
     Ok(())
+}
+
+/// On one node: the digest of the server certificate it serves with now
+/// (empty when unknown), and the CSR of a new server key it makes.
+async fn prepare_server(client: &RpcClient, node: &NodeRecord) -> Result<(String, String)> {
+    let mut conn = client.connect(&node.name, &node.address).await?;
+    let actual = match conn.call(Procedure::NodeInfo).await? {
+        Reply::NodeInfo(info) => info.server_digest,
+        _ => String::new(),
+    };
+    let Reply::Csr(csr) = conn.call(Procedure::PrepareServerKey).await? else {
+        return Err(Error::Invalid("no CSR in the reply".into()));
+    };
+    Ok((actual, csr))
 }
 
 /// A new SSH key pair on every online master candidate (made there), then
@@ -461,7 +530,7 @@ async fn new_ca(
         return Ok(());
     }
     // 4. Every certificate reissued by the new CA.
-    cluster_certificate(state, config, failed).await?;
+    server_certificates(state, config, failed).await?;
     node_certificates(state, config, &[], failed).await?;
     if !failed.is_complete() {
         eprintln!("stopped before dropping the old CA: rerun `nodectl renew-crypto --new-ca` once every node is reachable");

@@ -29,6 +29,7 @@ pub fn token_create(
         v: 1,
         addrs: vec![config.master()?.address.clone()],
         ca_sha256: config.ca_sha256.clone(),
+        master: config.master()?.uuid.clone(),
         id: stored.id.clone(),
         secret,
         expires: stored.expires,

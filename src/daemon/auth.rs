@@ -418,8 +418,9 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let csr = NodeKey::generate().unwrap().client_csr("mc").unwrap();
         let pem = ca
-            .sign_client_csr_between(
+            .sign_csr_between(
                 &csr,
+                &crate::pki::LeafRole::Client { node: "mc" },
                 now - TimeDuration::hours(1),
                 now + TimeDuration::days(1),
             )

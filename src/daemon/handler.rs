@@ -143,7 +143,7 @@ impl Handler {
                 let timeout = daemon.limits.request_timeout;
                 let result = tokio::time::timeout(
                     timeout,
-                    super::handlers::dispatch(daemon, request.procedure),
+                    super::handlers::dispatch(daemon, &self.admission, request.procedure),
                 )
                 .await
                 .unwrap_or_else(|_| {

@@ -14,18 +14,13 @@ use crate::core::{Error, Result};
 use crate::pki::{self, CertInfo, CertificateSigner};
 use crate::state::config::{check_address, check_name, ClusterConfig, NodeRecord, NodeRole};
 use crate::state::token::TokenStore;
-use crate::state::{self, StateDir};
+use crate::state::StateDir;
 use crate::wire::{JoinReply, JoinRequest, Reply, RpcError};
 
-/// The record of a node admitted with `req`.
-fn new_record(
-    req: &JoinRequest,
-    candidate: bool,
-    digest: String,
-    client_der: &rustls_pki_types::CertificateDer<'_>,
-) -> Result<NodeRecord> {
-    Ok(NodeRecord {
-        uuid: uuid::Uuid::new_v4().to_string(),
+/// The record of a node admitted with `req`, before its certificates.
+fn new_record(req: &JoinRequest, candidate: bool) -> NodeRecord {
+    NodeRecord {
+        uuid: String::new(),
         name: req.node_name.clone(),
         address: req.address.clone(),
         role: if candidate {
@@ -34,11 +29,13 @@ fn new_record(
             NodeRole::Regular
         },
         offline: false,
-        digest,
-        cert_expires: CertInfo::from_der(client_der)?.not_after,
+        digest: String::new(),
+        cert_expires: 0,
         ssh_public_key: candidate.then(|| req.ssh_public_key.trim().to_owned()),
         next_digest: None,
-    })
+        server_digest: String::new(),
+        next_server_digest: None,
+    }
 }
 
 /// The master's side, under the cluster lock: check, sign, add, save.
@@ -73,10 +70,13 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
     let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
     let store = crate::pki::keystore::for_cluster(state, &config)?;
     let ca = store.load_ca(&ca_pem)?;
-    let ca_key = store.candidate_copy(&ca);
     // The name in the certificate is the node name; the CSR contributes only
     // its public key (and proves possession of the private key).
-    let client_pem = ca.sign_client_csr(&req.csr_pem, config.cert_days)?;
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let client_pem = ca.sign_client_csr(&req.csr_pem, &req.node_name, config.cert_days)?;
+    let server_pem =
+        ca.sign_server_csr(&req.server_csr_pem, &req.node_name, &uuid, config.cert_days)?;
+    let server_der = pki::load_certs_from_pem(&server_pem)?;
     let client_der = pki::load_certs_from_pem(&client_pem)?;
     let alg: DigestAlgorithm = config.digest.into();
     let online_candidates = config
@@ -89,34 +89,28 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
     if candidate {
         crate::state::ssh::check_public(&req.ssh_public_key)?;
     }
-    let record = new_record(
-        req,
-        candidate,
-        alg.digest(&client_der).to_string(),
-        &client_der,
-    )?;
-    let uuid = record.uuid.clone();
-    config.nodes.push(record);
+    config.nodes.push(NodeRecord {
+        uuid: uuid.clone(),
+        digest: alg.digest(&client_der).to_string(),
+        cert_expires: CertInfo::from_der(&client_der)?.not_after,
+        server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
+        ..new_record(req, candidate)
+    });
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses one.
     tokens.burn(&token.id);
     tokens.save(state)?;
     cluster::save_config(state, &config)?;
     cluster::apply_locally(state, &config, PushItems::ALL)?;
-    let (server_pem, server_key) = crate::pki::pair::read_server_pair(state)?;
+    // No CA key and no config here: a candidate fetches them over its own
+    // admitted connection, once it holds its certificates.
     let reply = JoinReply {
         uuid,
         master_candidate: candidate,
         ca_pem,
         server_pem,
-        server_key,
         client_pem,
         ssconf_files: config.to_ssconf()?.render(),
-        ca_key: ca_key.filter(|_| candidate),
-        config_json: candidate
-            .then(|| state::to_json(&config))
-            .transpose()?
-            .map(|json| String::from_utf8_lossy(&json).into_owned()),
         authorized_keys: cluster::candidate_ssh_keys(&config),
         unreachable: Vec::new(),
     };

@@ -548,9 +548,10 @@ mod tests {
     fn scrape_of_known_state() -> String {
         use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
         let ca = CertificateAuthority::generate("test", 3650).unwrap();
-        let (server_pem, _) = ca.issue_server_certificate("test", 365).unwrap();
-        let csr = NodeKey::generate().unwrap().client_csr("m").unwrap();
-        let client_pem = ca.sign_client_csr(&csr, 365).unwrap();
+        let server_csr = NodeKey::generate().unwrap().csr("m").unwrap();
+        let server_pem = ca.sign_server_csr(&server_csr, "m", "uuid-m", 365).unwrap();
+        let csr = NodeKey::generate().unwrap().csr("m").unwrap();
+        let client_pem = ca.sign_client_csr(&csr, "m", 365).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         std::fs::write(state.ca_pem(), ca.cert_pem()).unwrap();

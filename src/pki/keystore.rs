@@ -276,7 +276,7 @@ pub fn check(store: &dyn KeyStore, ca_pem: &str) -> Result<()> {
     ca.check_key_matches()?;
     // A signature proves the token can still sign, not only list objects.
     let probe = crate::pki::NodeKey::generate()?.client_csr("verify-probe")?;
-    ca.sign_client_csr(&probe, 1)
+    ca.sign_client_csr(&probe, "verify-probe", 1)
         .map(|_| ())
         .map_err(|e| Error::Certificate(format!("{} cannot sign: {e}", store.describe())))
 }

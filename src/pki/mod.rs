@@ -1,5 +1,6 @@
-//! The cluster's X.509 material: CA, shared server certificate, node client
-//! certificates, and their digests.
+//! The cluster's X.509 material: the CA, each node's own server
+//! certificate and its client certificate (both signed from CSRs made on
+//! the node), and their digests.
 //!
 //! Every key is ECDSA P-256. Leaves carry `CA:FALSE` and an extended key
 //! usage (serverAuth or clientAuth); serials are 127 random bits. When the CA
@@ -26,11 +27,6 @@ pub mod hsm;
 pub mod keystore;
 pub mod pair;
 pub mod provider;
-
-/// The DNS name in the shared server certificate, which every RPC client
-/// checks. The name is the same on every node; what makes a server genuine is
-/// its chain to this cluster's own CA.
-pub const SERVER_NAME: &str = "noded";
 
 fn cert_error(e: rcgen::Error) -> Error {
     Error::Certificate(e.to_string())
@@ -91,6 +87,13 @@ impl NodeKey {
     /// The key as PKCS#8 PEM.
     pub fn to_pem(&self) -> Secret {
         Secret::new(self.0.serialize_pem())
+    }
+
+    /// A CSR for this key, naming `node_name`. The master takes only the
+    /// public key from it: the same CSR serves a client or a server
+    /// certificate.
+    pub fn csr(&self, node_name: &str) -> Result<String> {
+        self.client_csr(node_name)
     }
 
     /// A CSR for a client certificate naming `node_name`.
@@ -156,29 +159,104 @@ pub trait CertificateSigner {
     /// The signing CA's certificate, DER.
     fn cert_der(&self) -> &CertificateDer<'static>;
 
-    /// Signs a node's CSR into a client certificate valid from
-    /// `not_before` to `not_after`. Only the CSR's subject name and public
-    /// key are used (after checking its signature, which proves the
-    /// requester holds the key); every extension is set here.
-    fn sign_client_csr_between(
+    /// Signs a node's CSR into the leaf `role` describes, valid from
+    /// `not_before` to `not_after`. Only the CSR's public key is used
+    /// (after checking its signature, which proves the requester holds the
+    /// key, and that the key itself is P-256); the subject and every
+    /// extension are set here from `role`.
+    fn sign_csr_between(
         &self,
         csr_pem: &str,
+        role: &LeafRole<'_>,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<String>;
 
-    /// [`Self::sign_client_csr_between`] for `days` from now.
-    fn sign_client_csr(&self, csr_pem: &str, days: u32) -> Result<String> {
+    /// [`Self::sign_csr_between`] for `days` from now (an hour back, for
+    /// clocks that differ a little).
+    fn sign_csr(&self, csr_pem: &str, role: &LeafRole<'_>, days: u32) -> Result<String> {
         let now = OffsetDateTime::now_utc();
-        self.sign_client_csr_between(
+        self.sign_csr_between(
             csr_pem,
+            role,
             now - Duration::hours(1),
             now + Duration::days(i64::from(days)),
         )
     }
 
-    /// A new shared server certificate and its key.
-    fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, Secret)>;
+    /// A client certificate for node `node` (CN = its name, clientAuth).
+    fn sign_client_csr(&self, csr_pem: &str, node: &str, days: u32) -> Result<String> {
+        self.sign_csr(csr_pem, &LeafRole::Client { node }, days)
+    }
+
+    /// A server certificate for node `node` with uuid `uuid` (CN = its
+    /// name; SANs `DNS:<name>` and `URI:urn:uuid:<uuid>`; serverAuth).
+    fn sign_server_csr(&self, csr_pem: &str, node: &str, uuid: &str, days: u32) -> Result<String> {
+        self.sign_csr(csr_pem, &LeafRole::Server { node, uuid }, days)
+    }
+}
+
+/// What a leaf certificate the CA signs is for; everything in it comes
+/// from here, nothing from the CSR but its public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafRole<'a> {
+    /// A node's client certificate.
+    Client { node: &'a str },
+    /// A node's own server certificate.
+    Server { node: &'a str, uuid: &'a str },
+}
+
+impl LeafRole<'_> {
+    /// The certificate's parameters, without validity and key.
+    fn params(&self) -> Result<CertificateParams> {
+        let (node, usage) = match *self {
+            LeafRole::Client { node } => (node, ExtendedKeyUsagePurpose::ClientAuth),
+            LeafRole::Server { node, .. } => (node, ExtendedKeyUsagePurpose::ServerAuth),
+        };
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, node);
+        let mut params = leaf_params(name, 1, usage);
+        if let LeafRole::Server { node, uuid } = *self {
+            let dns = node.try_into().map_err(|e: rcgen::Error| {
+                Error::Certificate(format!("node name {node:?}: {e}"))
+            })?;
+            let urn = format!("urn:uuid:{uuid}")
+                .try_into()
+                .map_err(|e: rcgen::Error| Error::Certificate(format!("uuid {uuid:?}: {e}")))?;
+            params.subject_alt_names = vec![SanType::DnsName(dns), SanType::URI(urn)];
+        }
+        Ok(params)
+    }
+}
+
+/// The CSR's public key must be an uncompressed P-256 point under
+/// id-ecPublicKey with the prime256v1 curve: checked on the key itself, not
+/// on the signature's algorithm (a P-384 key signed with ecdsa-with-SHA256
+/// would otherwise pass and make a broken certificate).
+fn check_csr_key_is_p256(csr_pem: &str) -> Result<()> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    use x509_parser::prelude::FromDer;
+    let invalid = |why: &str| Error::Certificate(format!("certificate signing request: {why}"));
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| invalid(&format!("not a PEM CSR: {e}")))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| invalid(&format!("unparsable: {e}")))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    let point = &spki.subject_public_key.data;
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY
+        || curve.as_ref() != Some(&OID_EC_P256)
+        || point.len() != 65
+        || point.first() != Some(&4)
+    {
+        return Err(invalid("the key is not ECDSA P-256"));
+    }
+    Ok(())
 }
 
 /// The cluster certificate authority: its certificate and signing key.
@@ -309,40 +387,22 @@ impl<K: rcgen::SigningKey> CertificateSigner for CertificateAuthority<K> {
         &self.cert_der
     }
 
-    fn issue_server_certificate(&self, cluster_name: &str, days: u32) -> Result<(String, Secret)> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, format!("noded server {cluster_name}"));
-        name.push(DnType::OrganizationName, cluster_name);
-        let mut params = leaf_params(name, days, ExtendedKeyUsagePurpose::ServerAuth);
-        params.subject_alt_names =
-            vec![SanType::DnsName(SERVER_NAME.try_into().map_err(
-                |e: rcgen::Error| Error::Certificate(e.to_string()),
-            )?)];
-        let cert = params
-            .signed_by(&key, &self.issuer()?)
-            .map_err(cert_error)?;
-        Ok((cert.pem(), Secret::new(key.serialize_pem())))
-    }
-
-    fn sign_client_csr_between(
+    fn sign_csr_between(
         &self,
         csr_pem: &str,
+        role: &LeafRole<'_>,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<String> {
+        check_csr_key_is_p256(csr_pem)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
         if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
             return Err(Error::Certificate(
-                "certificate signing request: the key is not ECDSA P-256".into(),
+                "certificate signing request: not signed with ECDSA P-256 SHA-256".into(),
             ));
         }
-        let mut params = leaf_params(
-            csr.params.distinguished_name.clone(),
-            1,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
+        let mut params = role.params()?;
         params.not_before = not_before;
         params.not_after = not_after;
         let cert = params
@@ -409,12 +469,14 @@ pub fn cert_has_key(cert: &CertificateDer<'_>, key: &NodeKey) -> Result<bool> {
     Ok(parsed.public_key().subject_public_key.data.as_ref() == key.0.der_bytes())
 }
 
-/// Checks that `cert` carries `key`'s public key and chains to `ca` for
-/// client authentication.
-pub fn check_client_certificate(
+/// Checks a certificate the CA signed for a node: it is for `key`, and
+/// chains to one of `cas` for `usage` now. A certificate not valid yet says
+/// so with both clocks: the signer's is ahead of this node's.
+pub fn check_certificate(
     cert: &CertificateDer<'_>,
-    ca: &CertificateDer<'_>,
+    cas: &[CertificateDer<'_>],
     key: &NodeKey,
+    usage: webpki::KeyUsage,
 ) -> Result<()> {
     use rcgen::PublicKeyData;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
@@ -424,16 +486,31 @@ pub fn check_client_certificate(
             "the signed certificate is not for this node's key".into(),
         ));
     }
-    chains_to(
+    let now = rustls_pki_types::UnixTime::now();
+    chains_to_for(cert, cas, now, usage).map_err(|e| match e {
+        webpki::Error::CertNotValidYet { .. } => Error::Certificate(format!(
+            "the signed certificate is not valid before {}, and this node's clock says {}: clocks differ; fix the clock of the signer or of this node",
+            crate::core::time::rfc3339(parsed.validity().not_before.timestamp()),
+            crate::core::time::rfc3339(now.as_secs() as i64)
+        )),
+        e => Error::Certificate(format!(
+            "the signed certificate does not chain to the cluster CA: {e}"
+        )),
+    })
+}
+
+/// [`check_certificate`] for a client certificate and one CA.
+pub fn check_client_certificate(
+    cert: &CertificateDer<'_>,
+    ca: &CertificateDer<'_>,
+    key: &NodeKey,
+) -> Result<()> {
+    check_certificate(
         cert,
         std::slice::from_ref(ca),
-        rustls_pki_types::UnixTime::now(),
+        key,
+        webpki::KeyUsage::client_auth(),
     )
-    .map_err(|e| {
-        Error::Certificate(format!(
-            "the signed certificate does not chain to the cluster CA: {e}"
-        ))
-    })
 }
 
 /// Checks that `cert` is a client certificate issued by one of `cas`, valid
@@ -442,6 +519,16 @@ pub fn chains_to(
     cert: &CertificateDer<'_>,
     cas: &[CertificateDer<'_>],
     when: rustls_pki_types::UnixTime,
+) -> std::result::Result<(), webpki::Error> {
+    chains_to_for(cert, cas, when, webpki::KeyUsage::client_auth())
+}
+
+/// Whether `cert` chains to one of `cas` at `when`, for `usage`.
+pub fn chains_to_for(
+    cert: &CertificateDer<'_>,
+    cas: &[CertificateDer<'_>],
+    when: rustls_pki_types::UnixTime,
+    usage: webpki::KeyUsage,
 ) -> std::result::Result<(), webpki::Error> {
     let anchors = cas
         .iter()
@@ -453,7 +540,7 @@ pub fn chains_to(
             &anchors,
             &[],
             when,
-            webpki::KeyUsage::client_auth(),
+            usage,
             None,
             None,
         )

@@ -2,9 +2,9 @@
 //! joining node reaches the master ([`pinned`]); [`fanout`] runs a call on
 //! many nodes at once.
 //!
-//! Every connection verifies the server's chain to the cluster CA (name
-//! [`SERVER_NAME`](crate::pki::SERVER_NAME)) and presents this node's client
-//! certificate.
+//! Every connection verifies whom it reached ([`identity`]: the chain to
+//! the cluster CA, the node's name, and the server certificate's digest as
+//! the cluster recorded it) and presents this node's client certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +21,11 @@ use crate::state::StateDir;
 use crate::wire::{self, Procedure, Reply, Request, PROTOCOL_VERSION};
 
 pub mod fanout;
+pub mod identity;
 pub mod pinned;
 pub mod tls;
+
+use identity::RecordedServers;
 
 /// Connects to nodes with one TLS client configuration.
 #[derive(Debug, Clone)]
@@ -34,6 +37,9 @@ pub struct RpcClient {
     pub call_timeout: Duration,
     /// Largest reply accepted.
     pub max_frame: u32,
+    /// The server certificates this client accepts, when its configuration
+    /// checks them ([`RpcClient::from_state`]).
+    recorded: Option<RecordedServers>,
 }
 
 impl RpcClient {
@@ -44,6 +50,15 @@ impl RpcClient {
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(60),
             max_frame: wire::DEFAULT_MAX_FRAME,
+            recorded: None,
+        }
+    }
+
+    /// Trusts the server certificates `set` records from now on (after the
+    /// master commits a change, before it pushes it).
+    pub fn trust_servers(&self, set: &ssconf::Ssconf) {
+        if let Some(recorded) = &self.recorded {
+            recorded.set_from(set);
         }
     }
 
@@ -53,7 +68,10 @@ impl RpcClient {
         let ca = pki::load_certs(&state.ca_pem())?;
         let chain = pki::load_certs(&state.client_pem())?;
         let key = pki::load_key(&state.client_key())?;
-        Ok(Self::new(tls::client_config(&ca, chain, key)?))
+        let recorded = RecordedServers::from_state(state)?;
+        let mut client = Self::new(tls::client_config(&ca, recorded.clone(), chain, key)?);
+        client.recorded = Some(recorded);
+        Ok(client)
     }
 
     /// A client with this node's previous client certificate, if it keeps
@@ -71,8 +89,16 @@ impl RpcClient {
         if prev_ca.exists() {
             ca.extend(pki::load_certs(&prev_ca)?);
         }
-        let config = tls::client_config(&ca, pki::load_certs(&cert)?, pki::load_key(&key)?)?;
-        Ok(Some(Self::new(config)))
+        let recorded = RecordedServers::from_state(state)?;
+        let config = tls::client_config(
+            &ca,
+            recorded.clone(),
+            pki::load_certs(&cert)?,
+            pki::load_key(&key)?,
+        )?;
+        let mut client = Self::new(config);
+        client.recorded = Some(recorded);
+        Ok(Some(client))
     }
 
     /// Opens a verified connection to `node` at `address` (`host:port`).
@@ -81,8 +107,10 @@ impl RpcClient {
             node: node.to_owned(),
             reason,
         };
-        let server_name = ServerName::try_from(pki::SERVER_NAME)
-            .map_err(|e| unreachable(format!("server name: {e}")))?;
+        // The server must prove it is `node`: its certificate names it and
+        // is the one recorded for it.
+        let server_name = ServerName::try_from(node.to_owned())
+            .map_err(|e| unreachable(format!("node name {node:?}: {e}")))?;
         let connector = TlsConnector::from(self.config.clone());
         let connect = async {
             let tcp = TcpStream::connect(address)
@@ -232,7 +260,11 @@ fn classify(node: &str, address: &str, e: &std::io::Error) -> Error {
         Some(rustls::Error::InvalidCertificate(cert_error)) => Error::UntrustedServer {
             node: node.to_owned(),
             address: address.to_owned(),
-            reason: cert_error.to_string(),
+            reason: match cert_error {
+                // Our own verifiers' reasons, in their own words.
+                rustls::CertificateError::Other(other) => other.0.to_string(),
+                e => e.to_string(),
+            },
         },
         Some(other) => Error::Unreachable {
             node: node.to_owned(),

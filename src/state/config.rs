@@ -47,6 +47,14 @@ pub struct NodeRecord {
     /// the map next to the old one until the node uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_digest: Option<String>,
+    /// SHA-256 digest of the node's own server certificate, which the master
+    /// signed from the node's CSR: what every RPC client checks it reached.
+    #[serde(default)]
+    pub server_digest: String,
+    /// During a server certificate renewal: the new certificate's digest,
+    /// accepted beside the old one until the node serves with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_server_digest: Option<String>,
     /// The node's SSH public key (master candidates only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
@@ -144,6 +152,7 @@ impl ClusterConfig {
             }
         }
         Ok(Ssconf {
+            node_server_certs: self.server_certs()?,
             cluster_name: self.cluster_name.clone(),
             master_node: self.master()?.name.clone(),
             node_list: names(&|_| true),
@@ -157,6 +166,26 @@ impl ClusterConfig {
             master_candidates_certs: CandidateMap::from_entries(entries),
             serial: self.serial,
         })
+    }
+}
+
+impl ClusterConfig {
+    /// `<uuid>=<digest>` of every node's server certificate (both during a
+    /// switch): `ssconf_node_server_certs`.
+    pub fn server_certs(&self) -> Result<CandidateMap> {
+        let mut entries = Vec::new();
+        for n in &self.nodes {
+            for text in std::iter::once(&n.server_digest).chain(n.next_server_digest.iter()) {
+                if text.is_empty() {
+                    continue;
+                }
+                let digest: CertDigest = text.parse().map_err(|e| {
+                    Error::Invalid(format!("config: node {}: bad server digest: {e}", n.name))
+                })?;
+                entries.push((n.uuid.clone(), digest));
+            }
+        }
+        Ok(CandidateMap::from_entries(entries))
     }
 }
 

@@ -29,6 +29,9 @@ pub struct JoinToken {
     pub addrs: Vec<String>,
     /// SHA-256 of the CA certificate's DER, lower-case hex.
     pub ca_sha256: String,
+    /// The uuid of the master that made the token: the joining node
+    /// accepts only a server certificate that names it.
+    pub master: String,
     pub id: String,
     pub secret: Secret,
     /// Unix seconds.
@@ -74,6 +77,9 @@ impl JoinToken {
         }
         if token.ca_sha256.len() != 64 || !token.ca_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("CA pin is not a SHA-256 hex digest"));
+        }
+        if uuid::Uuid::parse_str(&token.master).is_err() {
+            return Err(bad("the master's uuid is missing"));
         }
         Ok(token)
     }
@@ -191,6 +197,7 @@ mod tests {
             v: 1,
             addrs: vec!["127.0.0.1:1811".into()],
             ca_sha256: "ab".repeat(32),
+            master: "4f6c3c5e-8d1e-4a57-9a3b-2b5f0e9d7c11".into(),
             id: "id1".into(),
             secret: Secret::new("s".into()),
             expires: 5,
@@ -198,6 +205,11 @@ mod tests {
         };
         let text = token.encode()?;
         assert!(text.starts_with(PREFIX));
+        let unnamed = JoinToken {
+            master: String::new(),
+            ..token.clone()
+        };
+        assert!(JoinToken::parse(&unnamed.encode()?).is_err());
         assert_eq!(JoinToken::parse(&text)?, token);
         assert_eq!(token.ca_pin()?, [0xab; 32]);
         for bad in [

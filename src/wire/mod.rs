@@ -69,12 +69,20 @@ pub enum Procedure {
     PrepareClientKey,
     /// Install a client certificate for the pending key.
     InstallClientCert { cert_pem: String },
-    /// Replace the shared server certificate and key, and serve with them.
-    InstallServerCert { cert_pem: String, key: Secret },
+    /// Install a server certificate for the pending server key (made by
+    /// [`Procedure::PrepareServerKey`]) and serve with it.
+    InstallServerCert { cert_pem: String },
     /// Replace this candidate's SSH key pair; reply with the new public key.
     ReplaceSshKey,
     /// Replace ca.pem (one or two CA certificates) and trust exactly those.
     InstallCaBundle { ca_pem: String },
+    /// Make a new server key (kept pending on the node) and answer with a
+    /// CSR for it.
+    PrepareServerKey,
+    /// On the master, from a master candidate over its own admitted
+    /// connection: the candidate files (CA key unless it lives in a token,
+    /// and the config). How a node that joined as a candidate gets them.
+    FetchCandidateFiles,
 }
 
 /// What a joining node sends.
@@ -86,6 +94,8 @@ pub struct JoinRequest {
     pub address: String,
     /// CSR for the node's client certificate; the key stays on the node.
     pub csr_pem: String,
+    /// CSR for the node's own server certificate; that key stays too.
+    pub server_csr_pem: String,
     /// The node's SSH public key, used if it becomes a master candidate.
     pub ssh_public_key: String,
 }
@@ -96,13 +106,10 @@ pub struct JoinReply {
     pub uuid: String,
     pub master_candidate: bool,
     pub ca_pem: String,
+    /// The node's own server certificate, for the key it made.
     pub server_pem: String,
-    pub server_key: Secret,
     pub client_pem: String,
     pub ssconf_files: Vec<(String, String)>,
-    /// For a master candidate: the CA key and the full config.
-    pub ca_key: Option<Secret>,
-    pub config_json: Option<String>,
     pub authorized_keys: Vec<String>,
     /// Nodes the master could not push the new state to.
     pub unreachable: Vec<String>,
@@ -110,7 +117,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -130,6 +137,8 @@ impl Procedure {
             Procedure::InstallServerCert { .. } => "install-server-cert",
             Procedure::ReplaceSshKey => "replace-ssh-key",
             Procedure::InstallCaBundle { .. } => "install-ca-bundle",
+            Procedure::PrepareServerKey => "prepare-server-key",
+            Procedure::FetchCandidateFiles => "fetch-candidate-files",
         }
     }
 }
@@ -163,8 +172,12 @@ pub struct NodeInfo {
     pub client_cert_pem: String,
     /// SHA-256 (hex) of the node's whole ssconf set, or the error reading it.
     pub ssconf_sha256: Result<String, String>,
-    /// SHA-256 (hex) of `server.pem` and of `ca.pem` as files.
-    pub server_pem_sha256: String,
+    /// SHA-256 digest of the node's server certificate, OpenSSL notation
+    /// ("" if unreadable).
+    pub server_digest: String,
+    /// `notAfter` of the server certificate, Unix seconds (0 if unreadable).
+    pub server_cert_expires: i64,
+    /// SHA-256 (hex) of `ca.pem` as a file.
     pub ca_pem_sha256: String,
     /// The managed block of the node's authorized_keys, or the error.
     pub authorized_keys: Result<Vec<String>, String>,
@@ -173,14 +186,26 @@ pub struct NodeInfo {
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Pong { node: String, version: String },
+    Pong {
+        node: String,
+        version: String,
+    },
     NodeInfo(Box<NodeInfo>),
-    SsconfWritten { serial: u64 },
-    Echoed { len: u64 },
+    SsconfWritten {
+        serial: u64,
+    },
+    Echoed {
+        len: u64,
+    },
     Joined(Box<JoinReply>),
     Done,
     SshPublicKey(String),
     Csr(String),
+    /// What a new master candidate holds besides its own files.
+    CandidateFiles {
+        ca_key: Option<Secret>,
+        config_json: String,
+    },
 }
 
 /// Why a request failed.

@@ -19,13 +19,14 @@ pub enum SsconfKey {
     OfflineNodes,
     MasterCandidates,
     MasterCandidatesCerts,
+    NodeServerCerts,
     Serial,
 }
 
 impl SsconfKey {
     /// Every key, in the order a write goes: `serial` last, so a set whose
     /// serial is on disk is complete.
-    pub const ALL: [SsconfKey; 9] = [
+    pub const ALL: [SsconfKey; 10] = [
         SsconfKey::ClusterName,
         SsconfKey::MasterNode,
         SsconfKey::NodeList,
@@ -34,6 +35,7 @@ impl SsconfKey {
         SsconfKey::OfflineNodes,
         SsconfKey::MasterCandidates,
         SsconfKey::MasterCandidatesCerts,
+        SsconfKey::NodeServerCerts,
         SsconfKey::Serial,
     ];
 
@@ -48,6 +50,7 @@ impl SsconfKey {
             SsconfKey::OfflineNodes => "offline_nodes",
             SsconfKey::MasterCandidates => "master_candidates",
             SsconfKey::MasterCandidatesCerts => "master_candidates_certs",
+            SsconfKey::NodeServerCerts => "node_server_certs",
             SsconfKey::Serial => "serial",
         }
     }
@@ -80,6 +83,10 @@ pub struct Ssconf {
     pub master_candidates: Vec<String>,
     /// The candidate map.
     pub master_candidates_certs: CandidateMap,
+    /// `<uuid>=<digest>` of every node's own server certificate (two for a
+    /// node switching certificates), in the same format as the candidate
+    /// map: what every RPC client checks that it reached the node it meant.
+    pub node_server_certs: CandidateMap,
     /// Monotonically increasing version of the set.
     pub serial: u64,
 }
@@ -114,6 +121,7 @@ impl Ssconf {
                 join_lines(self.master_candidates.iter().map(String::as_str))
             }
             SsconfKey::MasterCandidatesCerts => self.master_candidates_certs.render(),
+            SsconfKey::NodeServerCerts => self.node_server_certs.render(),
             SsconfKey::Serial => format!("{}\n", self.serial),
         }
     }
@@ -208,6 +216,7 @@ impl Ssconf {
             SsconfKey::MasterCandidatesCerts => {
                 self.master_candidates_certs = CandidateMap::parse(text, path)?
             }
+            SsconfKey::NodeServerCerts => self.node_server_certs = CandidateMap::parse(text, path)?,
             SsconfKey::Serial => {
                 self.serial = single(text)?
                     .parse()
@@ -278,8 +287,8 @@ impl Ssconf {
         for (name, text) in self.render() {
             let path = dir.join(&name);
             // A file that already says this is left alone: a change to the
-            // map rewrites (and fsyncs) the map and the serial, not all nine
-            // files. The serial always changes, so it is still written last.
+            // map rewrites (and fsyncs) the map and the serial, not every
+            // file. The serial always changes, so it is still written last.
             if std::fs::read(&path).is_ok_and(|current| current == text.as_bytes()) {
                 continue;
             }
@@ -331,6 +340,10 @@ mod tests {
                 "uuid-1",
                 DigestAlgorithm::Sha256.digest(b"cert"),
             )]),
+            node_server_certs: CandidateMap::from_entries([
+                ("uuid-1", DigestAlgorithm::Sha256.digest(b"server 1")),
+                ("uuid-2", DigestAlgorithm::Sha256.digest(b"server 2")),
+            ]),
             serial,
         }
     }

@@ -3,7 +3,9 @@
 //! ([`roles`]), its certificates ([`certs`]) and its SSH keys ([`ssh`]).
 //! Joins are answered by [`super::join`].
 
+use super::auth::Admission;
 use super::server::Daemon;
+use crate::pki::pair::Pair;
 use crate::wire::{Procedure, Reply, RpcError, RpcErrorKind};
 
 pub mod certs;
@@ -13,7 +15,11 @@ pub mod ssconf;
 pub mod ssh;
 
 /// Answers one request of an admitted client.
-pub async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, RpcError> {
+pub async fn dispatch(
+    daemon: &Daemon,
+    caller: &Admission,
+    procedure: Procedure,
+) -> Result<Reply, RpcError> {
     match procedure {
         Procedure::Ping => Ok(info::ping(daemon)),
         Procedure::NodeInfo => info::node_info(daemon).await,
@@ -26,13 +32,15 @@ pub async fn dispatch(daemon: &Daemon, procedure: Procedure) -> Result<Reply, Rp
             config_json,
         } => roles::install(daemon, ca_key, config_json).await,
         Procedure::RemoveCandidateFiles => roles::remove(daemon).await,
-        Procedure::PrepareClientKey => certs::prepare_client_key(daemon).await,
+        Procedure::PrepareClientKey => certs::prepare_key(daemon, Pair::Client).await,
+        Procedure::PrepareServerKey => certs::prepare_key(daemon, Pair::Server).await,
         Procedure::InstallClientCert { cert_pem } => {
-            certs::install_client_cert(daemon, cert_pem).await
+            certs::install_cert(daemon, Pair::Client, cert_pem).await
         }
-        Procedure::InstallServerCert { cert_pem, key } => {
-            certs::install_server_cert(daemon, cert_pem, key).await
+        Procedure::InstallServerCert { cert_pem } => {
+            certs::install_cert(daemon, Pair::Server, cert_pem).await
         }
+        Procedure::FetchCandidateFiles => roles::fetch(daemon, caller).await,
         Procedure::InstallCaBundle { ca_pem } => certs::install_ca_bundle(daemon, ca_pem).await,
         Procedure::GenerateSshKey => ssh::generate(daemon).await,
         Procedure::ReplaceSshKey => ssh::replace(daemon).await,

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use ssconf::Ssconf;
 
+use super::super::auth::Admission;
 use super::super::server::Daemon;
 use super::{blocking, failed};
 use crate::core::{Error, Result, Secret};
@@ -20,6 +21,16 @@ pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFac
         Ok(set) => Ok(fingerprint::ssconf_sha256(set)),
         Err(e) => Err(e.to_string()),
     };
+    let server = crate::pki::load_certs(&state.server_pem())
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+        .map(|der| {
+            let digest = ssconf::DigestAlgorithm::Sha256.digest(&der).to_string();
+            let expires = crate::pki::CertInfo::from_der(&der)
+                .map(|i| i.not_after)
+                .unwrap_or(0);
+            (digest, expires)
+        });
     let authorized_keys = match std::fs::read_to_string(state.authorized_keys()) {
         Ok(text) => crate::state::ssh::managed_keys(&text).map_err(|e| e.to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -37,7 +48,8 @@ pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFac
         version: env!("CARGO_PKG_VERSION").to_owned(),
         client_cert_pem: std::fs::read_to_string(state.client_pem()).unwrap_or_default(),
         ssconf_sha256,
-        server_pem_sha256: fingerprint::file_sha256(&state.server_pem()),
+        server_digest: server.as_ref().map(|(d, _)| d.clone()).unwrap_or_default(),
+        server_cert_expires: server.map(|(_, e)| e).unwrap_or(0),
         ca_pem_sha256: fingerprint::file_sha256(&state.ca_pem()),
         authorized_keys,
     }
@@ -178,4 +190,45 @@ pub async fn remove(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
     blocking(move || remove_candidate_files(&state)).await?;
     tracing::info!("master-candidate files removed (CA key, config, SSH private key)");
     Ok(Reply::Done)
+}
+
+/// `fetch-candidate-files`, on the master: a master candidate (by the
+/// client certificate it was admitted with) gets the CA key, unless it
+/// lives in a token, and the config. How a node that joined as a candidate
+/// receives them: over its own verified connection, never in the join
+/// reply.
+pub async fn fetch(daemon: &Daemon, caller: &Admission) -> std::result::Result<Reply, RpcError> {
+    if !daemon.is_master.load(Ordering::Acquire) {
+        return Err(failed("this node is not the master"));
+    }
+    let state = daemon.state.clone();
+    let digest = caller.digest.to_string();
+    blocking(move || {
+        let config: ClusterConfig = crate::state::read_json(&state.config_json())?;
+        let record = config
+            .nodes
+            .iter()
+            .find(|n| n.digest == digest || n.next_digest.as_deref() == Some(digest.as_str()))
+            .ok_or_else(|| Error::Invalid("the caller is not a node of this cluster".into()))?;
+        if !record.role.is_candidate() || record.offline {
+            return Err(Error::Invalid(format!(
+                "{} is not an online master candidate",
+                record.name
+            )));
+        }
+        let ca_key = match config.ca_key {
+            Some(_) => None,
+            None => Some(Secret::new(
+                std::fs::read_to_string(state.ca_key()).map_err(Error::io(state.ca_key()))?,
+            )),
+        };
+        let config_json =
+            std::fs::read_to_string(state.config_json()).map_err(Error::io(state.config_json()))?;
+        tracing::info!(node = %record.name, "candidate files sent to a new master candidate");
+        Ok(Reply::CandidateFiles {
+            ca_key,
+            config_json,
+        })
+    })
+    .await
 }
