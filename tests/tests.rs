@@ -16,6 +16,7 @@ mod crash;
 mod flood;
 mod frames;
 mod hsm;
+mod impostor;
 mod layers;
 mod lifecycle;
 mod metrics;
