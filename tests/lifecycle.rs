@@ -467,3 +467,56 @@ fn online_reissues_a_certificate_that_changed() {
     assert!(holds_candidate_files(&a));
     assert!(all_ok(&ping_all(&a).1));
 }
+
+/// Makes a directory refuse new entries (`chattr +i`) until dropped: the
+/// master's state directory on a full or read-only disk, for root too.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(dir: &std::path::Path) -> Immutable {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chattr +i {}", dir.display());
+        Immutable(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A promotion whose commit fails (the master cannot write its config)
+/// takes back the CA key and config it gave the node: nothing holds a
+/// candidate's files while recorded as regular.
+#[test]
+fn a_promotion_that_cannot_be_committed_is_undone() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    assert!(holds_no_candidate_files(&a));
+    let before = serial(&m);
+    let out = {
+        let _frozen = Immutable::set(m.dir());
+        nodectl(m.dir(), &["modify", "a", "--master-candidate=yes"])
+    };
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not be committed"), "{err}");
+    assert!(err.contains("removed again"), "{err}");
+    assert!(holds_no_candidate_files(&a), "a kept the candidate files");
+    assert_eq!(serial(&m), before);
+    let out = nodectl(m.dir(), &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    // Once the disk takes writes again, the same promotion goes through.
+    run_ok(&m, &["modify", "a", "--master-candidate=yes"]);
+    assert!(holds_candidate_files(&a));
+}

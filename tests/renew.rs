@@ -425,3 +425,41 @@ fn a_node_offline_during_a_ca_rotation_comes_back() {
     }
     verify_clean(&m);
 }
+
+/// The master's clock two days ahead (faketime): every node refuses the
+/// certificate it is sent, as not valid yet. Each says why, and keeps its
+/// current certificate and its map entry: no candidate is locked out.
+#[test]
+fn a_master_clock_ahead_locks_nobody_out() {
+    if Command::new("faketime").arg("-h").output().is_err() {
+        eprintln!("skipped: faketime is not installed (apt-get install faketime)");
+        return;
+    }
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let before: Vec<String> = [&m, &a, &b].iter().map(|n| digest(n)).collect();
+    let map_before = m.map();
+    let nodectl_bin = env!("CARGO_BIN_EXE_nodectl");
+    let out = Command::new("faketime")
+        .args(["-f", "+2d", nodectl_bin, "--state-dir"])
+        .arg(m.dir())
+        .args(["renew-crypto", "--new-node-certificates"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{}{err}", text(&out.stdout));
+    for node in ["a", "b"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(node) && l.contains("clocks differ")),
+            "{node} not named with the cause: {err}"
+        );
+    }
+    let after: Vec<String> = [&m, &a, &b].iter().map(|n| digest(n)).collect();
+    assert_eq!(before, after, "a certificate changed");
+    assert_eq!(m.map(), map_before, "the map changed");
+    assert!(pings_all(&m) && pings_all(&a));
+    verify_clean(&m);
+}

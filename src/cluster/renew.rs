@@ -71,11 +71,15 @@ pub enum StepOutcome {
     /// The node uses `actual` (empty when unknown) and the master signed it
     /// a new certificate with digest `next`: both are in the next map.
     Signed { actual: String, next: String },
-    /// A step failed on the node: it keeps no valid entry, and is fixed
-    /// later with `renew-crypto --new-node-certificates --node NODE`. A
-    /// node that was reached and refused is treated like one that was not;
-    /// SPEC §8 asks that it keep its entry, which needs the two told apart.
+    /// A step failed on a node that could not be reached (or whose answer
+    /// was lost): its old certificate may be gone, so it keeps no valid
+    /// entry, and is fixed later with `renew-crypto --new-node-certificates
+    /// --node NODE`.
     Failed,
+    /// The node was reached and refused the step (a full disk, a clock out
+    /// of range, a certificate it would not take): it still uses its current
+    /// certificate, which keeps its entry; the new one is withdrawn.
+    Refused,
     /// The node switched to this certificate and the grace period passed:
     /// only its digest remains.
     Settled { digest: String, not_after: i64 },
@@ -101,7 +105,7 @@ pub fn record_outcome(record: &mut NodeRecord, outcome: &StepOutcome) {
             record.next_digest = None;
             record.cert_expires = *not_after;
         }
-        StepOutcome::Withdrawn => record.next_digest = None,
+        StepOutcome::Withdrawn | StepOutcome::Refused => record.next_digest = None,
     }
 }
 
@@ -247,9 +251,12 @@ mod tests {
             ),
             // Unknown certificate on the node.
             (("old", None), signed("", "new"), ("old", Some("new"), 100)),
-            // Failed (refused or unreachable): no valid entry.
+            // Failed (unreachable, or the answer was lost): no valid entry.
             (("old", None), Failed, ("", None, 100)),
             (("old", Some("new")), Failed, ("", None, 100)),
+            // Refused (the node answered no): its current one stays.
+            (("old", Some("new")), Refused, ("old", None, 100)),
+            (("old", None), Refused, ("old", None, 100)),
             // Settled: the new digest alone.
             (("old", Some("new")), settled("new"), ("new", None, 200)),
             (("", None), settled("new"), ("new", None, 200)),

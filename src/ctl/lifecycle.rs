@@ -164,7 +164,22 @@ impl Master {
         let record = find_mut(&mut self.config, name)?;
         record.role = NodeRole::Candidate;
         record.ssh_public_key = Some(public);
-        self.commit(PushItems::ALL, &[]).await
+        match self.commit(PushItems::ALL, &[]).await {
+            Ok(push) => Ok(push),
+            // Not committed: the node is still recorded as regular, so it
+            // must not keep what it was given.
+            Err(e) => {
+                let undone = match conn.call(Procedure::RemoveCandidateFiles).await {
+                    Ok(_) => "its CA key and config were removed again".to_owned(),
+                    Err(u) => format!(
+                        "its CA key and config could not be removed ({u}); run `nodectl modify {name} --master-candidate=no`"
+                    ),
+                };
+                Err(Error::Invalid(format!(
+                    "cannot promote {name}: the change could not be committed ({e}); {undone}"
+                )))
+            }
+        }
     }
 
     /// Makes `name` a regular node: the new map reaches every online node

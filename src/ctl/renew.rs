@@ -173,7 +173,7 @@ impl<'a> Renewal<'a> {
                 }
                 Err(e) => {
                     failed.unreachable.push(renew_later(&node.name, &e));
-                    StepOutcome::Failed
+                    failure(&e)
                 }
             };
             record_outcome(node_mut(config, &node.name)?, &outcome);
@@ -211,7 +211,7 @@ impl<'a> Renewal<'a> {
                 Ok(cert) => switched.push((node.name, cert)),
                 Err(e) => {
                     failed.unreachable.push(renew_later(&node.name, &e));
-                    record_outcome(node_mut(config, &node.name)?, &StepOutcome::Failed);
+                    record_outcome(node_mut(config, &node.name)?, &failure(&e));
                 }
             }
         }
@@ -301,6 +301,18 @@ async fn prepare(
         return Err(Error::Invalid("no CSR in the reply".into()));
     };
     Ok((actual, csr))
+}
+
+/// What a failed step means for the node's entry: a node that was not
+/// reached (or whose answer was lost) may have switched, so it keeps no
+/// valid entry (SPEC §8); one that answered no, or a failure on the master,
+/// leaves it with its current certificate and entry.
+fn failure(e: &Error) -> StepOutcome {
+    if e.is_unreachable() {
+        StepOutcome::Failed
+    } else {
+        StepOutcome::Refused
+    }
 }
 
 /// A node whose renewal failed, with the command that fixes it later.
