@@ -14,7 +14,7 @@ all nodes, 0644: cluster CA certificate(s)
 master and candidates, 0600: CA private key; absent everywhere when the config's \fBca_key\fR names a PKCS#11 token
 .TP
 \fIserver.pem, server.key\fR
-all nodes, 0644/0600: shared server certificate and key
+all nodes, 0644/0600: this node's own server certificate (SANs: its name and urn:uuid:<uuid>) and key; the key is made on the node
 .TP
 \fIclient.pem, client.key\fR
 all nodes, 0644/0600: this node's client certificate; the key is made on the node
@@ -41,6 +41,9 @@ The digest is the client certificate's DER digest as \fBopenssl x509 \-noout \-f
 20 bytes is SHA\-1 (Ganeti's format, loads unchanged), 32 bytes SHA\-256.
 A client is admitted only if its certificate chains to the cluster CA and its digest is in the map.
 A malformed line keeps the previous map (the error names the line); no map denies every client.
+.PP
+\fIssconf/ssconf_node_server_certs\fR holds, in the same format, the SHA\-256 digest of every node's own server certificate (two for a node switching certificates).
+Every RPC client accepts a server only if its certificate chains to the cluster CA, names the node it meant to reach, and has the digest recorded here for that node's uuid.
 "#;
 
 const EXIT: &str = r#".SH EXIT STATUS
