@@ -294,9 +294,9 @@ impl StateDir {
     }
 }
 
-/// Reads a JSON state file; a missing file means the node is not initialised.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).map_err(|source| {
+/// Reads a state file; a missing file means the node is not initialised.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotInitialised {
                 path: path.to_path_buf(),
@@ -307,7 +307,12 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
                 source,
             }
         }
-    })?;
+    })
+}
+
+/// Reads a JSON state file; a missing file means the node is not initialised.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = read_file(path)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::State {
         path: path.to_path_buf(),
         reason: format!("malformed JSON: {e}"),
