@@ -80,6 +80,10 @@ pub struct NodedArgs {
     /// authentication; a loopback address is required, e.g. 127.0.0.1:9811).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<String>,
+    /// On the master: seconds between two heartbeats of every online node
+    /// (the convergence loop); a node that is behind gets the current state.
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat: u64,
 }
 
 /// nodectl: runs a noded cluster: init, membership, roles, checks, rotation.
@@ -107,6 +111,7 @@ impl NodedArgs {
             state_dir: self.global.state_dir.clone(),
             listen: self.listen.clone(),
             metrics: self.metrics.clone(),
+            heartbeat: std::time::Duration::from_secs(self.heartbeat),
             limits: Limits {
                 max_frame: self.max_frame,
                 max_connections: self.max_connections,
@@ -129,7 +134,7 @@ pub enum Command {
     Init(InitArgs),
     /// List the cluster's nodes.
     List {
-        /// Print one JSON document: {"nodes": [{"name", "uuid", "address", "role", "offline", "digest", "cert_expires"}]}.
+        /// Print one JSON document: {"nodes": [{"name", "uuid", "address", "role", "offline", "digest", "cert_expires", "reachable", "last_seen"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -429,7 +434,7 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
     let state = StateDir::new(&args.global.state_dir);
     match args.command {
         Command::Init(init_args) => ctl::init::init(&state, &init_args.options()),
-        Command::List { json } => ctl::list::list(&state, json),
+        Command::List { json } => ctl::list::list(&state, json).await,
         Command::Ping {
             nodes,
             json,

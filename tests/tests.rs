@@ -12,6 +12,7 @@ mod support;
 
 mod authorization;
 mod cli;
+mod converge;
 mod crash;
 mod flood;
 mod frames;

@@ -1,14 +1,19 @@
 //! `nodectl list`.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde::Serialize;
 use ssconf::Ssconf;
 
 use super::output::{print_json, print_table};
 use super::Outcome;
-use crate::core::time::rfc3339;
+use crate::core::time::{now, rfc3339};
 use crate::core::Result;
+use crate::rpc::RpcClient;
 use crate::state::config::ClusterConfig;
 use crate::state::{self, StateDir};
+use crate::wire::{NodeHealth, Procedure, Reply};
 
 /// One row of `nodectl list`.
 #[derive(Debug, Serialize)]
@@ -21,18 +26,63 @@ struct ListedNode {
     digest: String,
     /// RFC 3339, UTC; empty when unknown.
     cert_expires: String,
+    /// Whether the master's last heartbeat reached the node (the master
+    /// itself: whether its daemon answered); null when unknown.
+    reachable: Option<bool>,
+    /// RFC 3339, UTC, of the last heartbeat the node answered; null when
+    /// unknown or never.
+    last_seen: Option<String>,
 }
 
-/// `nodectl list`: from config.json on the master and candidates, from
-/// ssconf elsewhere (which knows no uuids, digests or expiry dates).
-pub fn list(state: &StateDir, json: bool) -> Result<Outcome> {
+/// Each node's health from the master's convergence loop, by name; empty
+/// when the master's daemon cannot be asked. The master itself is
+/// reachable when its daemon answered.
+async fn health(state: &StateDir, config: &ClusterConfig) -> BTreeMap<String, NodeHealth> {
+    let asked = async {
+        let master = config.master()?;
+        let mut client = RpcClient::from_state(state)?;
+        client.connect_timeout = Duration::from_secs(3);
+        client.call_timeout = Duration::from_secs(3);
+        let mut conn = client.connect(&master.name, &master.address).await?;
+        let Reply::Health(nodes) = conn.call(Procedure::Health).await? else {
+            return Ok(Vec::new());
+        };
+        let mut nodes = nodes;
+        nodes.push(NodeHealth {
+            name: master.name.clone(),
+            reachable: true,
+            last_seen: now(),
+            serial: config.serial,
+            error: None,
+        });
+        Ok::<_, crate::core::Error>(nodes)
+    };
+    match asked.await {
+        Ok(nodes) => nodes.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        Err(e) => {
+            tracing::debug!("no health from the master: {e}");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `nodectl list`: from config.json on the master and candidates (with the
+/// health the master's daemon holds), from ssconf elsewhere (which knows
+/// no uuids, digests, expiry dates or health).
+pub async fn list(state: &StateDir, json: bool) -> Result<Outcome> {
     let rows: Vec<ListedNode> = if state.config_json().exists() {
         let config: ClusterConfig = state::read_json(&state.config_json())?;
+        let health = health(state, &config).await;
         let mut nodes = config.nodes;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes
             .into_iter()
             .map(|n| ListedNode {
+                reachable: health.get(&n.name).map(|h| h.reachable),
+                last_seen: health
+                    .get(&n.name)
+                    .filter(|h| h.last_seen > 0)
+                    .map(|h| rfc3339(h.last_seen)),
                 name: n.name,
                 uuid: n.uuid,
                 address: n.address,
@@ -63,6 +113,8 @@ pub fn list(state: &StateDir, json: bool) -> Result<Outcome> {
                 address: address.clone(),
                 digest: String::new(),
                 cert_expires: String::new(),
+                reachable: None,
+                last_seen: None,
             })
             .collect()
     };
@@ -76,6 +128,12 @@ pub fn list(state: &StateDir, json: bool) -> Result<Outcome> {
                     r.name.clone(),
                     r.role.clone(),
                     if r.offline { "yes" } else { "no" }.to_owned(),
+                    match r.reachable {
+                        Some(true) => "yes",
+                        Some(false) => "NO",
+                        None => "?",
+                    }
+                    .to_owned(),
                     r.address.clone(),
                     r.cert_expires.clone(),
                     r.digest.clone(),
@@ -87,6 +145,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<Outcome> {
                 "NAME",
                 "ROLE",
                 "OFFLINE",
+                "REACHABLE",
                 "ADDRESS",
                 "CERT EXPIRES",
                 "DIGEST",

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 pub mod auth;
 pub mod budget;
+pub mod converge;
 pub mod handler;
 pub mod handlers;
 pub mod handshake;
@@ -34,4 +35,6 @@ pub struct Options {
     /// The loopback address of the Prometheus endpoint, if any.
     pub metrics: Option<String>,
     pub limits: server::Limits,
+    /// On the master, the interval of the convergence loop.
+    pub heartbeat: std::time::Duration,
 }

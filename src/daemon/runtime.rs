@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ssconf::{CandidateMap, DigestAlgorithm, Ssconf};
 use tokio::net::{TcpListener, TcpSocket};
@@ -227,6 +228,12 @@ pub async fn serve(opts: Options) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?;
     let reloader = spawn_reloader(daemon.clone(), reload_tx, local)?;
+    let (stop_loop, loop_stopped) = tokio::sync::watch::channel(false);
+    let converge = tokio::spawn(super::converge::run(
+        daemon.clone(),
+        opts.heartbeat,
+        loop_stopped,
+    ));
 
     let status = status_line(&daemon, local);
     tracing::info!("{status}");
@@ -242,6 +249,8 @@ pub async fn serve(opts: Options) -> Result<()> {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
     };
     server::run(listener, daemon, shutdown).await;
+    let _ = stop_loop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), converge).await;
     reloader.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

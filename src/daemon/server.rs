@@ -105,6 +105,8 @@ pub struct Daemon {
     /// Whether this node is the master (per its ssconf); shared with the
     /// verifier, which admits certificate-less clients (for join) only then.
     pub is_master: Arc<AtomicBool>,
+    /// Each node's health, as the master's convergence loop last saw it.
+    pub health: super::converge::HealthTable,
     /// Serialises ssconf writes (check serial, then write).
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
 }
@@ -135,6 +137,7 @@ impl Daemon {
             denials: DenialLog::default(),
             metrics: Arc::new(Metrics::default()),
             is_master,
+            health: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
         };
         daemon.refresh_role();

@@ -83,6 +83,9 @@ pub enum Procedure {
     /// connection: the candidate files (CA key unless it lives in a token,
     /// and the config). How a node that joined as a candidate gets them.
     FetchCandidateFiles,
+    /// On the master: each node's health as the convergence loop last saw
+    /// it.
+    Health,
 }
 
 /// What a joining node sends.
@@ -117,7 +120,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -139,6 +142,7 @@ impl Procedure {
             Procedure::InstallCaBundle { .. } => "install-ca-bundle",
             Procedure::PrepareServerKey => "prepare-server-key",
             Procedure::FetchCandidateFiles => "fetch-candidate-files",
+            Procedure::Health => "health",
         }
     }
 }
@@ -183,6 +187,20 @@ pub struct NodeInfo {
     pub authorized_keys: Result<Vec<String>, String>,
 }
 
+/// One node's health as the master's loop last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub name: String,
+    /// Whether the last heartbeat was answered.
+    pub reachable: bool,
+    /// When a heartbeat was last answered, Unix seconds (0: never).
+    pub last_seen: i64,
+    /// The ssconf serial the node reported then.
+    pub serial: u64,
+    /// Why the last heartbeat failed, if it did.
+    pub error: Option<String>,
+}
+
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -201,6 +219,8 @@ pub enum Reply {
     Done,
     SshPublicKey(String),
     Csr(String),
+    /// Each node's health, on the master.
+    Health(Vec<NodeHealth>),
     /// What a new master candidate holds besides its own files.
     CandidateFiles {
         ca_key: Option<Secret>,

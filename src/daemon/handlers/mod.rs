@@ -41,6 +41,7 @@ pub async fn dispatch(
             certs::install_cert(daemon, Pair::Server, cert_pem).await
         }
         Procedure::FetchCandidateFiles => roles::fetch(daemon, caller).await,
+        Procedure::Health => Ok(Reply::Health(daemon.health.snapshot())),
         Procedure::InstallCaBundle { ca_pem } => certs::install_ca_bundle(daemon, ca_pem).await,
         Procedure::GenerateSshKey => ssh::generate(daemon).await,
         Procedure::ReplaceSshKey => ssh::replace(daemon).await,

@@ -1,0 +1,259 @@
+//! The convergence loop (SPEC §10.3). On the master, every `--heartbeat`
+//! seconds, each online node is asked for its state over a persistent
+//! connection (reopened when it breaks), at most [`CONCURRENCY`] at once; a
+//! node whose ssconf, authorized_keys, CA bundle or (for a candidate)
+//! config is not the cluster's gets the whole current state for its role.
+//! So a node that was down while the cluster changed (a demotion, say) is
+//! current within one heartbeat of coming back, with no operator.
+//!
+//! Each node's health (reachable, last heartbeat answered) is kept here for
+//! `nodectl list --json`, `status` and the metrics. A node gone for long is
+//! reported, never removed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::server::Daemon;
+use crate::cluster::{self, ClusterLock};
+use crate::core::{Error, Result};
+use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
+use crate::rpc::{Connection, RpcClient};
+use crate::state::config::{ClusterConfig, NodeRecord};
+use crate::state::{fingerprint, StateDir};
+use crate::wire::{NodeHealth, NodeInfo, Procedure, Reply};
+
+/// The health of every node the loop has heartbeated, by uuid.
+#[derive(Debug, Default)]
+pub struct HealthTable(Mutex<BTreeMap<String, NodeHealth>>);
+
+impl HealthTable {
+    /// A copy of every node's health.
+    pub fn snapshot(&self) -> Vec<NodeHealth> {
+        match self.0.lock() {
+            Ok(table) => table.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        }
+    }
+
+    fn update(&self, uuid: &str, f: impl FnOnce(&mut NodeHealth)) {
+        let mut table = match self.0.lock() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(entry) = table.get_mut(uuid) {
+            f(entry);
+        }
+    }
+
+    /// Keeps exactly the nodes of `config` that the loop watches.
+    fn track(&self, nodes: &[NodeRecord]) {
+        let mut table = match self.0.lock() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        table.retain(|uuid, _| nodes.iter().any(|n| n.uuid == *uuid));
+        for n in nodes {
+            table.entry(n.uuid.clone()).or_insert_with(|| NodeHealth {
+                name: n.name.clone(),
+                reachable: false,
+                last_seen: 0,
+                serial: 0,
+                error: None,
+            });
+        }
+    }
+
+    fn forget_all(&self) {
+        match self.0.lock() {
+            Ok(mut table) => table.clear(),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+    }
+}
+
+/// The persistent connections of the loop, by uuid: each round takes a
+/// node's connection out and puts it back if it still works.
+type Pool = Arc<Mutex<HashMap<String, Connection>>>;
+
+/// Runs the loop until `stop` changes.
+pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let pool: Pool = Arc::default();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !daemon.is_master.load(Ordering::Acquire) {
+            clear(&pool);
+            daemon.health.forget_all();
+            continue;
+        }
+        if let Err(e) = round(&daemon, &pool).await {
+            tracing::warn!("heartbeat round skipped: {e}");
+        }
+    }
+}
+
+fn clear(pool: &Pool) {
+    match pool.lock() {
+        Ok(mut p) => p.clear(),
+        Err(poisoned) => poisoned.into_inner().clear(),
+    }
+}
+
+/// What a node of a role should hold, as this round's reference.
+#[derive(Debug, Clone)]
+struct Wanted {
+    config: Arc<ClusterConfig>,
+    ssconf_files: Vec<(String, String)>,
+    ssconf_sha256: String,
+    config_json: String,
+    keys: Vec<String>,
+    ca_pem: String,
+    ca_pem_sha256: String,
+    /// During a CA rotation (`renew-crypto --new-ca`) the bundle is the
+    /// rotation's to change, not the loop's.
+    rotating: bool,
+}
+
+impl Wanted {
+    fn load(daemon: &Daemon) -> Result<Wanted> {
+        let state = &daemon.state;
+        let config = cluster::load_config(state)?;
+        let set = config.to_ssconf()?;
+        let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+        Ok(Wanted {
+            ssconf_files: set.render(),
+            ssconf_sha256: fingerprint::ssconf_sha256(&set),
+            config_json: String::from_utf8_lossy(&crate::state::to_json(&config)?).into_owned(),
+            keys: cluster::candidate_ssh_keys(&config),
+            ca_pem_sha256: crate::core::hex::sha256_hex(ca_pem.as_bytes()),
+            ca_pem,
+            rotating: state.ca_new_pem().exists(),
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// One heartbeat of every online node but this one.
+async fn round(daemon: &Arc<Daemon>, pool: &Pool) -> Result<()> {
+    let wanted = Arc::new(Wanted::load(daemon)?);
+    let client = RpcClient::from_state(&daemon.state)?;
+    client.trust_servers(&wanted.config.to_ssconf()?);
+    let nodes: Vec<NodeRecord> = wanted
+        .config
+        .online_nodes()
+        .filter(|n| n.uuid != daemon.identity.uuid)
+        .cloned()
+        .collect();
+    daemon.health.track(&nodes);
+    let results = fan_out(&nodes, CONCURRENCY, &fanout::quiet, |node| {
+        let (client, pool, wanted) = (client.clone(), pool.clone(), wanted.clone());
+        let state = daemon.state.clone();
+        async move { heartbeat(&state, &client, &pool, &wanted, &node).await }
+    })
+    .await;
+    let now = crate::core::time::now();
+    for (node, result) in results {
+        daemon.health.update(&node.uuid, |h| match result {
+            Ok(serial) => {
+                h.reachable = true;
+                h.last_seen = now;
+                h.serial = serial;
+                h.error = None;
+            }
+            Err(e) => {
+                if h.reachable {
+                    tracing::warn!(node = %node.name, "unreachable: {e}");
+                }
+                h.reachable = false;
+                h.error = Some(e.to_string());
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Asks `node` for its state and brings it up to date; returns the serial
+/// it holds now.
+async fn heartbeat(
+    state: &StateDir,
+    client: &RpcClient,
+    pool: &Pool,
+    wanted: &Wanted,
+    node: &NodeRecord,
+) -> Result<u64> {
+    let taken = match pool.lock() {
+        Ok(mut p) => p.remove(&node.uuid),
+        Err(poisoned) => poisoned.into_inner().remove(&node.uuid),
+    };
+    let mut conn = match taken {
+        Some(conn) => conn,
+        None => client.connect(&node.name, &node.address).await?,
+    };
+    let info = match conn.call(Procedure::NodeInfo).await? {
+        Reply::NodeInfo(info) => info,
+        other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
+    };
+    let serial = bring_current(state, &mut conn, wanted, node, &info).await?;
+    if let Ok(mut p) = pool.lock() {
+        p.insert(node.uuid.clone(), conn);
+    }
+    Ok(serial)
+}
+
+/// Sends `node` whatever of its role's state differs from `wanted`.
+async fn bring_current(
+    state: &StateDir,
+    conn: &mut Connection,
+    wanted: &Wanted,
+    node: &NodeRecord,
+    info: &NodeInfo,
+) -> Result<u64> {
+    let mut serial = info.ssconf_serial;
+    if info.ca_pem_sha256 != wanted.ca_pem_sha256 && !wanted.rotating {
+        tracing::info!(node = %node.name, "CA bundle behind: sending the current one");
+        let ca_pem = wanted.ca_pem.clone();
+        conn.call(Procedure::InstallCaBundle { ca_pem }).await?;
+    }
+    if info.ssconf_sha256.as_deref().ok() != Some(wanted.ssconf_sha256.as_str()) {
+        tracing::info!(
+            node = %node.name,
+            held = info.ssconf_serial,
+            current = wanted.config.serial,
+            "ssconf behind: sending the current state"
+        );
+        let files = wanted.ssconf_files.clone();
+        if let Reply::SsconfWritten { serial: s } =
+            conn.call(Procedure::WriteSsconf { files }).await?
+        {
+            serial = s;
+        }
+        if node.role.is_candidate() {
+            let config_json = wanted.config_json.clone();
+            conn.call(Procedure::WriteConfig { config_json }).await?;
+        }
+    }
+    let files = &info.role_files;
+    if !node.role.is_candidate() && (files.ca_key || files.config || files.ssh_private_key) {
+        // A candidate demoted or removed from the candidates while it was
+        // down still holds the CA key. Not while a command holds the
+        // cluster lock: a promotion installs the files before it commits.
+        if let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") {
+            tracing::warn!(node = %node.name, "regular node holds candidate files: removing them");
+            conn.call(Procedure::RemoveCandidateFiles).await?;
+        }
+    }
+    if info.authorized_keys.as_ref().ok() != Some(&wanted.keys) {
+        tracing::info!(node = %node.name, "authorized_keys behind: sending the current block");
+        let keys = wanted.keys.clone();
+        conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
+    }
+    Ok(serial)
+}
