@@ -106,6 +106,18 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         ssh_key_pair: Some((&ssh_private, &ssh_public)),
         authorized_keys: std::slice::from_ref(&ssh_public),
     })?;
+    say_initialised(state, opts, &ca, store.describe(), &master.digest);
+    Ok(Outcome::Success)
+}
+
+/// What `init` made, for the operator.
+fn say_initialised(
+    state: &StateDir,
+    opts: &InitOptions,
+    ca: &impl CertificateSigner,
+    ca_key: String,
+    client_digest: &str,
+) {
     crate::say!(
         "initialised cluster {} with master {} ({})",
         opts.cluster_name,
@@ -117,11 +129,10 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         "  CA sha256        {}",
         DigestAlgorithm::Sha256.digest(ca.cert_der())
     );
-    crate::say!("  CA key           {}", store.describe());
-    crate::say!("  client digest    {} ({})", master.digest, opts.digest);
+    crate::say!("  CA key           {ca_key}");
+    crate::say!("  client digest    {client_digest} ({})", opts.digest);
     crate::say!(
         "start the daemon:  noded --state-dir {}",
         state.root().display()
     );
-    Ok(Outcome::Success)
 }
