@@ -160,7 +160,8 @@ pub enum Command {
         /// The `noded-join:...` connection string from `nodectl token create`.
         #[arg(value_name = "TOKEN")]
         token: String,
-        /// Name of this node.
+        /// Name of this node: a DNS host name (labels of lower-case letters,
+        /// digits and '-', joined by '.'; at most 253 characters).
         #[arg(long, value_name = "N")]
         node_name: String,
         /// Address this node's daemon listens on and peers connect to.
@@ -312,7 +313,9 @@ pub struct InitArgs {
     /// Name of the new cluster.
     #[arg(long, value_name = "C")]
     pub cluster_name: String,
-    /// Name of this node (the master).
+    /// Name of this node (the master): a DNS host name (labels of
+    /// lower-case letters, digits and '-', joined by '.'; at most 253
+    /// characters).
     #[arg(long, value_name = "N")]
     pub node_name: String,
     /// Address this node's daemon listens on and peers connect to.
