@@ -155,7 +155,11 @@ pub enum Command {
     ///
     /// Run on the new node, with its own --state-dir. The node makes its key
     /// and CSR here; the connection to the master is refused before anything
-    /// is sent unless the master's CA matches the token's pin.
+    /// is sent unless the master's CA matches the token's pin. The master
+    /// refuses an address another node has, however spelled (it compares
+    /// the resolved IP and port). A join stopped after the master admitted
+    /// the node is told so when run again with the same token: then run
+    /// `nodectl remove NODE` on the master and join with a new token.
     Join {
         /// The `noded-join:...` connection string from `nodectl token create`.
         #[arg(value_name = "TOKEN")]

@@ -16,6 +16,7 @@ mod crash;
 mod flood;
 mod frames;
 mod hsm;
+mod join;
 mod layers;
 mod lifecycle;
 mod metrics;
