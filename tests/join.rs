@@ -155,10 +155,12 @@ async fn an_address_spelled_differently_is_still_taken() {
     // Rust's own parser refuses a leading zero; the system resolver reads
     // 127.0.0.02 as 127.0.0.2, b's address.
     assert!("127.0.0.02".parse::<std::net::Ipv4Addr>().is_err());
-    assert_refused(
-        join(&token, "x", &format!("127.0.0.02:{b_port}")),
-        "already used by node b",
-    );
+    let leading_zero = format!("127.0.0.02:{b_port}");
+    if std::net::ToSocketAddrs::to_socket_addrs(&leading_zero).is_ok() {
+        assert_refused(join(&token, "x", &leading_zero), "already used by node b");
+    } else {
+        eprintln!("this resolver does not read 127.0.0.02; that case is skipped");
+    }
     assert_refused(
         join(&token, "x", "no-such-host.invalid:1811"),
         "address no-such-host.invalid:1811 does not resolve on the master",
