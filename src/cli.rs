@@ -160,12 +160,17 @@ pub enum Command {
     ///
     /// Run on the new node, with its own --state-dir. The node makes its key
     /// and CSR here; the connection to the master is refused before anything
-    /// is sent unless the master's CA matches the token's pin.
+    /// is sent unless the master's CA matches the token's pin. The master
+    /// refuses an address another node has, however spelled (it compares
+    /// the resolved IP and port). A join stopped after the master admitted
+    /// the node is told so when run again with the same token: then run
+    /// `nodectl remove NODE` on the master and join with a new token.
     Join {
         /// The `noded-join:...` connection string from `nodectl token create`.
         #[arg(value_name = "TOKEN")]
         token: String,
-        /// Name of this node.
+        /// Name of this node: a DNS host name (labels of lower-case letters,
+        /// digits and '-', joined by '.'; at most 253 characters).
         #[arg(long, value_name = "N")]
         node_name: String,
         /// Address this node's daemon listens on and peers connect to.
@@ -242,8 +247,9 @@ pub struct RenewArgs {
 pub enum TokenCommand {
     /// Print a one-time join connection string.
     Create {
-        /// Validity, e.g. 30m, 1h, 2d (s, m, h, d).
-        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+        /// Validity, e.g. 90s, 30m, 1h, 2d or plain seconds; at least one
+        /// second, at most 7 days.
+        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_token_ttl)]
         ttl: u64,
         /// The joining node becomes a master candidate.
         #[arg(long)]
@@ -305,31 +311,9 @@ pub struct ModifyArgs {
     pub wait: bool,
 }
 
-/// Parses `90s`, `30m`, `1h`, `2d` (or plain seconds) into seconds.
-pub fn parse_duration(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30m, 1h or 2d"))?;
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
-            ))
-        }
-    };
-    match n.checked_mul(scale) {
-        Some(0) | None => Err(format!("{text:?} is not a positive duration")),
-        Some(secs) => Ok(secs),
-    }
+/// `--ttl` of `token create`: a duration of at most seven days, in seconds.
+fn parse_token_ttl(text: &str) -> Result<u64, String> {
+    crate::core::time::parse_duration(text, crate::core::time::MAX_TOKEN_TTL).map(|d| d.as_secs())
 }
 
 /// `nodectl init`.
@@ -338,7 +322,9 @@ pub struct InitArgs {
     /// Name of the new cluster.
     #[arg(long, value_name = "C")]
     pub cluster_name: String,
-    /// Name of this node (the master).
+    /// Name of this node (the master): a DNS host name (labels of
+    /// lower-case letters, digits and '-', joined by '.'; at most 253
+    /// characters).
     #[arg(long, value_name = "N")]
     pub node_name: String,
     /// Address this node's daemon listens on and peers connect to.

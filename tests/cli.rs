@@ -333,3 +333,47 @@ fn bash_completion_offers_node_names() {
     let got = run("nodectl veri", 1);
     assert!(got.contains("verify"), "{got}");
 }
+
+#[test]
+fn a_token_lives_at_most_seven_days() {
+    let m = init_master("m");
+    for (ttl, needle) in [
+        ("8d", "at most 7days"),
+        ("604801", "at most 7days"),
+        ("9999999999999s", "at most 7days"),
+        ("99999999999999999999", "at most 7days"),
+        ("0", "at least one second"),
+        ("0s", "at least one second"),
+        ("1y", "at most 7days"),
+        ("soon", "not a duration like 90s, 30m, 1h or 2d"),
+    ] {
+        let out = nodectl(m.dir(), &["token", "create", "--ttl", ttl]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--ttl {ttl}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(needle),
+            "--ttl {ttl}: {stderr}"
+        );
+    }
+    let out = nodectl(m.dir(), &["token", "list", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["tokens"].as_array().unwrap().len(), 0, "{doc}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for (ttl, secs) in [
+        ("90s", 90),
+        ("90", 90),
+        ("30m", 1800),
+        ("1h", 3600),
+        ("2d", 172_800),
+        ("7d", 604_800),
+    ] {
+        let token = create_token(&m, &["--ttl", ttl]);
+        let expires = noded::state::token::JoinToken::parse(&token)
+            .unwrap()
+            .expires;
+        assert!(
+            (now + secs..=now + secs + 10).contains(&expires),
+            "--ttl {ttl}: expires {expires}, now {now}"
+        );
+    }
+}

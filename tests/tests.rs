@@ -18,6 +18,7 @@ mod flood;
 mod frames;
 mod hsm;
 mod impostor;
+mod join;
 mod layers;
 mod lifecycle;
 mod metrics;

@@ -252,7 +252,7 @@ fn files_must_be_the_same_everywhere() {
         let key = NodeKey::generate().unwrap();
         let uuid = k.c.state.load_identity().unwrap().uuid;
         k.m.ca()
-            .sign_server_csr(&key.csr("c").unwrap(), "c", &uuid, 30)
+            .sign_server_csr(&key.csr("c").unwrap(), "c", &uuid, 90)
             .unwrap()
     };
     let good = std::fs::read(k.c.state.server_pem()).unwrap();
@@ -301,4 +301,69 @@ fn authorized_keys_and_reachability() {
     let out = nodectl(k.m.dir(), &["modify", "c", "--offline=yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     expect(&k.m, &[]);
+}
+
+/// A temporary file as a writer killed mid-write leaves it, an hour old.
+fn leftover(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    file.set_modified(hour_ago).unwrap();
+    path
+}
+
+#[test]
+fn temp_files_of_interrupted_writes_are_reported_and_cleaned() {
+    let m = init_master("m");
+    let _dm = Daemon::start(&m, &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let on_b = leftover(&b.state.ssconf_dir(), ".ssconf_serial.tmp-0123456789abcdef");
+    let on_m = leftover(m.dir(), ".config.json.tmp-fedcba9876543210");
+    // A younger one may be a write under way: not reported, not removed.
+    let young = b
+        .state
+        .ssconf_dir()
+        .join(".ssconf_serial.tmp-0000000000000001");
+    std::fs::write(&young, b"").unwrap();
+    let (code, got, doc) = verify(&m);
+    let want: BTreeSet<(String, String, String)> = [("WARNING", "b"), ("WARNING", "m")]
+        .iter()
+        .map(|(s, n)| (s.to_string(), n.to_string(), "STALE_TEMP_FILE".to_string()))
+        .collect();
+    assert_eq!(got, want, "{doc:#}");
+    assert_eq!(code, Some(0), "warnings only: {doc:#}");
+    for (node, path) in [
+        ("b", "ssconf/.ssconf_serial.tmp-0123456789abcdef"),
+        ("m", ".config.json.tmp-fedcba9876543210"),
+    ] {
+        let finding = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["node"] == node)
+            .unwrap();
+        let message = finding["message"].as_str().unwrap();
+        let fix = finding["fix"].as_str().unwrap();
+        assert!(message.contains(path), "{message}");
+        assert!(fix.ends_with(&format!("rm -- '{path}'")), "{fix}");
+    }
+    // The next write of each file removes its leftover: a join writes the
+    // master's config.json and pushes a new ssconf_serial to b.
+    let (_c, _dc) = join_and_start(&m, "c", &[]);
+    assert!(!on_b.exists() && !on_m.exists());
+    assert!(young.exists());
+    std::fs::remove_file(&young).unwrap();
+    expect(&m, &[]);
+    // The fix it names, run in the node's state directory, clears it too.
+    leftover(m.dir(), ".tokens.json.tmp-00000000000000aa");
+    let doc = expect(&m, &[("WARNING", "m", "STALE_TEMP_FILE")]);
+    let fix = doc["findings"][0]["fix"].as_str().unwrap();
+    let command = fix.rsplit_once("): ").unwrap().1;
+    let out = std::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(m.dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+    expect(&m, &[]);
 }

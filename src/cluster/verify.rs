@@ -67,13 +67,14 @@ pub enum Code {
     SharedCertificate,
     SsconfDiffers,
     SsconfUnreadable,
+    StaleTempFile,
     StaleTokens,
     Unreachable,
 }
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 23] = [
         Code::AuthorizedKeysDiffer,
         Code::AuthorizedKeysUnreadable,
         Code::CandidateDigestMismatch,
@@ -94,6 +95,7 @@ impl Code {
         Code::SharedCertificate,
         Code::SsconfDiffers,
         Code::SsconfUnreadable,
+        Code::StaleTempFile,
         Code::StaleTokens,
         Code::Unreachable,
     ];
@@ -120,6 +122,7 @@ impl Code {
             Code::SharedCertificate => "SHARED_CERTIFICATE",
             Code::SsconfDiffers => "SSCONF_DIFFERS",
             Code::SsconfUnreadable => "SSCONF_UNREADABLE",
+            Code::StaleTempFile => "STALE_TEMP_FILE",
             Code::StaleTokens => "STALE_TOKENS",
             Code::Unreachable => "UNREACHABLE",
         }
@@ -222,6 +225,7 @@ fn check(
     check_server_certificates(&mut findings, &answers, now);
     check_role_files(&mut findings, config, &answers);
     check_authorized_keys(&mut findings, config, &answers);
+    check_stale_temp_files(&mut findings, &answers);
     check_cluster_certificates(&mut findings, local, now);
     findings.into_sorted()
 }
@@ -616,6 +620,27 @@ fn check_authorized_keys(findings: &mut Findings, config: &ClusterConfig, answer
     }
 }
 
+/// Temporary files that interrupted writes left behind (SPEC §7): harmless
+/// (the file they were to replace is whole), but clutter, and a sign that
+/// a write was killed. The next write of the same file removes them too.
+fn check_stale_temp_files(findings: &mut Findings, answers: &[Answer<'_>]) {
+    for (n, info) in answers {
+        for path in &info.stale_temp_files {
+            findings.add(
+                Severity::Warning,
+                &n.name,
+                Code::StaleTempFile,
+                format!("{} holds {path}, left by an interrupted write", n.name),
+                format!(
+                    "on {}, in its state directory (--state-dir, default {}): rm -- '{path}'",
+                    n.name,
+                    crate::state::DEFAULT_STATE_DIR
+                ),
+            );
+        }
+    }
+}
+
 /// The cluster-wide certificates, as this node holds them: how soon the CA
 /// certificates expire.
 fn check_cluster_certificates(findings: &mut Findings, local: &LocalView, now: i64) {
@@ -856,6 +881,7 @@ mod tests {
                         server_cert_expires: now + 365 * DAY,
                         ca_pem_sha256: local.ca_pem_sha256.clone(),
                         authorized_keys: Ok(keys.clone()),
+                        stale_temp_files: Vec::new(),
                     };
                     (n.name.clone(), Ok(info))
                 })
@@ -1053,6 +1079,17 @@ mod tests {
                 keys.pop();
             },
             &[(E, "b", AuthorizedKeysDiffer)],
+        ),
+        // Leftovers of interrupted writes.
+        (
+            "temporary files of an interrupted write",
+            |f| {
+                f.info("b").stale_temp_files = vec![
+                    ".config.json.tmp-0123456789abcdef".into(),
+                    "ssconf/.ssconf_serial.tmp-0123456789abcdef".into(),
+                ];
+            },
+            &[(W, "b", StaleTempFile), (W, "b", StaleTempFile)],
         ),
         // The cluster-wide certificates.
         (

@@ -26,7 +26,7 @@ pub struct InitOptions {
 /// `nodectl init`: a new cluster with this node as master.
 pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
     crate::state::config::check_name("cluster name", &opts.cluster_name)?;
-    crate::state::config::check_name("node name", &opts.node_name)?;
+    crate::state::config::check_node_name(&opts.node_name)?;
     crate::state::config::check_address(&opts.address)?;
     if state.is_initialised() {
         return Err(Error::Invalid(format!(

@@ -13,7 +13,7 @@ use crate::core::{Error, Result, Secret};
 use crate::pki::{self, NodeKey};
 use crate::rpc::pinned::pinned_client_config;
 use crate::rpc::RpcClient;
-use crate::state::config::{check_address, check_name};
+use crate::state::config::{check_address, check_node_name};
 use crate::state::token::JoinToken;
 use crate::state::{NodeFiles, NodeIdentity, SshPaths, StateDir, MODE_SECRET};
 use crate::wire::{JoinReply, JoinRequest, Procedure, Reply};
@@ -36,7 +36,7 @@ pub async fn join(
 ) -> Result<Outcome> {
     let state = &state.clone().with_ssh_paths(ssh);
     let token = JoinToken::parse(token_text)?;
-    check_name("node name", node_name)?;
+    check_node_name(node_name)?;
     check_address(address)?;
     if state.is_initialised() {
         return Err(Error::Invalid(format!(

@@ -3,6 +3,9 @@
 //! node, saves and pushes, and answers with everything the node needs. The
 //! joining node's side is `nodectl join`.
 
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, SocketAddrV6, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use ssconf::DigestAlgorithm;
@@ -10,9 +13,9 @@ use ssconf::DigestAlgorithm;
 use super::handlers::failed;
 use super::server::Daemon;
 use crate::cluster::{self, ClusterLock, PushItems};
-use crate::core::{Error, Result};
+use crate::core::{chain, Error, Result};
 use crate::pki::{self, CertInfo, CertificateSigner};
-use crate::state::config::{check_address, check_name, ClusterConfig, NodeRecord, NodeRole};
+use crate::state::config::{check_address, check_node_name, ClusterConfig, NodeRecord, NodeRole};
 use crate::state::token::TokenStore;
 use crate::state::StateDir;
 use crate::wire::{JoinReply, JoinRequest, Reply, RpcError};
@@ -38,16 +41,82 @@ fn new_record(req: &JoinRequest, candidate: bool) -> NodeRecord {
     }
 }
 
+/// An address in the form two spellings of it share: every socket address
+/// it resolves to (the standard resolver: `/etc/hosts`, DNS), an
+/// IPv4-mapped IPv6 address as the IPv4 address, no IPv6 flow label.
+fn resolve(address: &str) -> std::io::Result<BTreeSet<SocketAddr>> {
+    let canonical = |addr: SocketAddr| match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => SocketAddrV6::new(*v6.ip(), v6.port(), 0, v6.scope_id()).into(),
+        },
+        v4 => v4,
+    };
+    Ok(address.to_socket_addrs()?.map(canonical).collect())
+}
+
+/// The joiner's address, resolved; one that does not resolve is refused.
+fn resolve_joiner(address: &str) -> Result<BTreeSet<SocketAddr>> {
+    let refused = |why: String| {
+        Error::Invalid(format!(
+            "address {address} does not resolve on the master ({why}); give an IP address, or a name the master resolves"
+        ))
+    };
+    match resolve(address) {
+        Ok(set) if set.is_empty() => Err(refused("no address".into())),
+        Ok(set) => Ok(set),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// Refuses a joiner whose name, or whose address in canonical form
+/// (`resolved`), a node of `config` already has; the error names that node.
+fn check_unique(
+    config: &ClusterConfig,
+    req: &JoinRequest,
+    resolved: &BTreeSet<SocketAddr>,
+) -> Result<()> {
+    if config.nodes.iter().any(|n| n.name == req.node_name) {
+        return Err(Error::Invalid(format!(
+            "a node named {:?} is already in the cluster; pick another --node-name (or `nodectl remove` the old one)",
+            req.node_name
+        )));
+    }
+    for n in &config.nodes {
+        let same = n.address == req.address
+            || match resolve(&n.address) {
+                Ok(theirs) => !theirs.is_disjoint(resolved),
+                Err(e) => {
+                    // Compared as text only; the join goes on.
+                    tracing::warn!(node = %n.name, address = %n.address, "does not resolve: {e}");
+                    false
+                }
+            };
+        if same {
+            return Err(Error::Invalid(format!(
+                "address {} is already used by node {} ({}); pick another --address",
+                req.address, n.name, n.address
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The master's side, under the cluster lock: check, sign, add, save.
 /// Returns the reply (without push results) and the new config.
+///
+/// The token is checked first and burned only when the node is added: a
+/// join refused for its name, address or CSR leaves the token usable.
 pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterConfig)> {
-    check_name("node name", &req.node_name)?;
+    // The joiner checked these too, but a joiner may be modified.
+    check_node_name(&req.node_name)?;
     check_address(&req.address)?;
     // Check the token before queueing for the lock, so that a peer without
     // a valid token cannot hold up the cluster's administration.
     TokenStore::load(state)?
         .check(&req.token_id, req.secret.expose(), crate::core::time::now())
         .map_err(|e| Error::Invalid(e.to_string()))?;
+    let resolved = resolve_joiner(&req.address)?;
     let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
     let mut config = cluster::master_config(state)?;
     let mut tokens = TokenStore::load(state)?;
@@ -55,18 +124,7 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         .check(&req.token_id, req.secret.expose(), crate::core::time::now())
         .map_err(|e| Error::Invalid(e.to_string()))?
         .clone();
-    if config.nodes.iter().any(|n| n.name == req.node_name) {
-        return Err(Error::Invalid(format!(
-            "a node named {:?} is already in the cluster; pick another --node-name (or `nodectl remove` the old one)",
-            req.node_name
-        )));
-    }
-    if config.nodes.iter().any(|n| n.address == req.address) {
-        return Err(Error::Invalid(format!(
-            "address {} is already used by another node; pick another --address",
-            req.address
-        )));
-    }
+    check_unique(&config, req, &resolved)?;
     let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
     let store = crate::pki::keystore::for_cluster(state, &config)?;
     let ca = store.load_ca(&ca_pem)?;
@@ -97,8 +155,11 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         ..new_record(req, candidate)
     });
     config.serial += 1;
-    // Burn the token first: a crash after this loses a token, never reuses one.
-    tokens.burn(&token.id);
+    // Burn the token first: a crash after this loses a token, never reuses
+    // one. It is remembered with the node's name, for a joiner that dies
+    // before it writes its state and comes back with the same token.
+    tokens.prune(crate::core::time::now());
+    tokens.burn_for(&token.id, &req.node_name);
     tokens.save(state)?;
     cluster::save_config(state, &config)?;
     cluster::apply_locally(state, &config, PushItems::ALL)?;
@@ -124,6 +185,29 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
     Ok((reply, config))
 }
 
+/// What a joiner is told when its admission fails. The refusals meant for
+/// it (token, name, address, CSR) go as they are; any other error (a state
+/// file the master cannot read or write, ...) names the master's files,
+/// which are none of the joiner's business: it goes to the master's log,
+/// and the joiner learns only that the master failed.
+fn joiner_error(state_root: &Path, node: &str, error: Error) -> RpcError {
+    let text = error.to_string();
+    // A refusal that names a file of the master after all is kept back too.
+    let absolute = std::fs::canonicalize(state_root).ok();
+    let names_a_path = absolute
+        .into_iter()
+        .chain([state_root.join("")])
+        .any(|root| text.contains(&*root.to_string_lossy()));
+    let for_joiner = matches!(error, Error::Invalid(_) | Error::Certificate(_)) && !names_a_path;
+    if for_joiner {
+        tracing::info!(%node, "join refused: {text}");
+        failed(text)
+    } else {
+        tracing::error!(%node, "join failed on the master: {}", chain(&error));
+        failed("the master could not admit this node: internal error; see the master's log")
+    }
+}
+
 /// The master's side of a join: admit under the cluster lock, then push
 /// the new state to every other online node.
 pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply, RpcError> {
@@ -138,7 +222,7 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
         tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
             .await
             .map_err(|e| failed(format!("join task failed: {e}")))?
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
     daemon.reload_ssconf().await;
     let client =
         crate::rpc::RpcClient::from_state(&daemon.state).map_err(|e| failed(e.to_string()))?;
@@ -161,4 +245,63 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
         Err(e) => tracing::error!("push after the join of {name} failed: {e}"),
     }
     Ok(Reply::Joined(Box::new(join_reply)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn the_joiner_is_told_refusals_never_the_masters_files() {
+        let internal = "the master could not admit this node: internal error; see the master's log";
+        let io = |path: &str| Error::Io {
+            path: PathBuf::from(path),
+            source: std::io::Error::other("boom"),
+        };
+        let rows: [(&str, Error, &str); 7] = [
+            (
+                "/var/lib/noded",
+                Error::Invalid("name taken".into()),
+                "name taken",
+            ),
+            (
+                "m",
+                Error::Invalid("address taken by node m".into()),
+                "address taken by node m",
+            ),
+            (
+                "/s",
+                Error::Certificate("bad CSR".into()),
+                "certificate: bad CSR",
+            ),
+            ("/s", io("/s/tokens.json"), internal),
+            (
+                "/s",
+                Error::NotInitialised {
+                    path: "/s/node.json".into(),
+                },
+                internal,
+            ),
+            (
+                "/s",
+                Error::Invalid("no key in /s; remove /s/ca.new.pem".into()),
+                internal,
+            ),
+            (
+                "m",
+                Error::Invalid("no key for the new CA in m/".into()),
+                internal,
+            ),
+        ];
+        for (root, error, told) in rows {
+            let shown = error.to_string();
+            assert_eq!(
+                joiner_error(Path::new(root), "n", error).message,
+                told,
+                "{shown}"
+            );
+        }
+    }
 }

@@ -189,7 +189,44 @@ impl ClusterConfig {
     }
 }
 
-/// Checks a node or cluster name: what can stand in ssconf lines and JSON.
+/// Longest node name: a DNS host name (RFC 1035).
+pub const MAX_NODE_NAME: usize = 253;
+/// Longest label of a node name.
+pub const MAX_NODE_LABEL: usize = 63;
+
+/// Checks a node name (SPEC §5): a DNS label or a dotted host name, each
+/// label `[a-z0-9]([a-z0-9-]*[a-z0-9])?` of at most 63 characters, at most
+/// 253 in all. The name ends up in certificates, ssconf lines, file names
+/// of completions and host lookups, so nothing else is let in: no `.` or
+/// `..`, no leading `-` (an option to whatever reads it), no upper case (a
+/// second spelling of the same host), no `_`.
+pub fn check_node_name(name: &str) -> Result<()> {
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        let inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        match (bytes.first(), bytes.last()) {
+            (Some(first), Some(last)) => {
+                bytes.len() <= MAX_NODE_LABEL
+                    && inner(first)
+                    && inner(last)
+                    && bytes.iter().all(|b| inner(b) || *b == b'-')
+            }
+            _ => false,
+        }
+    };
+    if name.len() <= MAX_NODE_NAME && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "node name {name:?} is not valid: use a DNS host name, labels of 1-63 lower-case letters, digits and '-' (not first or last) joined by '.', at most 253 characters (e.g. node1 or node1.example.org)"
+        )))
+    }
+}
+
+/// Checks a cluster name: what can stand in ssconf lines, JSON and the CA
+/// certificate's subject. Deliberately looser than a node name: a cluster
+/// name is never looked up as a host, and clusters made with it must keep
+/// working.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -222,4 +259,57 @@ pub fn check_address(address: &str) -> Result<()> {
         return Err(invalid());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        let long_label = "a".repeat(63);
+        let longest = [long_label.as_str(); 3].join(".") + "." + &"a".repeat(61);
+        assert_eq!(longest.len(), 253);
+        for good in [
+            "n",
+            "node1",
+            "0",
+            "a-b",
+            "a--b",
+            "node1.example.org",
+            &long_label,
+            &longest,
+        ] {
+            assert!(check_node_name(good).is_ok(), "{good}");
+        }
+        let too_long_label = "a".repeat(64);
+        let too_long = longest.clone() + "a";
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-a",
+            "a-",
+            "A",
+            "Node1",
+            "a_b",
+            "a..b",
+            ".a",
+            "a.",
+            "a b",
+            "a/b",
+            "a:b",
+            "é",
+            &too_long_label,
+            &too_long,
+            "a.-b",
+            "a.b-",
+        ] {
+            let err = check_node_name(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("DNS host name"), "{bad:?}: {err}");
+        }
+    }
 }

@@ -230,6 +230,25 @@ impl StateDir {
             tokens: self.tokens_json().exists(),
         }
     }
+
+    /// Temporary files that interrupted writes left in the state directory
+    /// and its ssconf directory (see [`ssconf::atomic`]), relative to the
+    /// state directory. A directory that cannot be listed is logged.
+    pub fn stale_temp_files(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for dir in [self.root.clone(), self.ssconf_dir()] {
+            match ssconf::atomic::stale_temp_files(&dir) {
+                Ok(paths) => found.extend(paths.iter().map(|p| {
+                    p.strip_prefix(&self.root)
+                        .unwrap_or(p)
+                        .to_string_lossy()
+                        .into_owned()
+                })),
+                Err(e) => tracing::warn!("cannot list {}: {e}", dir.display()),
+            }
+        }
+        found
+    }
 }
 
 impl StateDir {

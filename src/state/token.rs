@@ -5,7 +5,10 @@
 //! certificate, the token id, a 128-bit random secret, the expiry and whether
 //! the new node becomes a master candidate. The master keeps only the
 //! SHA-256 of the secret (`tokens.json`, 0600), compares in constant time,
-//! and burns the token on use.
+//! and burns the token on use. A burned token is remembered (id, hash of
+//! the secret, the node it admitted) until it would have expired, so that a
+//! joiner killed after its admission, running `join` again, learns what
+//! happened and how to finish instead of "unknown token".
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -109,10 +112,25 @@ pub struct StoredToken {
     pub master_candidate: bool,
 }
 
+/// A token that admitted a node, kept until its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurnedToken {
+    pub id: String,
+    /// SHA-256 of the secret, hex: only the holder of the secret is told
+    /// which node the token admitted.
+    pub secret_sha256: String,
+    pub expires: i64,
+    /// The node the token admitted.
+    pub node: String,
+}
+
 /// `tokens.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenStore {
     pub tokens: Vec<StoredToken>,
+    /// Tokens used by a join, until they would have expired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub burned: Vec<BurnedToken>,
 }
 
 /// Why a join token was refused. Deliberately coarse towards the joiner.
@@ -122,6 +140,10 @@ pub enum TokenError {
     Unknown,
     #[error("join token expired; create a new one with `nodectl token create`")]
     Expired,
+    /// The token was used, by a join whose node did not finish (it was
+    /// killed after the master admitted it).
+    #[error("this token already admitted node {node:?}; if that node did not finish joining (it was stopped before writing its state), run `nodectl remove {node}` on the master, then join with a new token from `nodectl token create`")]
+    AlreadyAdmitted { node: String },
 }
 
 fn hash(secret: &str) -> [u8; 32] {
@@ -156,21 +178,30 @@ impl TokenStore {
         (stored, secret)
     }
 
-    /// Drops expired tokens.
+    /// Drops expired tokens, and the memory of burned ones that expired.
     pub fn prune(&mut self, now: i64) {
         self.tokens.retain(|t| t.expires > now);
+        self.burned.retain(|t| t.expires > now);
     }
 
     /// Checks `id` and `secret` (constant time in the secret); the token
     /// stays until [`TokenStore::burn`].
+    /// A token already used says which node it admitted, and only to the
+    /// holder of its secret: a wrong secret learns nothing.
     pub fn check(&self, id: &str, secret: &str, now: i64) -> Result<&StoredToken, TokenError> {
-        let token = self
-            .tokens
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or(TokenError::Unknown)?;
         let offered = hex::lower(&hash(secret));
-        if !bool::from(offered.as_bytes().ct_eq(token.secret_sha256.as_bytes())) {
+        let matches = |stored: &str| bool::from(offered.as_bytes().ct_eq(stored.as_bytes()));
+        let Some(token) = self.tokens.iter().find(|t| t.id == id) else {
+            return match self.burned.iter().find(|t| t.id == id) {
+                Some(b) if matches(&b.secret_sha256) && b.expires > now => {
+                    Err(TokenError::AlreadyAdmitted {
+                        node: b.node.clone(),
+                    })
+                }
+                _ => Err(TokenError::Unknown),
+            };
+        };
+        if !matches(&token.secret_sha256) {
             return Err(TokenError::Unknown);
         }
         if token.expires <= now {
@@ -179,7 +210,25 @@ impl TokenStore {
         Ok(token)
     }
 
-    /// Removes token `id`; returns whether it existed.
+    /// Removes token `id` after it admitted `node`, and remembers it until
+    /// its expiry; returns whether it existed.
+    pub fn burn_for(&mut self, id: &str, node: &str) -> bool {
+        let Some(token) = self.tokens.iter().find(|t| t.id == id).cloned() else {
+            return false;
+        };
+        self.burn(id);
+        self.burned.retain(|b| b.id != id);
+        self.burned.push(BurnedToken {
+            id: token.id,
+            secret_sha256: token.secret_sha256,
+            expires: token.expires,
+            node: node.to_owned(),
+        });
+        true
+    }
+
+    /// Removes token `id` (revoked: forgotten at once); returns whether it
+    /// existed.
     pub fn burn(&mut self, id: &str) -> bool {
         let before = self.tokens.len();
         self.tokens.retain(|t| t.id != id);
@@ -246,5 +295,32 @@ mod tests {
             store.check(&t.id, secret.expose(), now()),
             Err(TokenError::Unknown)
         );
+    }
+
+    #[test]
+    fn a_burned_token_names_its_node_to_the_holder_of_the_secret_only() {
+        let mut store = TokenStore::default();
+        let (t, secret) = store.create(60, false);
+        assert!(store.burn_for(&t.id, "n1"));
+        assert!(store.tokens.is_empty());
+        let admitted = Err(TokenError::AlreadyAdmitted { node: "n1".into() });
+        assert_eq!(store.check(&t.id, secret.expose(), now()), admitted);
+        // Round trip through tokens.json keeps the memory, never the secret.
+        let json = serde_json::to_string(&store).unwrap_or_default();
+        assert!(!json.contains(secret.expose()), "{json}");
+        let store: TokenStore = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(store.check(&t.id, secret.expose(), now()), admitted);
+        assert_eq!(store.check(&t.id, "wrong", now()), Err(TokenError::Unknown));
+        let later = now() + 61;
+        assert_eq!(
+            store.check(&t.id, secret.expose(), later),
+            Err(TokenError::Unknown)
+        );
+        let mut pruned = store.clone();
+        pruned.prune(later);
+        assert!(pruned.burned.is_empty());
+        // A store written before burned tokens were remembered still loads.
+        let old: TokenStore = serde_json::from_str(r#"{"tokens": []}"#).unwrap_or_default();
+        assert!(old.burned.is_empty());
     }
 }

@@ -185,6 +185,9 @@ pub struct NodeInfo {
     pub ca_pem_sha256: String,
     /// The managed block of the node's authorized_keys, or the error.
     pub authorized_keys: Result<Vec<String>, String>,
+    /// Temporary files of interrupted writes left in the state directory
+    /// and its ssconf directory, relative to the state directory.
+    pub stale_temp_files: Vec<String>,
 }
 
 /// One node's health as the master's loop last saw it.

@@ -6,13 +6,86 @@
 //! `fsync` the directory so the rename itself is durable. A reader, or a node
 //! that loses power at any instant, sees either the whole old file or the
 //! whole new one, never a mix.
+//!
+//! A writer killed between creating its temporary file and the rename
+//! leaves that file behind: `.<name>.tmp-<16 hex digits>`. The next write of
+//! the same target removes such files once they are [`STALE_AFTER`] old
+//! (younger ones may belong to a write still under way), and
+//! [`stale_temp_files`] lists them for `verify`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-/// Atomically replaces `path` with `contents`, leaving it with `mode`.
+/// Age after which a temporary file is taken as left by a killed writer:
+/// a write that is still going takes milliseconds, not a minute.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// The target's name, when `file_name` is one of our temporary files
+/// (`.<target>.tmp-<16 lower-case hex digits>`).
+pub fn temp_target(file_name: &str) -> Option<&str> {
+    let (target, random) = file_name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let ours = !target.is_empty()
+        && random.len() == 16
+        && random
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ours.then_some(target)
+}
+
+/// Whether the file at `path` was last modified [`STALE_AFTER`] or more
+/// before `now`.
+fn is_stale(path: &Path, now: SystemTime) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| now.duration_since(modified).ok())
+        .is_some_and(|age| age >= STALE_AFTER)
+}
+
+/// Our temporary files in `dir` (of any target) that are stale, sorted.
+/// An absent directory has none.
+pub fn stale_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let now = SystemTime::now();
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().and_then(temp_target).is_some() && is_stale(&entry.path(), now) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the stale temporary files of target `name` in `dir`, best
+/// effort: a file that cannot be removed stays for `verify` to report.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let Ok(stale) = stale_temp_files(dir) else {
+        return;
+    };
+    for path in stale {
+        let of_target = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(temp_target)
+            == Some(name);
+        if of_target {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Atomically replaces `path` with `contents`, leaving it with `mode`, and
+/// removes the stale temporary files earlier writes of `path` left.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -41,6 +114,8 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+    } else {
+        remove_stale_temps(dir, &name.to_string_lossy());
     }
     result
 }
@@ -73,6 +148,61 @@ mod tests {
         assert_eq!(fs::read(&path)?, b"two");
         assert_eq!(fs::metadata(&path)?.mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+
+    /// A temporary file `age` old, as a killed writer leaves it.
+    fn leftover(dir: &Path, name: &str, age: Duration) -> io::Result<PathBuf> {
+        let path = dir.join(name);
+        let file = File::create(&path)?;
+        file.set_modified(SystemTime::now() - age)?;
+        Ok(path)
+    }
+
+    #[test]
+    fn temp_file_names() {
+        let ours = ".config.json.tmp-00112233aabbccdd";
+        assert_eq!(temp_target(ours), Some("config.json"));
+        assert_eq!(
+            temp_target(".a.tmp-b.tmp-00112233aabbccdd"),
+            Some("a.tmp-b")
+        );
+        for other in [
+            "config.json",
+            ".config.json.tmp-0011",
+            ".config.json.tmp-00112233AABBCCDD",
+            ".config.json.tmp-00112233aabbccddee",
+            "config.json.tmp-00112233aabbccdd",
+            "..tmp-00112233aabbccdd",
+            ".config.json.swp",
+        ] {
+            assert_eq!(temp_target(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_write_removes_the_stale_temp_files_of_its_target_only() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let hour = Duration::from_secs(3600);
+        let path = dir.path().join("f");
+        let stale = leftover(dir.path(), ".f.tmp-0000000000000001", hour)?;
+        let fresh = leftover(dir.path(), ".f.tmp-0000000000000002", Duration::ZERO)?;
+        let other = leftover(dir.path(), ".g.tmp-0000000000000003", hour)?;
+        let not_ours = leftover(dir.path(), ".f.tmp-backup", hour)?;
+        assert_eq!(
+            stale_temp_files(dir.path())?,
+            [stale.clone(), other.clone()]
+        );
+        write_atomic(&path, b"new", 0o644)?;
+        assert!(!stale.exists());
+        // A younger one may be a write under way; another target's is not ours
+        // to touch; a name not of our pattern is someone else's.
+        assert!(fresh.exists() && other.exists() && not_ours.exists());
+        assert_eq!(stale_temp_files(dir.path())?, [other]);
+        assert_eq!(
+            stale_temp_files(&dir.path().join("absent"))?,
+            Vec::<PathBuf>::new()
+        );
         Ok(())
     }
 

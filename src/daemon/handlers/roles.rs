@@ -52,6 +52,7 @@ pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFac
         server_cert_expires: server.map(|(_, e)| e).unwrap_or(0),
         ca_pem_sha256: fingerprint::file_sha256(&state.ca_pem()),
         authorized_keys,
+        stale_temp_files: state.stale_temp_files(),
     }
 }
 
