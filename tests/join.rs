@@ -44,11 +44,18 @@ fn assert_refused((code, stderr): (Option<i32>, String), needle: &str) {
 fn snapshot(m: &Node) -> (u64, String, String) {
     let list = nodectl(m.dir(), &["list", "--json"]);
     let tokens = nodectl(m.dir(), &["token", "list", "--json"]);
+    // The nodes as recorded; their health (reachable, last_seen) moves on.
+    let mut nodes: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    for node in nodes["nodes"].as_array_mut().unwrap() {
+        let node = node.as_object_mut().unwrap();
+        node.remove("reachable");
+        node.remove("last_seen");
+    }
     (
         ssconf::Ssconf::stored_serial(&m.state.ssconf_dir())
             .unwrap()
             .unwrap_or(0),
-        text(&list.stdout),
+        nodes.to_string(),
         text(&tokens.stdout),
     )
 }
