@@ -195,6 +195,15 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// The cluster at a glance (run on the master or a candidate): the
+    /// master, the CA rotation phase, each node's health as the master's
+    /// heartbeats saw it (reachable, last heartbeat, serial) and its
+    /// certificates' expiry.
+    Status {
+        /// Print one JSON document: {"cluster", "master", "term", "commit_index", "voters", "ca_rotation": {"phase"}, "nodes": [{"name", "role", "reachable", "last_seen", "serial", "term", "client_cert_expires", "server_cert_expires"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the cluster's consistency (run on the master or a candidate).
     ///
     /// Gathers every online node's state over RPC and reports each finding as
@@ -312,6 +321,14 @@ pub struct ModifyArgs {
 }
 
 /// `--ttl` of `token create`: a duration of at most seven days, in seconds.
+fn parse_cert_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let lifetime = crate::core::time::parse_duration(text, crate::core::time::MAX_CERT_LIFETIME)?;
+    if lifetime.as_secs() < 60 {
+        return Err(format!("{text:?} is too short: at least 60s"));
+    }
+    Ok(lifetime)
+}
+
 fn parse_token_ttl(text: &str) -> Result<u64, String> {
     crate::core::time::parse_duration(text, crate::core::time::MAX_TOKEN_TTL).map(|d| d.as_secs())
 }
@@ -338,9 +355,15 @@ pub struct InitArgs {
     pub candidate_pool_size: u32,
     #[command(flatten)]
     pub ssh: SshArgs,
-    /// Validity of node and server certificates, in days (the CA gets ten times as long).
-    #[arg(long, default_value_t = 365, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    /// Validity of node and server certificates, in days (the CA gets ten
+    /// times as long, and at least ten years).
+    #[arg(long, default_value_t = 365, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=36500), conflicts_with = "cert_lifetime")]
     pub cert_days: u32,
+    /// Validity of node and server certificates as a duration (90s, 30m,
+    /// 12h, 365d; at least 60s): the master renews each once two thirds of
+    /// it has passed. Default: --cert-days.
+    #[arg(long, value_name = "DURATION", value_parser = parse_cert_lifetime)]
+    pub cert_lifetime: Option<std::time::Duration>,
     /// Keep the CA key in a PKCS#11 token instead of ca.key: an RFC 7512
     /// URI, pkcs11:token=T;object=O?module-path=/path/lib.so&pin-source=file:/path/pin
     /// (or pin-source=env:VARIABLE; a pin-value is refused). The key labelled
@@ -363,7 +386,9 @@ impl InitArgs {
                 DigestArg::Sha1 => DigestAlgorithm::Sha1,
             },
             candidate_pool_size: self.candidate_pool_size,
-            cert_days: self.cert_days,
+            cert_lifetime: self.cert_lifetime.unwrap_or(std::time::Duration::from_secs(
+                u64::from(self.cert_days) * 86_400,
+            )),
             ca_key: self.ca_key.clone(),
             ssh: self.ssh.paths(),
         }
@@ -465,6 +490,7 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
         },
         Command::Remove { node, wait } => ctl::lifecycle::remove(&state, &node, wait).await,
         Command::MasterFailover { wait } => ctl::lifecycle::master_failover(&state, wait).await,
+        Command::Status { json } => ctl::status::status(&state, json).await,
         Command::Verify { json } => ctl::verify::verify(&state, json).await,
         Command::RenewCrypto(r) => {
             let plan = ctl::renew::RenewPlan {

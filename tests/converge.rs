@@ -110,3 +110,113 @@ fn list_shows_each_nodes_health() {
     let out = nodectl(m.dir(), &["list"]);
     assert!(text(&out.stdout).contains("REACHABLE"));
 }
+
+/// `init --cert-lifetime 150s`: the master's daemon renews the client and
+/// the server certificate of every node once two thirds of their lifetime
+/// has passed, with no refused RPC meanwhile, and verify stays clean.
+#[test]
+fn certificates_are_renewed_before_they_expire() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let m = init_master_with(
+        "m",
+        &["--candidate-pool-size", "2", "--cert-lifetime", "150s"],
+    );
+    let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let certs = |n: &Node| {
+        (
+            std::fs::read_to_string(n.state.client_pem()).unwrap(),
+            std::fs::read_to_string(n.state.server_pem()).unwrap(),
+        )
+    };
+    let before: Vec<_> = [&m, &a, &b].into_iter().map(certs).collect();
+
+    // The candidate a pings every node all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (pings, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let pinger = {
+        let (stop, pings, refused) = (stop.clone(), pings.clone(), refused.clone());
+        let dir = a.dir().to_owned();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(150);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let out = nodectl(&dir, &["ping", "--timeout", "5"]);
+                pings.fetch_add(1, Ordering::Relaxed);
+                if !out.status.success() {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("ping refused: {}", text(&out.stderr));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let renewed = within(Duration::from_secs(140), || {
+        [&m, &a, &b].into_iter().zip(&before).all(|(n, old)| {
+            let now = certs(n);
+            now.0 != old.0 && now.1 != old.1
+        })
+    });
+    // One more heartbeat for the settled map to reach everyone.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    pinger.join().unwrap();
+    assert!(renewed, "not every certificate was renewed within 140 s");
+    assert!(pings.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "pings refused during the renewals"
+    );
+    let out = nodectl(m.dir(), &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn status_shows_the_master_health_and_expiries() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let status = |node: &Node| {
+        let out = nodectl(node.dir(), &["status", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert!(within(Duration::from_secs(5), || {
+        let doc = status(&m);
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["reachable"] == true)
+    }));
+    // A candidate asks the master's daemon too.
+    let doc = status(&a);
+    assert_eq!(doc["cluster"], "testcluster");
+    assert_eq!(doc["master"], "m");
+    assert_eq!(doc["voters"], serde_json::json!(["m"]));
+    assert_eq!(doc["ca_rotation"]["phase"], "none");
+    let node_a = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "a")
+        .unwrap();
+    assert_eq!(node_a["role"], "candidate");
+    assert!(node_a["server_cert_expires"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(node_a["client_cert_expires"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert!(node_a["serial"].as_u64().unwrap() >= 2);
+    let out = nodectl(m.dir(), &["status"]);
+    assert!(
+        text(&out.stdout).contains("master m"),
+        "{}",
+        text(&out.stdout)
+    );
+}

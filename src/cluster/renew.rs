@@ -278,7 +278,7 @@ struct Renewal<'a> {
     client: RpcClient,
     ca: Arc<CertificateAuthority>,
     alg: DigestAlgorithm,
-    days: u32,
+    lifetime: std::time::Duration,
 }
 
 impl<'a> Renewal<'a> {
@@ -288,7 +288,7 @@ impl<'a> Renewal<'a> {
             report,
             alg: config.digest.into(),
             ca: Arc::new(crate::pki::keystore::load_ca(state, config)?),
-            days: config.cert_days,
+            lifetime: config.cert_lifetime(),
             client: RpcClient::from_state(state)?,
         })
     }
@@ -307,13 +307,13 @@ impl<'a> Renewal<'a> {
         nodes: &[NodeRecord],
         failed: &mut PushOutcome,
     ) -> Result<Vec<(NodeRecord, NewCertificate)>> {
-        let (alg, days) = (self.alg, self.days);
+        let (alg, lifetime) = (self.alg, self.lifetime);
         let signed = fan_out_nodes(self.report, nodes, |node| {
             let client = self.client.clone();
             let ca = self.ca.clone();
             async move {
                 let (actual, csr) = prepare(&client, &node, alg).await?;
-                Ok((actual, ca.sign_client_csr(&csr, &node.name, days)?))
+                Ok((actual, ca.sign_client_csr(&csr, &node.name, lifetime)?))
             }
         })
         .await;
@@ -394,7 +394,7 @@ impl<'a> Renewal<'a> {
             return Ok(None);
         }
         let key = NodeKey::generate()?;
-        let cert_pem = self.ca.sign_client_csr(&key.csr(me)?, me, self.days)?;
+        let cert_pem = self.ca.sign_client_csr(&key.csr(me)?, me, self.lifetime)?;
         let cert = NewCertificate::parse(cert_pem, self.alg)?;
         let signed = StepOutcome::Signed {
             actual: own,
@@ -501,7 +501,7 @@ pub async fn server_certificates(
 ) -> Result<()> {
     let client = RpcClient::from_state(state)?;
     let ca = Arc::new(crate::pki::keystore::load_ca(state, config)?);
-    let days = config.cert_days;
+    let days = config.cert_lifetime();
     let nodes = targets(config, only)?;
     let signed = fan_out_nodes(report, &nodes, |node| {
         let (client, ca) = (client.clone(), ca.clone());
@@ -687,6 +687,7 @@ mod tests {
             candidate_pool_size: 3,
             digest: DigestAlgorithmName::Sha256,
             cert_days: 365,
+            cert_lifetime: 0,
             ca_sha256: String::new(),
             ca_key: None,
             nodes: vec![

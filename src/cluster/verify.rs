@@ -21,6 +21,33 @@ use crate::wire::{NodeInfo, Procedure, Reply};
 pub const WARN_DAYS: i64 = 30;
 pub const ERROR_DAYS: i64 = 7;
 
+/// How close to its expiry a certificate makes a WARNING, and an ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub warn_secs: i64,
+    pub error_secs: i64,
+}
+
+impl Horizon {
+    /// The CA: 30 and 7 days (SPEC §7); it is never renewed by itself.
+    pub const CA: Horizon = Horizon {
+        warn_secs: WARN_DAYS * 86_400,
+        error_secs: ERROR_DAYS * 86_400,
+    };
+
+    /// Node certificates: 30 and 7 days, or, for a cluster whose
+    /// certificates live shorter, a quarter and a tenth of their lifetime:
+    /// the master renews them with a third left, so a WARNING means the
+    /// automatic renewal is overdue.
+    pub fn nodes(config: &ClusterConfig) -> Horizon {
+        let life = i64::try_from(config.cert_lifetime().as_secs()).unwrap_or(i64::MAX);
+        Horizon {
+            warn_secs: Horizon::CA.warn_secs.min(life / 4),
+            error_secs: Horizon::CA.error_secs.min(life / 10),
+        }
+    }
+}
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Severity {
@@ -177,8 +204,16 @@ fn reissue(node: &str) -> String {
 }
 
 /// Checks a certificate's expiry.
-fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: i64, fix: &str) {
-    let days = (not_after - now).div_euclid(86_400);
+fn expiry(
+    findings: &mut Findings,
+    node: &str,
+    what: &str,
+    (not_after, now): (i64, i64),
+    horizon: Horizon,
+    fix: &str,
+) {
+    let left = not_after - now;
+    let days = left.div_euclid(86_400);
     let when = crate::core::time::rfc3339(not_after);
     if not_after <= now {
         findings.add(
@@ -188,7 +223,7 @@ fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: 
             format!("{what} expired on {when}"),
             fix.to_owned(),
         );
-    } else if days < ERROR_DAYS {
+    } else if left < horizon.error_secs {
         findings.add(
             Severity::Error,
             node,
@@ -196,7 +231,7 @@ fn expiry(findings: &mut Findings, node: &str, what: &str, not_after: i64, now: 
             format!("{what} expires in {days} days ({when})"),
             fix.to_owned(),
         );
-    } else if days < WARN_DAYS {
+    } else if left < horizon.warn_secs {
         findings.add(
             Severity::Warning,
             node,
@@ -222,7 +257,7 @@ fn check(
     let answers = check_reachable(&mut findings, config, infos);
     check_client_certificates(&mut findings, config, local, &answers, now);
     check_shared_files(&mut findings, config, local, &answers);
-    check_server_certificates(&mut findings, &answers, now);
+    check_server_certificates(&mut findings, &answers, (now, Horizon::nodes(config)));
     check_role_files(&mut findings, config, &answers);
     check_authorized_keys(&mut findings, config, &answers);
     check_stale_temp_files(&mut findings, &answers);
@@ -335,7 +370,7 @@ fn check_client_certificates(
                 let digest = alg.digest(&der);
                 holders.entry(digest).or_default().push(n.name.clone());
                 check_client_digest(findings, local, n, digest);
-                check_client_issuer(findings, local, n, &der, now);
+                check_client_issuer(findings, local, n, &der, (now, Horizon::nodes(config)));
             }
         }
     }
@@ -404,7 +439,7 @@ fn check_client_issuer(
     local: &LocalView,
     n: &NodeRecord,
     der: &rustls_pki_types::CertificateDer<'_>,
-    now: i64,
+    (now, horizon): (i64, Horizon),
 ) {
     // Expiry is its own finding: the chain is checked at a moment the
     // certificate is valid, so that an expired certificate is reported as
@@ -432,8 +467,8 @@ fn check_client_issuer(
             findings,
             &n.name,
             "client certificate",
-            info.not_after,
-            now,
+            (info.not_after, now),
+            horizon,
             &reissue(&n.name),
         );
     }
@@ -487,7 +522,11 @@ fn check_shared_files(
 
 /// Each node's own server certificate (SPEC §9.1): the one the cluster
 /// recorded for it, and how soon it expires.
-fn check_server_certificates(findings: &mut Findings, answers: &[Answer<'_>], now: i64) {
+fn check_server_certificates(
+    findings: &mut Findings,
+    answers: &[Answer<'_>],
+    (now, horizon): (i64, Horizon),
+) {
     for (n, info) in answers {
         let recorded = std::iter::once(&n.server_digest).chain(n.next_server_digest.iter());
         if info.server_digest.is_empty() || !recorded.into_iter().any(|d| *d == info.server_digest)
@@ -512,8 +551,8 @@ fn check_server_certificates(findings: &mut Findings, answers: &[Answer<'_>], no
             findings,
             &n.name,
             "its server certificate",
-            info.server_cert_expires,
-            now,
+            (info.server_cert_expires, now),
+            horizon,
             "nodectl renew-crypto --new-cluster-certificate",
         );
     }
@@ -649,8 +688,8 @@ fn check_cluster_certificates(findings: &mut Findings, local: &LocalView, now: i
             findings,
             &local.name,
             "the cluster CA certificate",
-            ca.not_after,
-            now,
+            (ca.not_after, now),
+            Horizon::CA,
             "nodectl renew-crypto --new-ca",
         );
     }
@@ -839,6 +878,7 @@ mod tests {
                 candidate_pool_size: 2,
                 digest: DigestAlgorithmName::Sha256,
                 cert_days: 365,
+                cert_lifetime: 0,
                 ca_sha256: String::new(),
                 ca_key: None,
                 nodes,

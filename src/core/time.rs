@@ -19,6 +19,9 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The longest a node certificate may live: 100 years.
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Seven days: the longest a join token may live (SPEC §5).
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 

@@ -17,7 +17,8 @@ pub struct InitOptions {
     pub address: String,
     pub digest: DigestAlgorithm,
     pub candidate_pool_size: u32,
-    pub cert_days: u32,
+    /// How long a node certificate lives.
+    pub cert_lifetime: std::time::Duration,
     /// A `pkcs11:` URI for the CA key, instead of `ca.key`.
     pub ca_key: Option<String>,
     pub ssh: SshPaths,
@@ -41,8 +42,12 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         .transpose()?
         .map(crate::pki::keystore::Pkcs11KeyStore::new);
     state::create_dir(state.root(), 0o755)?;
-    // The CA outlives the certificates it signs.
-    let ca_days = opts.cert_days.saturating_mul(10).min(36500);
+    // The CA outlives the certificates it signs, by far: it is never
+    // renewed automatically.
+    let cert_days = u32::try_from(opts.cert_lifetime.as_secs().div_ceil(86_400))
+        .unwrap_or(36_500)
+        .max(1);
+    let ca_days = cert_days.saturating_mul(10).clamp(3650, 36500);
     // The token (when named) is opened, and its key made or found, before
     // anything else is written: a wrong PIN or label leaves no state behind.
     let store: Box<dyn KeyStore> = match token_store {
@@ -56,8 +61,8 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
     let node_key = NodeKey::generate()?;
     let server_key = NodeKey::generate()?;
     let name = &opts.node_name;
-    let client_pem = ca.sign_client_csr(&node_key.csr(name)?, name, opts.cert_days)?;
-    let server_pem = ca.sign_server_csr(&server_key.csr(name)?, name, &uuid, opts.cert_days)?;
+    let client_pem = ca.sign_client_csr(&node_key.csr(name)?, name, opts.cert_lifetime)?;
+    let server_pem = ca.sign_server_csr(&server_key.csr(name)?, name, &uuid, opts.cert_lifetime)?;
     let client_der = crate::pki::load_certs_from_pem(&client_pem)?;
     let server_der = crate::pki::load_certs_from_pem(&server_pem)?;
     // The master is a master candidate: it has its own SSH key pair.
@@ -80,7 +85,8 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         serial: 1,
         candidate_pool_size: opts.candidate_pool_size,
         digest: opts.digest.into(),
-        cert_days: opts.cert_days,
+        cert_days,
+        cert_lifetime: opts.cert_lifetime.as_secs(),
         ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
         ca_key: opts.ca_key.clone(),
         nodes: vec![master.clone()],

@@ -470,7 +470,7 @@ impl Master {
             return Err(reach(Error::Invalid("no CSR in the reply".into())));
         };
         let ca = crate::pki::keystore::load_ca(&self.state, &self.config)?;
-        let cert_pem = ca.sign_client_csr(&csr, name, self.config.cert_days)?;
+        let cert_pem = ca.sign_client_csr(&csr, name, self.config.cert_lifetime())?;
         let der = crate::pki::load_certs_from_pem(&cert_pem)?;
         conn.call(Procedure::InstallClientCert { cert_pem })
             .await
@@ -515,7 +515,7 @@ async fn catch_up(master: &Master, node: &NodeRecord) -> Option<String> {
             };
             let ca = crate::pki::keystore::load_ca(&master.state, &master.config)?;
             let cert_pem =
-                ca.sign_server_csr(&csr, &node.name, &node.uuid, master.config.cert_days)?;
+                ca.sign_server_csr(&csr, &node.name, &node.uuid, master.config.cert_lifetime())?;
             let der = crate::pki::load_certs_from_pem(&cert_pem)?;
             conn.call(Procedure::InstallServerCert { cert_pem }).await?;
             server_digest = Some(ssconf::DigestAlgorithm::Sha256.digest(&der).to_string());
@@ -670,6 +670,7 @@ mod tests {
             candidate_pool_size: 3,
             digest: DigestAlgorithmName::Sha256,
             cert_days: 365,
+            cert_lifetime: 0,
             ca_sha256: String::new(),
             ca_key: None,
             nodes,

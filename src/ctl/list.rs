@@ -37,7 +37,10 @@ struct ListedNode {
 /// Each node's health from the master's convergence loop, by name; empty
 /// when the master's daemon cannot be asked. The master itself is
 /// reachable when its daemon answered.
-async fn health(state: &StateDir, config: &ClusterConfig) -> BTreeMap<String, NodeHealth> {
+pub async fn master_health(
+    state: &StateDir,
+    config: &ClusterConfig,
+) -> BTreeMap<String, NodeHealth> {
     let asked = async {
         let master = config.master()?;
         let mut client = RpcClient::from_state(state)?;
@@ -53,6 +56,8 @@ async fn health(state: &StateDir, config: &ClusterConfig) -> BTreeMap<String, No
             reachable: true,
             last_seen: now(),
             serial: config.serial,
+            client_cert_expires: 0,
+            server_cert_expires: 0,
             error: None,
         });
         Ok::<_, crate::core::Error>(nodes)
@@ -72,7 +77,7 @@ async fn health(state: &StateDir, config: &ClusterConfig) -> BTreeMap<String, No
 pub async fn list(state: &StateDir, json: bool) -> Result<Outcome> {
     let rows: Vec<ListedNode> = if state.config_json().exists() {
         let config: ClusterConfig = state::read_json(&state.config_json())?;
-        let health = health(state, &config).await;
+        let health = master_health(state, &config).await;
         let mut nodes = config.nodes;
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes

@@ -10,6 +10,7 @@ pub mod output;
 pub mod ping;
 pub mod progress;
 pub mod renew;
+pub mod status;
 pub mod token;
 pub mod verify;
 

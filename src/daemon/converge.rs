@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::server::Daemon;
-use crate::cluster::{self, ClusterLock};
+use crate::cluster::{self, renew, ClusterLock};
 use crate::core::{Error, Result};
 use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
 use crate::rpc::{Connection, RpcClient};
@@ -62,8 +62,21 @@ impl HealthTable {
                 reachable: false,
                 last_seen: 0,
                 serial: 0,
+                client_cert_expires: 0,
+                server_cert_expires: 0,
                 error: None,
             });
+        }
+    }
+
+    /// Forgets what `name` said of its server certificate's expiry.
+    fn forget_expiry(&self, name: &str) {
+        let mut table = match self.0.lock() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for h in table.values_mut().filter(|h| h.name == name) {
+            h.server_cert_expires = 0;
         }
     }
 
@@ -96,6 +109,10 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
         }
         if let Err(e) = round(&daemon, &pool).await {
             tracing::warn!("heartbeat round skipped: {e}");
+            continue;
+        }
+        if let Err(e) = renew_due(&daemon).await {
+            tracing::warn!("automatic renewal: {e}");
         }
     }
 }
@@ -162,10 +179,12 @@ async fn round(daemon: &Arc<Daemon>, pool: &Pool) -> Result<()> {
     let now = crate::core::time::now();
     for (node, result) in results {
         daemon.health.update(&node.uuid, |h| match result {
-            Ok(serial) => {
+            Ok((serial, info)) => {
                 h.reachable = true;
                 h.last_seen = now;
                 h.serial = serial;
+                h.client_cert_expires = info.client_cert_expires;
+                h.server_cert_expires = info.server_cert_expires;
                 h.error = None;
             }
             Err(e) => {
@@ -181,14 +200,14 @@ async fn round(daemon: &Arc<Daemon>, pool: &Pool) -> Result<()> {
 }
 
 /// Asks `node` for its state and brings it up to date; returns the serial
-/// it holds now.
+/// it holds now, and what it said.
 async fn heartbeat(
     state: &StateDir,
     client: &RpcClient,
     pool: &Pool,
     wanted: &Wanted,
     node: &NodeRecord,
-) -> Result<u64> {
+) -> Result<(u64, Box<NodeInfo>)> {
     let taken = match pool.lock() {
         Ok(mut p) => p.remove(&node.uuid),
         Err(poisoned) => poisoned.into_inner().remove(&node.uuid),
@@ -205,7 +224,7 @@ async fn heartbeat(
     if let Ok(mut p) = pool.lock() {
         p.insert(node.uuid.clone(), conn);
     }
-    Ok(serial)
+    Ok((serial, info))
 }
 
 /// Sends `node` whatever of its role's state differs from `wanted`.
@@ -256,4 +275,81 @@ async fn bring_current(
         conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
     }
     Ok(serial)
+}
+
+/// Automatic renewal (SPEC §8.1): the client and server certificates of
+/// every online node, this one included, once two thirds of their lifetime
+/// has passed, through the same steps as `renew-crypto`; only when no
+/// command holds the cluster lock (the next round tries again).
+async fn renew_due(daemon: &Daemon) -> Result<()> {
+    let state = &daemon.state;
+    let config = cluster::load_config(state)?;
+    let now = crate::core::time::now();
+    let third = i64::try_from(config.cert_lifetime().as_secs() / 3).unwrap_or(i64::MAX);
+    let due = |expires: i64| expires > 0 && expires - now <= third;
+    let clients: Vec<String> = config
+        .online_nodes()
+        .filter(|n| due(n.cert_expires))
+        .map(|n| n.name.clone())
+        .collect();
+    let mut servers: Vec<String> = daemon
+        .health
+        .snapshot()
+        .into_iter()
+        .filter(|h| h.reachable && due(h.server_cert_expires))
+        .map(|h| h.name)
+        .collect();
+    let own = crate::pki::load_certs(&state.server_pem())?;
+    if let Some(cert) = own.first() {
+        if due(crate::pki::CertInfo::from_der(cert)?.not_after) {
+            servers.push(daemon.identity.name.clone());
+        }
+    }
+    if clients.is_empty() && servers.is_empty() {
+        return Ok(());
+    }
+    let Ok(_lock) = ClusterLock::acquire(state, false, "automatic renewal") else {
+        return Ok(());
+    };
+    let mut config = cluster::master_config(state)?;
+    let mut failed = cluster::PushOutcome::default();
+    if !clients.is_empty() {
+        tracing::info!(nodes = ?clients, "automatic renewal of client certificates");
+        renew::node_certificates(state, &mut config, &clients, &mut failed, &Logged).await?;
+    }
+    if !servers.is_empty() {
+        tracing::info!(nodes = ?servers, "automatic renewal of server certificates");
+        renew::server_certificates(state, &mut config, &servers, &mut failed, &Logged).await?;
+        // Until the next heartbeat tells the new expiry.
+        for h in daemon.health.snapshot() {
+            if servers.contains(&h.name) {
+                daemon.health.forget_expiry(&h.name);
+            }
+        }
+    }
+    super::runtime::reload_certificates(daemon);
+    for (node, why) in &failed.unreachable {
+        tracing::warn!(%node, "automatic renewal incomplete: {why}");
+    }
+    Ok(())
+}
+
+/// How the master's daemon reports an automatic renewal: in its log.
+struct Logged;
+
+impl renew::Reporter for Logged {
+    fn begin(&self, _what: &str, _total: usize) {}
+    fn tick(&self) {}
+    fn step(&self, node: &str, what: &str, error: Option<&Error>) {
+        match error {
+            None => tracing::info!(%node, "{what}: ok"),
+            Some(e) => tracing::warn!(%node, "{what}: FAILED: {e}"),
+        }
+    }
+    fn note(&self, text: &str) {
+        tracing::info!("{text}");
+    }
+    fn warn(&self, text: &str) {
+        tracing::warn!("{text}");
+    }
 }

@@ -131,9 +131,13 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
     // The name in the certificate is the node name; the CSR contributes only
     // its public key (and proves possession of the private key).
     let uuid = uuid::Uuid::new_v4().to_string();
-    let client_pem = ca.sign_client_csr(&req.csr_pem, &req.node_name, config.cert_days)?;
-    let server_pem =
-        ca.sign_server_csr(&req.server_csr_pem, &req.node_name, &uuid, config.cert_days)?;
+    let client_pem = ca.sign_client_csr(&req.csr_pem, &req.node_name, config.cert_lifetime())?;
+    let server_pem = ca.sign_server_csr(
+        &req.server_csr_pem,
+        &req.node_name,
+        &uuid,
+        config.cert_lifetime(),
+    )?;
     let server_der = pki::load_certs_from_pem(&server_pem)?;
     let client_der = pki::load_certs_from_pem(&client_pem)?;
     let alg: DigestAlgorithm = config.digest.into();

@@ -174,25 +174,56 @@ pub trait CertificateSigner {
 
     /// [`Self::sign_csr_between`] for `days` from now (an hour back, for
     /// clocks that differ a little).
-    fn sign_csr(&self, csr_pem: &str, role: &LeafRole<'_>, days: u32) -> Result<String> {
+    fn sign_csr(
+        &self,
+        csr_pem: &str,
+        role: &LeafRole<'_>,
+        lifetime: impl Into<Lifetime>,
+    ) -> Result<String> {
         let now = OffsetDateTime::now_utc();
-        self.sign_csr_between(
-            csr_pem,
-            role,
-            now - Duration::hours(1),
-            now + Duration::days(i64::from(days)),
-        )
+        let Lifetime(lifetime) = lifetime.into();
+        let lifetime = Duration::try_from(lifetime)
+            .map_err(|e| Error::Certificate(format!("certificate lifetime: {e}")))?;
+        self.sign_csr_between(csr_pem, role, now - Duration::hours(1), now + lifetime)
     }
 
     /// A client certificate for node `node` (CN = its name, clientAuth).
-    fn sign_client_csr(&self, csr_pem: &str, node: &str, days: u32) -> Result<String> {
-        self.sign_csr(csr_pem, &LeafRole::Client { node }, days)
+    fn sign_client_csr(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        lifetime: impl Into<Lifetime>,
+    ) -> Result<String> {
+        self.sign_csr(csr_pem, &LeafRole::Client { node }, lifetime)
     }
 
     /// A server certificate for node `node` with uuid `uuid` (CN = its
     /// name; SANs `DNS:<name>` and `URI:urn:uuid:<uuid>`; serverAuth).
-    fn sign_server_csr(&self, csr_pem: &str, node: &str, uuid: &str, days: u32) -> Result<String> {
-        self.sign_csr(csr_pem, &LeafRole::Server { node, uuid }, days)
+    fn sign_server_csr(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        uuid: &str,
+        lifetime: impl Into<Lifetime>,
+    ) -> Result<String> {
+        self.sign_csr(csr_pem, &LeafRole::Server { node, uuid }, lifetime)
+    }
+}
+
+/// How long a signed leaf is valid, from now: a duration, or whole days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime(pub std::time::Duration);
+
+impl From<std::time::Duration> for Lifetime {
+    fn from(d: std::time::Duration) -> Self {
+        Lifetime(d)
+    }
+}
+
+impl From<u32> for Lifetime {
+    /// Days.
+    fn from(days: u32) -> Self {
+        Lifetime(std::time::Duration::from_secs(u64::from(days) * 86_400))
     }
 }
 

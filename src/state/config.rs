@@ -70,8 +70,14 @@ pub struct ClusterConfig {
     pub candidate_pool_size: u32,
     /// Digest algorithm of the candidate map.
     pub digest: DigestAlgorithmName,
-    /// Validity of new certificates, in days.
+    /// Validity of new certificates, in days (rounded up from
+    /// `cert_lifetime` when that is set).
     pub cert_days: u32,
+    /// Validity of new node certificates, in seconds (`init
+    /// --cert-lifetime`); 0 in configs that predate it: `cert_days` then.
+    /// The master renews a certificate once two thirds of it has passed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cert_lifetime: u64,
     /// SHA-256 of the CA certificate's DER (what join tokens pin), hex.
     pub ca_sha256: String,
     /// Where the CA key lives when it is not `ca.key`: a `pkcs11:` URI
@@ -107,7 +113,19 @@ impl From<DigestAlgorithm> for DigestAlgorithmName {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl ClusterConfig {
+    /// How long a node certificate the master signs now is valid.
+    pub fn cert_lifetime(&self) -> std::time::Duration {
+        match self.cert_lifetime {
+            0 => std::time::Duration::from_secs(u64::from(self.cert_days) * 86_400),
+            secs => std::time::Duration::from_secs(secs),
+        }
+    }
+
     /// The master's record.
     pub fn master(&self) -> Result<&NodeRecord> {
         self.nodes

@@ -200,6 +200,10 @@ pub struct NodeHealth {
     pub last_seen: i64,
     /// The ssconf serial the node reported then.
     pub serial: u64,
+    /// `notAfter` of the node's client and server certificates as it
+    /// reported them, Unix seconds (0: unknown).
+    pub client_cert_expires: i64,
+    pub server_cert_expires: i64,
     /// Why the last heartbeat failed, if it did.
     pub error: Option<String>,
 }
