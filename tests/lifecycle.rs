@@ -174,10 +174,22 @@ async fn grow_promote_demote_offline_failover_remove() {
     assert!(all_ok(&ping_all(&c).1));
     assert!(all_ok(&ping_all(&m).1));
 
-    // Remove b.
+    // Remove b: both its digests leave every node's ssconf, so no node
+    // admits it as a client or accepts it as a server again.
+    let b_uuid = b.state.load_identity().unwrap().uuid;
+    let b_client =
+        noded::pki::file_digest(&b.state.client_pem(), ssconf::DigestAlgorithm::Sha256).unwrap();
     run_ok(&a, &["remove", "b"]);
     let ssconf = Ssconf::load(&c.state.ssconf_dir()).unwrap();
     assert!(!ssconf.node_list.contains(&"b".to_owned()));
+    assert!(!ssconf.master_candidates_certs.contains(&b_client));
+    assert!(ssconf
+        .node_server_certs
+        .entries()
+        .iter()
+        .all(|(u, _)| *u != b_uuid));
+    let out = nodectl(a.dir(), &["ping", "b"]);
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(ssconf.master_node, "a");
     let list: serde_json::Value = serde_json::from_str(&run_ok(&a, &["list", "--json"])).unwrap();
     assert_eq!(list["nodes"].as_array().unwrap().len(), 3);
@@ -519,4 +531,26 @@ fn a_promotion_that_cannot_be_committed_is_undone() {
     // Once the disk takes writes again, the same promotion goes through.
     run_ok(&m, &["modify", "a", "--master-candidate=yes"]);
     assert!(holds_candidate_files(&a));
+}
+
+/// A failover that no other node takes changes nothing: the candidate does
+/// not claim the mastership alone.
+#[test]
+fn a_failover_no_node_takes_changes_nothing() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &[]);
+    let before = std::fs::read_to_string(a.state.config_json()).unwrap();
+    drop(dm);
+    let out = nodectl(a.dir(), &["master-failover"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a is NOT the master, m still is"), "{err}");
+    assert!(!text(&out.stdout).contains("is the master now"));
+    assert_eq!(
+        std::fs::read_to_string(a.state.config_json()).unwrap(),
+        before
+    );
+    let master = std::fs::read_to_string(a.dir().join("ssconf/ssconf_master_node")).unwrap();
+    assert_eq!(master.trim(), "m");
 }

@@ -633,8 +633,24 @@ pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
             node.offline = false;
         }
     }
+    // The others first: a failover no other node took would leave this
+    // node claiming the mastership alone.
+    config.serial += 1;
     let client = RpcClient::from_state(state)?;
-    let push = progress::commit(state, &client, &mut config, PushItems::ALL, &[]).await?;
+    let push = progress::push(&client, &config, PushItems::ALL, &[&me.name]).await?;
+    let others = config
+        .online_nodes()
+        .filter(|n| n.uuid != identity.uuid)
+        .count();
+    if others > 0 && push.unreachable.len() == others {
+        push.report();
+        return Err(Error::Invalid(format!(
+            "no other node took the failover; {} is NOT the master, {old} still is (nothing changed here)",
+            me.name
+        )));
+    }
+    cluster::save_config(state, &config)?;
+    cluster::apply_locally(state, &config, PushItems::ALL)?;
     crate::say!(
         "{} is the master now (serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
         me.name, config.serial
