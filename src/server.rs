@@ -229,6 +229,11 @@ pub fn control_plane_addresses(set: &Ssconf) -> (Vec<std::net::IpAddr>, Vec<(Str
     (addresses, not_literal)
 }
 
+/// How long a connection open when the daemon stops waits for a request
+/// the client has already sent. A client writes its request right behind
+/// its handshake, so it arrives with the handshake's last flight.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 /// Serves connections from `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish (up to the shutdown grace) and returns.
 pub async fn run(
@@ -393,7 +398,16 @@ async fn serve_connection(
     // `revoked` first checks the map as it is now, which covers a change
     // between the verifier's check and this subscription.
     let mut generation = daemon.map.subscribe();
+    // Once the daemon stops, requests already sent are still answered (the
+    // first may be on its way while the handshake finished); the connection
+    // closes when none arrives within SHUTDOWN_DRAIN.
+    let mut stopping = false;
     loop {
+        let idle = if stopping {
+            SHUTDOWN_DRAIN
+        } else {
+            daemon.limits.idle_timeout
+        };
         let read = tokio::select! {
             biased;
             _ = revoked(&mut generation, &daemon.map, &admission) => {
@@ -406,9 +420,16 @@ async fn serve_connection(
                 });
                 break;
             }
-            _ = stop.changed() => break,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                tokio::time::timeout(
+                    SHUTDOWN_DRAIN,
+                    frame::read_frame(&mut tls, daemon.limits.max_frame),
+                )
+                .await
+            }
             r = tokio::time::timeout(
-                daemon.limits.idle_timeout,
+                idle,
                 frame::read_frame(&mut tls, daemon.limits.max_frame),
             ) => r,
         };
