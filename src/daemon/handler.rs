@@ -29,7 +29,14 @@ pub struct Handler {
     admission: Admission,
     /// Held for as long as the connection is served.
     _slot: ConnectionSlot,
+    /// The daemon is stopping: requests already sent are still answered.
+    stopping: bool,
 }
+
+/// How long a connection open when the daemon stops waits for a request
+/// the client has already sent. A client writes its request right behind
+/// its handshake, so it arrives with the handshake's last flight.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 
 /// What one turn of the read loop got.
 enum Next {
@@ -53,6 +60,7 @@ impl Handler {
             peer,
             admission,
             _slot: slot,
+            stopping: false,
         }
     }
 
@@ -80,13 +88,20 @@ impl Handler {
     }
 
     /// Waits for the next frame, a revocation, the daemon's stop, or the
-    /// idle timeout.
+    /// idle timeout. Once the daemon stops, a request on its way is still
+    /// read (the first may arrive just as the handshake finished); the
+    /// connection closes when none comes within [`SHUTDOWN_DRAIN`].
     async fn next(
         &mut self,
         generation: &mut watch::Receiver<u64>,
         stop: &mut watch::Receiver<bool>,
     ) -> Next {
         let daemon = self.daemon.clone();
+        let idle = if self.stopping {
+            SHUTDOWN_DRAIN
+        } else {
+            daemon.limits.idle_timeout
+        };
         let read = tokio::select! {
             biased;
             _ = revoked(generation, &daemon.map, &self.admission) => {
@@ -99,9 +114,16 @@ impl Handler {
                 });
                 return Next::Close;
             }
-            _ = stop.changed() => return Next::Close,
+            _ = stop.changed(), if !self.stopping => {
+                self.stopping = true;
+                tokio::time::timeout(
+                    SHUTDOWN_DRAIN,
+                    wire::read_frame(&mut self.tls, daemon.limits.max_frame),
+                )
+                .await
+            }
             r = tokio::time::timeout(
-                daemon.limits.idle_timeout,
+                idle,
                 wire::read_frame(&mut self.tls, daemon.limits.max_frame),
             ) => r,
         };
