@@ -171,3 +171,25 @@ fn cert_digest(bencher: Bencher, algorithm: DigestAlgorithm) {
     let der = client_cert_der();
     bencher.bench_local(|| algorithm.digest(black_box(der)));
 }
+
+/// The framing alone: 64 Pong replies back to back in memory, read one by
+/// one as a connection reads them (the payloads are not decoded).
+#[divan::bench]
+fn frame_read_64_pongs(bencher: Bencher) {
+    let Ok(one) = wire::encode(&pong()) else {
+        return;
+    };
+    let bytes = one.repeat(64);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    bencher.bench_local(|| runtime.block_on(read_all(black_box(&bytes))));
+}
+
+async fn read_all(mut bytes: &[u8]) -> usize {
+    let mut frames = 0;
+    while let Ok(Some(_)) = wire::read_frame(&mut bytes, wire::DEFAULT_MAX_FRAME).await {
+        frames += 1;
+    }
+    frames
+}
