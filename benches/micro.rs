@@ -121,7 +121,26 @@ fn frame_encode_request(bencher: Bencher, payload: usize) {
     } else {
         echo_request(payload)
     };
-    bencher.bench_local(|| wire::encode(black_box(&request)).is_ok());
+    bencher.bench_local(|| send(black_box(&request)));
+}
+
+/// What a connection does to send `value`: postcard, then the codec puts
+/// the length and the payload into its write buffer (cleared, as after a
+/// flush).
+fn send<T: serde::Serialize>(value: &T) -> bool {
+    use tokio_util::codec::Encoder;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::with_capacity(8 * 1024));
+    }
+    let Ok(payload) = wire::encode_payload(value) else {
+        return false;
+    };
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        wire::FrameCodec::new(wire::DEFAULT_MAX_FRAME)
+            .encode(payload, buffer)
+            .is_ok()
+    })
 }
 
 #[divan::bench(args = [0, 1024, 65536])]
@@ -152,7 +171,7 @@ fn pong() -> Response {
 #[divan::bench]
 fn frame_encode_pong(bencher: Bencher) {
     let response = pong();
-    bencher.bench_local(|| wire::encode(black_box(&response)).is_ok());
+    bencher.bench_local(|| send(black_box(&response)));
 }
 
 #[divan::bench]
@@ -170,4 +189,29 @@ fn frame_decode_pong(bencher: Bencher) {
 fn cert_digest(bencher: Bencher, algorithm: DigestAlgorithm) {
     let der = client_cert_der();
     bencher.bench_local(|| algorithm.digest(black_box(der)));
+}
+
+/// The framing alone: 64 Pong replies back to back in memory, read one by
+/// one as a connection reads them (the payloads are not decoded).
+#[divan::bench]
+fn frame_read_64_pongs(bencher: Bencher) {
+    let Ok(one) = wire::encode(&pong()) else {
+        return;
+    };
+    let bytes = one.repeat(64);
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+        return;
+    };
+    bencher.bench_local(|| runtime.block_on(read_all(black_box(&bytes))));
+}
+
+async fn read_all(bytes: &[u8]) -> usize {
+    use futures_util::StreamExt;
+    let codec = wire::FrameCodec::new(wire::DEFAULT_MAX_FRAME);
+    let mut framed = tokio_util::codec::FramedRead::new(bytes, codec);
+    let mut frames = 0;
+    while let Some(Ok(_)) = framed.next().await {
+        frames += 1;
+    }
+    frames
 }

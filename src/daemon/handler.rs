@@ -8,23 +8,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
 
 use super::auth::{Admission, Denial, DenialReason};
 use super::budget::{ConnectionSlot, HandshakePermit};
 use super::reload::CandidateMapHandle;
 use super::server::Daemon;
 use crate::core::FrameError;
-use crate::wire::{self, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION};
+use crate::wire::{
+    self, FrameCodec, Procedure, Reply, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION,
+};
+
+/// A TLS connection carrying frames.
+type FramedTls = Framed<TlsStream<TcpStream>, FrameCodec>;
 
 /// An admitted client's connection.
 #[derive(Debug)]
 pub struct Handler {
     daemon: Arc<Daemon>,
-    tls: TlsStream<TcpStream>,
+    tls: FramedTls,
     peer: SocketAddr,
     admission: Admission,
     /// Held for as long as the connection is served.
@@ -41,7 +48,7 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_millis(500);
 /// What one turn of the read loop got.
 enum Next {
     /// A frame's payload: answer it.
-    Frame(Vec<u8>),
+    Frame(bytes::BytesMut),
     /// Close the connection.
     Close,
 }
@@ -54,9 +61,10 @@ impl Handler {
         admission: Admission,
         slot: ConnectionSlot,
     ) -> Self {
+        let max_frame = daemon.limits.max_frame;
         Handler {
             daemon,
-            tls,
+            tls: wire::framed(tls, max_frame),
             peer,
             admission,
             _slot: slot,
@@ -84,7 +92,7 @@ impl Handler {
                 break;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.get_mut().shutdown()).await;
     }
 
     /// Waits for the next frame, a revocation, the daemon's stop, or the
@@ -107,7 +115,7 @@ impl Handler {
             _ = revoked(generation, &daemon.map, &self.admission) => {
                 daemon.deny(self.peer, &Denial {
                     reason: DenialReason::RemovedFromMap,
-                    subject: self.tls.get_ref().1.peer_certificates()
+                    subject: self.tls.get_ref().get_ref().1.peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| crate::pki::subject_of(c)),
                     digest: Some(self.admission.digest),
@@ -116,25 +124,18 @@ impl Handler {
             }
             _ = stop.changed(), if !self.stopping => {
                 self.stopping = true;
-                tokio::time::timeout(
-                    SHUTDOWN_DRAIN,
-                    wire::read_frame(&mut self.tls, daemon.limits.max_frame),
-                )
-                .await
+                tokio::time::timeout(SHUTDOWN_DRAIN, self.tls.next()).await
             }
-            r = tokio::time::timeout(
-                idle,
-                wire::read_frame(&mut self.tls, daemon.limits.max_frame),
-            ) => r,
+            r = tokio::time::timeout(idle, self.tls.next()) => r,
         };
         match read {
             Err(_) => {
                 tracing::debug!(peer = %self.peer, "idle timeout");
                 Next::Close
             }
-            Ok(Ok(None)) => Next::Close,
-            Ok(Ok(Some(payload))) => Next::Frame(payload),
-            Ok(Err(e @ (FrameError::TooLarge { .. } | FrameError::Truncated))) => {
+            Ok(None) => Next::Close,
+            Ok(Some(Ok(payload))) => Next::Frame(payload),
+            Ok(Some(Err(e @ (FrameError::TooLarge { .. } | FrameError::Truncated)))) => {
                 tracing::warn!(peer = %self.peer, uuid = %self.admission.uuid, "closing connection: {e}");
                 let kind = match e {
                     FrameError::TooLarge { .. } => RpcErrorKind::TooLarge,
@@ -147,7 +148,7 @@ impl Handler {
                 let _ = reply(&mut self.tls, 0, Err(error)).await;
                 Next::Close
             }
-            Ok(Err(e)) => {
+            Ok(Some(Err(e))) => {
                 tracing::debug!(peer = %self.peer, "connection ended: {e}");
                 Next::Close
             }
@@ -199,7 +200,7 @@ impl Handler {
 #[derive(Debug)]
 pub struct AnonymousJoin {
     daemon: Arc<Daemon>,
-    tls: TlsStream<TcpStream>,
+    tls: FramedTls,
     peer: SocketAddr,
     permit: HandshakePermit,
     _slot: ConnectionSlot,
@@ -213,9 +214,11 @@ impl AnonymousJoin {
         permit: HandshakePermit,
         slot: ConnectionSlot,
     ) -> Self {
+        // A join request is small; anonymous peers get no 16 MiB frames.
+        const MAX_JOIN_FRAME: u32 = 64 * 1024;
         AnonymousJoin {
             daemon,
-            tls,
+            tls: wire::framed(tls, MAX_JOIN_FRAME),
             peer,
             permit,
             _slot: slot,
@@ -224,16 +227,11 @@ impl AnonymousJoin {
 
     /// Reads the one request, runs it if it is a join, answers, closes.
     pub async fn serve(mut self) {
-        // A join request is small; anonymous peers get no 16 MiB frames.
-        const MAX_JOIN_FRAME: u32 = 64 * 1024;
-        let read = tokio::time::timeout(
-            self.daemon.limits.handshake_timeout,
-            wire::read_frame(&mut self.tls, MAX_JOIN_FRAME),
-        )
-        .await;
+        let read =
+            tokio::time::timeout(self.daemon.limits.handshake_timeout, self.tls.next()).await;
         drop(self.permit);
         let payload = match read {
-            Ok(Ok(Some(p))) => p,
+            Ok(Some(Ok(p))) => p,
             _ => return,
         };
         // `counted`: the refusal is already recorded (once per connection).
@@ -281,7 +279,7 @@ impl AnonymousJoin {
             );
         }
         let _ = reply(&mut self.tls, id, result).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.get_mut().shutdown()).await;
     }
 }
 
@@ -301,15 +299,16 @@ async fn revoked(
     }
 }
 
-async fn reply<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
+/// Sends one response frame and flushes it.
+async fn reply(
+    tls: &mut FramedTls,
     id: u64,
     result: Result<Reply, RpcError>,
 ) -> Result<(), FrameError> {
-    let bytes = wire::encode(&Response {
+    let payload = wire::encode_payload(&Response {
         version: PROTOCOL_VERSION,
         id,
         result,
     })?;
-    wire::write_frame(writer, &bytes).await
+    tls.send(payload).await
 }

@@ -2,20 +2,35 @@
 //!
 //! [`Metrics`] is a set of atomics the connection path bumps with relaxed
 //! increments (no lock, no allocation). Everything else (map size, reload
-//! time, certificate expiry) is read at scrape time. [`serve`] answers
-//! `GET /metrics` on a separate, loopback-only listener with the text
-//! exposition format; the HTTP is a minimal hand-written subset (one
-//! request per connection, bounded in size and time), enough for
-//! Prometheus and curl on loopback.
+//! time, certificate expiry) is read at scrape time. A scrape takes a
+//! [`Snapshot`] of it all and has prometheus-client encode it, in the
+//! OpenMetrics or the classic text format as the `Accept` header asks.
+//! [`serve`] answers `GET /metrics` on a separate, loopback-only listener
+//! through hyper and axum (one request per connection, bounded in size,
+//! time and number at once).
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, text, DescriptorEncoder, EncodeLabelSet, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::core::{Error, Result};
@@ -195,206 +210,292 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
-    /// The text exposition of every metric (`FAMILIES`, in order);
-    /// `now` is Unix seconds. Reads the certificates from `state` (call off
-    /// the async threads).
+    /// Reads every counter and the state behind the gauges, now; `now` is
+    /// Unix seconds. Reads the certificates from `state` (call off the
+    /// async threads).
+    pub fn snapshot(
+        &self,
+        map: &CandidateMapHandle,
+        budgets: &Budgets,
+        state: &StateDir,
+        now: i64,
+    ) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Relaxed);
+        let mut certificate_expiry = Vec::with_capacity(3);
+        for (label, path) in [
+            ("ca", state.ca_pem()),
+            ("server", state.server_pem()),
+            ("client", state.client_pem()),
+        ] {
+            match earliest_not_after(&path) {
+                Ok(not_after) => certificate_expiry.push((label, not_after.saturating_sub(now))),
+                Err(e) => tracing::debug!("metrics: {e}"),
+            }
+        }
+        Snapshot {
+            accepted: load(&self.accepted),
+            ssconf_reloads: load(&self.ssconf_reloads),
+            refused: self.refused.each_ref().map(load),
+            handshakes: [Lane::General, Lane::ControlPlane].map(|l| (l, budgets.pending(l))),
+            open: budgets.open(),
+            rpcs: self.rpcs.each_ref().map(|row| row.each_ref().map(load)),
+            latency: self.latency.each_ref().map(load),
+            latency_sum_micros: load(&self.latency_sum_micros),
+            map_entries: map.load().len(),
+            map_published_at: map.published_at(),
+            certificate_expiry,
+        }
+    }
+
+    /// The exposition of every metric in `format`; see [`Metrics::snapshot`].
     pub fn render(
         &self,
         map: &CandidateMapHandle,
         budgets: &Budgets,
         state: &StateDir,
         now: i64,
+        format: Format,
     ) -> String {
-        let scrape = Scrape {
-            metrics: self,
-            map,
-            budgets,
-            state,
-            now,
-        };
+        self.snapshot(map, budgets, state, now).encode(format)
+    }
+}
+
+/// The two exposition formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The classic Prometheus text format, version 0.0.4.
+    Classic,
+    /// OpenMetrics 1.0 text (ends with `# EOF`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header lists
+    /// `application/openmetrics-text` with a non-zero quality (as Prometheus
+    /// does), the classic format otherwise.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let wants_openmetrics = accept.unwrap_or_default().split(',').any(|range| {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or_default();
+            let refused = params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+
+    /// The reply's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Classic => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Every metric's value at one scrape: plain numbers, read from the
+/// atomics and the daemon's state once, then encoded by prometheus-client.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    accepted: u64,
+    ssconf_reloads: u64,
+    refused: [u64; Refusal::ALL.len()],
+    handshakes: [(Lane, u32); 2],
+    open: u32,
+    rpcs: [[u64; 2]; PROCEDURES.len() + 1],
+    latency: [u64; BUCKETS_MICROS.len() + 1],
+    latency_sum_micros: u64,
+    map_entries: usize,
+    map_published_at: i64,
+    certificate_expiry: Vec<(&'static str, i64)>,
+}
+
+impl Snapshot {
+    /// The exposition in `format`. A registry per scrape: it holds this
+    /// snapshot only, and a scrape is rare next to the counters' updates.
+    pub fn encode(self, format: Format) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
         let mut out = String::with_capacity(4096);
-        for family in FAMILIES {
-            let _ = writeln!(out, "# HELP noded_{} {}", family.name, family.help);
-            let _ = writeln!(out, "# TYPE noded_{} {}", family.name, family.kind.as_str());
-            let mut samples = Samples {
-                out: &mut out,
-                name: family.name,
-            };
-            (family.samples)(&scrape, &mut samples);
+        let encoded = match format {
+            Format::Classic => prometheus_text::encode(&mut out, &registry),
+            Format::OpenMetrics => text::encode(&mut out, &registry),
+        };
+        // Writing to a String cannot fail, nor can the collector below.
+        if encoded.is_err() {
+            tracing::warn!("metrics: encoding failed");
         }
         out
     }
-}
 
-/// What a scrape reads: the counters, and the state read at scrape time.
-struct Scrape<'a> {
-    metrics: &'a Metrics,
-    map: &'a CandidateMapHandle,
-    budgets: &'a Budgets,
-    state: &'a StateDir,
-    now: i64,
-}
-
-/// A metric family's `# TYPE`.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
+    /// The latency histogram's buckets as prometheus-client takes them:
+    /// `(upper bound in seconds, non-cumulative count)`, `+Inf` last.
+    fn latency_buckets(&self) -> [(f64, u64); BUCKETS_MICROS.len() + 1] {
+        let mut buckets = [(f64::INFINITY, 0); BUCKETS_MICROS.len() + 1];
+        let bounds = BUCKETS_MICROS.iter().map(|b| *b as f64 / 1e6);
+        let bounds = bounds.chain(std::iter::once(f64::INFINITY));
+        for ((slot, bound), count) in buckets.iter_mut().zip(bounds).zip(self.latency) {
+            *slot = (bound, count);
         }
+        buckets
     }
 }
 
-/// One metric family: its name (after `noded_`), type, help, and how its
-/// samples are read.
-struct Family {
-    name: &'static str,
-    kind: Kind,
-    help: &'static str,
-    samples: fn(&Scrape<'_>, &mut Samples<'_>),
-}
+/// Help texts, in the order of the exposition.
+const HELP_ACCEPTED: &str = "Connections admitted after the TLS handshake.";
+const HELP_RELOADS: &str = "Times the ssconf files were read again (a change seen, or SIGHUP).";
+const HELP_REFUSED: &str = "Connections refused or closed by the daemon, by reason.";
+const HELP_HANDSHAKES: &str =
+    "Connections in the TLS handshake, by lane (each lane has --max-handshakes).";
+const HELP_OPEN: &str = "Admitted connections open (at most --max-connections).";
+const HELP_RPC: &str = "RPCs answered, by procedure and outcome.";
+const HELP_DURATION: &str =
+    "Time from a request's decoding to its result, before the reply is sent.";
+const HELP_ENTRIES: &str = "Entries of the candidate map in force.";
+const HELP_RELOADED_AT: &str = "Unix time the candidate map in force was loaded.";
+const HELP_EXPIRY: &str = "Seconds until the certificate's notAfter (negative once expired; the earliest of a CA bundle).";
 
-/// Writes the sample lines of one family.
-struct Samples<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl Samples<'_> {
-    /// `noded_{name}{suffix}{labels} {value}`; `suffix` is `_bucket`,
-    /// `_sum` or `_count` for a histogram, empty otherwise.
-    fn line(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "noded_{}{suffix}", self.name);
-        for (i, (key, label)) in labels.iter().enumerate() {
-            let open = if i == 0 { "{" } else { "," };
-            let _ = write!(self.out, "{open}{key}=\"{label}\"");
+impl Collector for Snapshot {
+    fn encode(&self, mut out: DescriptorEncoder) -> fmt::Result {
+        // Counter names leave out `_total`: prometheus-client adds it.
+        counter(
+            &mut out,
+            "noded_connections_accepted",
+            HELP_ACCEPTED,
+            self.accepted,
+        )?;
+        counter(
+            &mut out,
+            "noded_ssconf_reloads",
+            HELP_RELOADS,
+            self.ssconf_reloads,
+        )?;
+        let refused: Vec<_> = Refusal::ALL
+            .iter()
+            .zip(self.refused)
+            .map(|(reason, n)| ([("reason", reason.label())], n))
+            .collect();
+        counter_family(
+            &mut out,
+            "noded_connections_refused",
+            HELP_REFUSED,
+            &refused,
+        )?;
+        let lanes: Vec<_> = self
+            .handshakes
+            .iter()
+            .map(|(lane, n)| ([("lane", lane.label())], i64::from(*n)))
+            .collect();
+        gauge_family(
+            &mut out,
+            "noded_handshakes_in_progress",
+            HELP_HANDSHAKES,
+            &lanes,
+        )?;
+        gauge(
+            &mut out,
+            "noded_connections_open",
+            HELP_OPEN,
+            i64::from(self.open),
+        )?;
+        // Only the series that counted something, and ping's always.
+        let names = PROCEDURES.iter().chain(std::iter::once(&"other"));
+        let mut rpcs = Vec::new();
+        for (name, row) in names.zip(self.rpcs) {
+            for (outcome, n) in ["ok", "error"].into_iter().zip(row) {
+                if n > 0 || *name == "ping" {
+                    rpcs.push(([("procedure", *name), ("outcome", outcome)], n));
+                }
+            }
         }
-        if !labels.is_empty() {
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
+        counter_family(&mut out, "noded_rpc", HELP_RPC, &rpcs)?;
+        let buckets = self.latency_buckets();
+        // The count is the +Inf bucket, so the two always agree.
+        let count = self.latency.iter().fold(0u64, |a, n| a.saturating_add(*n));
+        let sum = self.latency_sum_micros as f64 / 1e6;
+        out.encode_descriptor(
+            "noded_rpc_duration_seconds",
+            HELP_DURATION,
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        let entries = i64::try_from(self.map_entries).unwrap_or(i64::MAX);
+        gauge(
+            &mut out,
+            "noded_candidate_map_entries",
+            HELP_ENTRIES,
+            entries,
+        )?;
+        let at = self.map_published_at;
+        gauge(
+            &mut out,
+            "noded_candidate_map_last_reload_timestamp_seconds",
+            HELP_RELOADED_AT,
+            at,
+        )?;
+        let expiry: Vec<_> = self
+            .certificate_expiry
+            .iter()
+            .map(|(label, seconds)| ([("certificate", *label)], *seconds))
+            .collect();
+        gauge_family(
+            &mut out,
+            "noded_certificate_expiry_seconds",
+            HELP_EXPIRY,
+            &expiry,
+        )
     }
 }
 
-/// Every metric family, in the order of the exposition.
-const FAMILIES: &[Family] = &[
-    Family {
-        name: "connections_accepted_total",
-        kind: Kind::Counter,
-        help: "Connections admitted after the TLS handshake.",
-        samples: |s, out| out.line("", &[], s.metrics.accepted.load(Relaxed)),
-    },
-    Family {
-        name: "ssconf_reloads_total",
-        kind: Kind::Counter,
-        help: "Times the ssconf files were read again (a change seen, or SIGHUP).",
-        samples: |s, out| out.line("", &[], s.metrics.ssconf_reloads.load(Relaxed)),
-    },
-    Family {
-        name: "connections_refused_total",
-        kind: Kind::Counter,
-        help: "Connections refused or closed by the daemon, by reason.",
-        samples: |s, out| {
-            for (reason, count) in Refusal::ALL.iter().zip(&s.metrics.refused) {
-                out.line("", &[("reason", reason.label())], count.load(Relaxed));
-            }
-        },
-    },
-    Family {
-        name: "handshakes_in_progress",
-        kind: Kind::Gauge,
-        help: "Connections in the TLS handshake, by lane (each lane has --max-handshakes).",
-        samples: |s, out| {
-            for lane in [Lane::General, Lane::ControlPlane] {
-                out.line("", &[("lane", lane.label())], s.budgets.pending(lane));
-            }
-        },
-    },
-    Family {
-        name: "connections_open",
-        kind: Kind::Gauge,
-        help: "Admitted connections open (at most --max-connections).",
-        samples: |s, out| out.line("", &[], s.budgets.open()),
-    },
-    Family {
-        name: "rpc_total",
-        kind: Kind::Counter,
-        help: "RPCs answered, by procedure and outcome.",
-        samples: |s, out| {
-            // Only the series that counted something, and ping's always.
-            let names = PROCEDURES.iter().chain(std::iter::once(&"other"));
-            for (name, row) in names.zip(&s.metrics.rpcs) {
-                for (outcome, count) in ["ok", "error"].iter().zip(row) {
-                    let n = count.load(Relaxed);
-                    if n > 0 || *name == "ping" {
-                        out.line("", &[("procedure", name), ("outcome", outcome)], n);
-                    }
-                }
-            }
-        },
-    },
-    Family {
-        name: "rpc_duration_seconds",
-        kind: Kind::Histogram,
-        help: "Time from a request's decoding to its result, before the reply is sent.",
-        samples: |s, out| {
-            let mut cumulative = 0u64;
-            let bounds = BUCKETS_MICROS
-                .iter()
-                .map(|b| format!("{}", *b as f64 / 1e6))
-                .chain(std::iter::once("+Inf".to_owned()));
-            for (le, count) in bounds.zip(&s.metrics.latency) {
-                cumulative = cumulative.saturating_add(count.load(Relaxed));
-                out.line("_bucket", &[("le", &le)], cumulative);
-            }
-            let sum = s.metrics.latency_sum_micros.load(Relaxed) as f64 / 1e6;
-            out.line("_sum", &[], sum);
-            // The count is the +Inf bucket, so the two always agree.
-            out.line("_count", &[], cumulative);
-        },
-    },
-    Family {
-        name: "candidate_map_entries",
-        kind: Kind::Gauge,
-        help: "Entries of the candidate map in force.",
-        samples: |s, out| out.line("", &[], s.map.load().len()),
-    },
-    Family {
-        name: "candidate_map_last_reload_timestamp_seconds",
-        kind: Kind::Gauge,
-        help: "Unix time the candidate map in force was loaded.",
-        samples: |s, out| out.line("", &[], s.map.published_at()),
-    },
-    Family {
-        name: "certificate_expiry_seconds",
-        kind: Kind::Gauge,
-        help: "Seconds until the certificate's notAfter (negative once expired; the earliest of a CA bundle).",
-        samples: |s, out| {
-            for (label, path) in [
-                ("ca", s.state.ca_pem()),
-                ("server", s.state.server_pem()),
-                ("client", s.state.client_pem()),
-            ] {
-                match earliest_not_after(&path) {
-                    Ok(not_after) => out.line(
-                        "",
-                        &[("certificate", label)],
-                        not_after.saturating_sub(s.now),
-                    ),
-                    Err(e) => tracing::debug!("metrics: {e}"),
-                }
-            }
-        },
-    },
-];
+/// A counter without labels.
+fn counter(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    out.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// A gauge without labels.
+fn gauge(out: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    out.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+/// A counter with one series per label set.
+fn counter_family<L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> fmt::Result {
+    let mut metric = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        metric
+            .encode_family(labels)?
+            .encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
+/// A gauge with one series per label set.
+fn gauge_family<L: EncodeLabelSet>(
+    out: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(L, i64)],
+) -> fmt::Result {
+    let mut metric = out.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        metric.encode_family(labels)?.encode_gauge(value)?;
+    }
+    Ok(())
+}
 
 fn earliest_not_after(path: &std::path::Path) -> Result<i64> {
     let certs = crate::pki::load_certs(path)?;
@@ -425,16 +526,27 @@ pub fn parse_address(address: &str) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Largest request head read from a scraper.
+/// Largest request head read from a scraper (hyper's smallest read
+/// buffer; a longer head is answered 431).
 const MAX_REQUEST: usize = 8 * 1024;
 /// Time a scraper has to send its request and read the reply.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more are closed at accept.
 const MAX_SCRAPES: usize = 8;
 
-/// Answers `GET /metrics` on `listener` for as long as the task lives.
+/// Answers `GET /metrics` on `listener` for as long as the task lives:
+/// HTTP/1.1 by hyper, routed by axum, one request per connection.
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
     let limit = Arc::new(Semaphore::new(MAX_SCRAPES));
+    let router = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(daemon);
+    let mut http = http1::Builder::new();
+    http.max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(IO_TIMEOUT);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -447,57 +559,35 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             continue;
         };
-        let daemon = daemon.clone();
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(IO_TIMEOUT, scrape(stream, &daemon)).await;
+            match tokio::time::timeout(IO_TIMEOUT, connection).await {
+                Ok(Err(e)) => tracing::debug!("metrics: {e}"),
+                Err(_) => tracing::debug!("metrics: scrape took longer than {IO_TIMEOUT:?}"),
+                Ok(Ok(())) => {}
+            }
             drop(permit);
         });
     }
 }
 
-async fn scrape(mut stream: TcpStream, daemon: &Arc<Daemon>) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() >= MAX_REQUEST {
-            respond(&mut stream, "431 Request Header Fields Too Large", "").await;
-            return;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
+/// `GET /metrics`: the exposition, in the format the `Accept` header asks for.
+async fn scrape(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let body = tokio::task::spawn_blocking(move || {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let d = &daemon;
+        d.metrics.render(&d.map, &d.budgets, &d.state, now, format)
+    })
+    .await;
+    match body {
+        Ok(body) => ([(CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (parts.next(), parts.next());
-    let path = target.map(|t| t.split('?').next().unwrap_or_default());
-    match (method, path) {
-        (Some("GET"), Some("/metrics")) => {
-            let d = daemon.clone();
-            let body = tokio::task::spawn_blocking(move || {
-                let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                d.metrics.render(&d.map, &d.budgets, &d.state, now)
-            })
-            .await;
-            match body {
-                Ok(body) => respond(&mut stream, "200 OK", &body).await,
-                Err(_) => respond(&mut stream, "500 Internal Server Error", "").await,
-            }
-        }
-        (Some("GET"), Some(_)) => respond(&mut stream, "404 Not Found", "not found\n").await,
-        (Some(_), Some(_)) => respond(&mut stream, "405 Method Not Allowed", "only GET\n").await,
-        _ => respond(&mut stream, "400 Bad Request", "").await,
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
@@ -545,7 +635,7 @@ mod tests {
     /// A scrape of a daemon that did a little of everything, with its
     /// certificates in a state directory; `now` is a day before the CA's
     /// notAfter.
-    fn scrape_of_known_state() -> String {
+    fn scrape_of_known_state(format: Format) -> String {
         use crate::pki::{CertificateAuthority, CertificateSigner, NodeKey};
         let ca = CertificateAuthority::generate("test", 3650).unwrap();
         let server_csr = NodeKey::generate().unwrap().csr("m").unwrap();
@@ -575,12 +665,12 @@ mod tests {
         let _permit = budgets.start_handshake([127, 0, 0, 1].into()).unwrap();
         let digest = ssconf::DigestAlgorithm::Sha256.digest(ca.cert_der());
         let map = CandidateMapHandle::new(ssconf::CandidateMap::from_entries([("u1", digest)]));
-        m.render(&map, &budgets, &state, ca_not_after - 86_400)
+        m.render(&map, &budgets, &state, ca_not_after - 86_400, format)
     }
 
     #[test]
     fn render_known_state() {
-        let out = scrape_of_known_state();
+        let out = scrape_of_known_state(Format::Classic);
         let families: Vec<&str> = out
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE noded_"))
@@ -619,7 +709,8 @@ mod tests {
             "noded_rpc_total{procedure=\"ping\",outcome=\"error\"} 0",
             "noded_rpc_total{procedure=\"echo\",outcome=\"error\"} 1",
             "noded_rpc_total{procedure=\"other\",outcome=\"ok\"} 1",
-            "noded_rpc_duration_seconds_bucket{le=\"0.00005\"} 1",
+            // prometheus-client writes bounds as Go's client does.
+            "noded_rpc_duration_seconds_bucket{le=\"5e-05\"} 1",
             "noded_rpc_duration_seconds_bucket{le=\"0.005\"} 2",
             "noded_rpc_duration_seconds_bucket{le=\"0.1\"} 2",
             "noded_rpc_duration_seconds_bucket{le=\"+Inf\"} 3",
@@ -635,6 +726,48 @@ mod tests {
         for cert in ["server", "client"] {
             let series = format!("noded_certificate_expiry_seconds{{certificate=\"{cert}\"}} ");
             assert!(out.contains(&series), "{series}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_of_known_state() {
+        let out = scrape_of_known_state(Format::OpenMetrics);
+        assert!(out.ends_with("\n# EOF\n"), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        for want in [
+            // OpenMetrics names a counter family without `_total`.
+            "# TYPE noded_connections_accepted counter",
+            "noded_connections_accepted_total 2",
+            "# TYPE noded_rpc counter",
+            "noded_rpc_total{procedure=\"echo\",outcome=\"error\"} 1",
+            "# TYPE noded_rpc_duration_seconds histogram",
+            "noded_rpc_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "noded_rpc_duration_seconds_count 3",
+            "noded_handshakes_in_progress{lane=\"general\"} 1",
+            "noded_certificate_expiry_seconds{certificate=\"ca\"} 86400",
+        ] {
+            assert!(lines.contains(&want), "{want} not in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn format_follows_accept() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, want) in [
+            (None, Format::Classic),
+            (Some(""), Format::Classic),
+            (Some("*/*"), Format::Classic),
+            (Some("text/plain;version=0.0.4"), Format::Classic),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("text/plain, Application/OpenMetrics-Text ; q=0.2"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Classic),
+            (Some("application/openmetrics-textual"), Format::Classic),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }
     }
 }

@@ -9,16 +9,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, ClientConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
 
 use crate::core::{Error, FrameError, Result};
 use crate::pki;
 use crate::state::StateDir;
-use crate::wire::{self, Procedure, Reply, Request, PROTOCOL_VERSION};
+use crate::wire::{self, FrameCodec, Procedure, Reply, Request, PROTOCOL_VERSION};
 
 pub mod fanout;
 pub mod identity;
@@ -131,11 +133,10 @@ impl RpcClient {
                 ))
             })??;
         Ok(Connection {
-            stream,
+            stream: wire::framed(stream, self.max_frame),
             node: node.to_owned(),
             address: address.to_owned(),
             next_id: 1,
-            max_frame: self.max_frame,
             call_timeout: self.call_timeout,
         })
     }
@@ -144,11 +145,10 @@ impl RpcClient {
 /// One open connection to a node.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TlsStream<TcpStream>,
+    stream: Framed<TlsStream<TcpStream>, FrameCodec>,
     node: String,
     address: String,
     next_id: u64,
-    max_frame: u32,
     call_timeout: Duration,
 }
 
@@ -157,7 +157,7 @@ impl Connection {
     pub async fn call(&mut self, procedure: Procedure) -> Result<Reply> {
         let id = self.next_id;
         self.next_id += 1;
-        let request = wire::encode(&Request {
+        let request = wire::encode_payload(&Request {
             version: PROTOCOL_VERSION,
             id,
             procedure,
@@ -166,16 +166,19 @@ impl Connection {
         let node = self.node.clone();
         let address = self.address.clone();
         let exchange = async {
-            wire::write_frame(&mut self.stream, &request)
+            self.stream
+                .send(request)
                 .await
                 .map_err(|e| frame_error(&node, &address, e))?;
-            let payload = wire::read_frame(&mut self.stream, self.max_frame)
+            let payload = self
+                .stream
+                .next()
                 .await
-                .map_err(|e| frame_error(&node, &address, e))?
                 .ok_or_else(|| Error::Unreachable {
                     node: node.clone(),
                     reason: format!("{address} closed the connection without replying"),
-                })?;
+                })?
+                .map_err(|e| frame_error(&node, &address, e))?;
             let response = wire::decode_response(&payload)?;
             if response.id != id && response.id != 0 {
                 return Err(Error::Remote {
@@ -204,15 +207,21 @@ impl Connection {
 
     /// Writes raw bytes (tests use this to send malformed frames).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        wire::write_frame(&mut self.stream, bytes)
-            .await
-            .map_err(|e| frame_error(&self.node, &self.address, e))
+        use tokio::io::AsyncWriteExt;
+        let stream = self.stream.get_mut();
+        let sent = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        sent.await
+            .map_err(|e| classify(&self.node, &self.address, &e))
     }
 
     /// Closes the write side (TLS close_notify, then TCP FIN).
     pub async fn close_write(&mut self) -> Result<()> {
         use tokio::io::AsyncWriteExt;
         self.stream
+            .get_mut()
             .shutdown()
             .await
             .map_err(|e| classify(&self.node, &self.address, &e))
@@ -220,10 +229,10 @@ impl Connection {
 
     /// Reads one raw reply frame and decodes it (tests).
     pub async fn read_response(&mut self) -> Result<Option<wire::Response>> {
-        match wire::read_frame(&mut self.stream, self.max_frame).await {
-            Ok(Some(p)) => Ok(Some(wire::decode_response(&p)?)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(frame_error(&self.node, &self.address, e)),
+        match self.stream.next().await {
+            Some(Ok(p)) => Ok(Some(wire::decode_response(&p)?)),
+            None => Ok(None),
+            Some(Err(e)) => Err(frame_error(&self.node, &self.address, e)),
         }
     }
 }

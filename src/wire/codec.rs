@@ -1,72 +1,130 @@
 //! Frames: a big-endian `u32` length, then the postcard payload.
+//!
+//! The framing is tokio-util's [`LengthDelimitedCodec`], wrapped in
+//! [`FrameCodec`] so its errors speak [`FrameError`]: it checks the claimed
+//! length against the limit before reserving anything for the payload, and
+//! a stream that ends inside a frame is [`FrameError::Truncated`]. Within
+//! the limit, it reserves the claimed length as soon as the prefix is read
+//! (the hand-written reader it replaced grew with the bytes that arrived):
+//! an admitted peer can make the daemon hold up to `--max-frame` per
+//! connection, as a peer sending whole frames always could.
 
+use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{
+    Decoder, Encoder, Framed, LengthDelimitedCodec, LengthDelimitedCodecError,
+};
 
 use super::{FrameError, Procedure, Request, Response, RpcError, RpcErrorKind, PROTOCOL_VERSION};
 
-/// Encodes `value` as one frame (length prefix included).
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    // Reserve the prefix, serialize after it, then patch the length in: one
-    // buffer, no copy of the payload.
-    let buf = postcard::to_extend(value, vec![0u8; 4])
-        .map_err(|e| FrameError::Malformed(format!("encode: {e}")))?;
-    let len = u32::try_from(buf.len() - 4)
-        .map_err(|_| FrameError::Malformed("frame longer than 4 GiB".into()))?;
-    let mut buf = buf;
-    if let Some(prefix) = buf.get_mut(..4) {
-        prefix.copy_from_slice(&len.to_be_bytes());
-    }
-    Ok(buf)
+/// Bytes of the length prefix.
+const PREFIX: usize = 4;
+
+/// The codec of both sides: [`LengthDelimitedCodec`] with a 4-byte
+/// big-endian length. The limit is the reader's: frames are read up to
+/// `max` bytes, and written up to what the prefix can say (the peer
+/// answers a frame over its own limit with an error).
+#[derive(Debug)]
+pub struct FrameCodec {
+    reader: LengthDelimitedCodec,
+    writer: LengthDelimitedCodec,
+    max: u32,
 }
 
-/// Reads one frame's payload. `Ok(None)` is a clean end of stream before a
-/// frame started.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    max: u32,
-) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut prefix = [0u8; 4];
-    let mut got = 0;
-    while got < prefix.len() {
-        let n = reader
-            .read(prefix.get_mut(got..).unwrap_or_default())
-            .await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
+impl FrameCodec {
+    /// A codec that refuses to read frames longer than `max` bytes.
+    pub fn new(max: u32) -> Self {
+        FrameCodec {
+            reader: length_delimited(max),
+            writer: length_delimited(u32::MAX),
+            max,
+        }
+    }
+
+    /// Turns the inner codec's error into ours: its "frame too big" is
+    /// raised with the prefix still in `src`, so the claimed length can be
+    /// reported.
+    fn error(&self, src: &[u8], e: std::io::Error) -> FrameError {
+        if e.get_ref()
+            .is_some_and(|e| e.is::<LengthDelimitedCodecError>())
+        {
+            let mut prefix = [0u8; PREFIX];
+            if let Some(head) = src.get(..PREFIX) {
+                prefix.copy_from_slice(head);
+            }
+            return FrameError::TooLarge {
+                len: u32::from_be_bytes(prefix),
+                max: self.max,
             };
         }
-        got += n;
+        FrameError::Io(e)
     }
-    let len = u32::from_be_bytes(prefix);
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    // Within the limit; still, memory grows with the bytes that arrive,
-    // not with what the prefix claims.
-    let len = len as usize;
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
-    let got = (&mut *reader)
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .await?;
-    if got < len {
-        return Err(FrameError::Truncated);
-    }
-    Ok(Some(payload))
 }
 
-/// Writes one already-encoded frame and flushes it.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    frame: &[u8],
-) -> Result<(), FrameError> {
-    writer.write_all(frame).await?;
-    writer.flush().await?;
-    Ok(())
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        self.reader.decode(src).map_err(|e| self.error(src, e))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, payload: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        if u32::try_from(payload.len()).is_err() {
+            return Err(FrameError::Malformed("frame longer than 4 GiB".into()));
+        }
+        Ok(self.writer.encode(payload, dst)?)
+    }
+}
+
+/// A 4-byte big-endian length, then `max` bytes at most.
+fn length_delimited(max: u32) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .big_endian()
+        .max_frame_length(max as usize)
+        .new_codec()
+}
+
+/// Bytes each side of a connection's [`Framed`] starts with, for reading
+/// and for writing. tokio-util's default is 8 KiB each, kept for as long as
+/// the connection lives: twice the daemon's whole footprint of an idle
+/// connection. Requests and replies are mostly far smaller, and a large
+/// frame has its whole length reserved once its prefix is read.
+pub const INITIAL_BUFFER: usize = 1024;
+
+/// `io` carrying frames of at most `max` bytes either way.
+pub fn framed<T: AsyncRead + AsyncWrite>(io: T, max: u32) -> Framed<T, FrameCodec> {
+    Framed::with_capacity(io, FrameCodec::new(max), INITIAL_BUFFER)
+}
+
+/// The postcard payload of `value`, without the prefix (what a
+/// [`FrameCodec`] sends).
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
+    postcard::to_allocvec(value)
+        .map(Bytes::from)
+        .map_err(|e| FrameError::Malformed(format!("encode: {e}")))
+}
+
+/// Encodes `value` as one whole frame, length prefix included.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let payload = encode_payload(value)?;
+    let mut frame = BytesMut::with_capacity(PREFIX + payload.len());
+    FrameCodec::new(u32::MAX).encode(payload, &mut frame)?;
+    Ok(frame.to_vec())
 }
 
 /// Decodes a request payload. On failure, returns the id (0 if even the
@@ -184,29 +242,72 @@ mod tests {
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 
-    #[tokio::test]
-    async fn oversized_length_is_refused_before_allocating() {
-        let bytes = [0xffu8, 0xff, 0xff, 0xff];
-        let mut reader = &bytes[..];
-        match read_frame(&mut reader, 1024).await {
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut src = BytesMut::from(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        match FrameCodec::new(1024).decode(&mut src) {
             Err(FrameError::TooLarge { len, max }) => assert_eq!((len, max), (u32::MAX, 1024)),
             other => panic!("{other:?}"),
         }
+        // Nothing was reserved for the claimed 4 GiB.
+        assert!(src.capacity() < 1024, "{}", src.capacity());
     }
 
-    #[tokio::test]
-    async fn truncated_frames_are_reported() {
-        let mut reader = &[0u8, 0][..];
+    #[test]
+    fn truncated_frames_are_reported() {
+        let mut codec = FrameCodec::new(1024);
+        let mut src = BytesMut::from(&[0u8, 0][..]);
         assert!(matches!(
-            read_frame(&mut reader, 1024).await,
+            codec.decode_eof(&mut src),
             Err(FrameError::Truncated)
         ));
-        let mut reader = &[0u8, 0, 0, 9, 1, 2][..];
+        let mut codec = FrameCodec::new(1024);
+        let mut src = BytesMut::from(&[0u8, 0, 0, 9, 1, 2][..]);
         assert!(matches!(
-            read_frame(&mut reader, 1024).await,
+            codec.decode_eof(&mut src),
             Err(FrameError::Truncated)
         ));
-        let mut reader = &[][..];
-        assert!(matches!(read_frame(&mut reader, 1024).await, Ok(None)));
+        let mut src = BytesMut::new();
+        assert!(matches!(
+            FrameCodec::new(1024).decode_eof(&mut src),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn frames_split_anywhere_are_reassembled() {
+        let frame = encode(&Request {
+            version: PROTOCOL_VERSION,
+            id: 3,
+            procedure: Procedure::Echo {
+                payload: vec![1; 300],
+            },
+        })
+        .unwrap();
+        let mut codec = FrameCodec::new(1024);
+        let mut src = BytesMut::new();
+        let mut got = None;
+        for byte in &frame {
+            assert!(got.is_none());
+            src.extend_from_slice(&[*byte]);
+            got = codec.decode(&mut src).unwrap();
+        }
+        assert_eq!(got.unwrap()[..], frame[4..]);
+        assert!(src.is_empty());
+    }
+
+    #[test]
+    fn the_limit_is_the_readers() {
+        // A writer sends what it has; the peer's reader refuses it.
+        let mut codec = FrameCodec::new(8);
+        let mut wire = BytesMut::new();
+        codec
+            .encode(Bytes::from(vec![5u8; 100]), &mut wire)
+            .unwrap();
+        assert_eq!(wire[..4], 100u32.to_be_bytes());
+        assert!(matches!(
+            codec.decode(&mut wire),
+            Err(FrameError::TooLarge { len: 100, max: 8 })
+        ));
     }
 }
