@@ -220,3 +220,22 @@ fn status_shows_the_master_health_and_expiries() {
         text(&out.stdout)
     );
 }
+
+/// The master's metrics carry each node's health.
+#[test]
+fn metrics_show_each_nodes_health() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _dm = Daemon::start(&m, &["--heartbeat", "1", "--metrics", &listen]);
+    let (_b, db) = join_and_start(&m, "b", &[]);
+    let url = format!("http://{listen}/metrics");
+    let scrape = || curl(&url).1;
+    assert!(within(Duration::from_secs(5), || scrape()
+        .contains("noded_node_reachable{node=\"b\"} 1")));
+    let age = sample(&scrape(), "noded_node_last_seen_seconds{node=\"b\"}");
+    assert!((0.0..5.0).contains(&age), "{age}");
+    drop(db);
+    assert!(within(Duration::from_secs(5), || scrape()
+        .contains("noded_node_reachable{node=\"b\"} 0")));
+}

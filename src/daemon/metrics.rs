@@ -9,6 +9,7 @@
 //! through hyper and axum (one request per connection, bounded in size,
 //! time and number at once).
 
+use crate::wire::NodeHealth;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -218,7 +219,7 @@ impl Metrics {
         map: &CandidateMapHandle,
         budgets: &Budgets,
         state: &StateDir,
-        now: i64,
+        (now, nodes): (i64, Vec<NodeHealth>),
     ) -> Snapshot {
         let load = |c: &AtomicU64| c.load(Relaxed);
         let mut certificate_expiry = Vec::with_capacity(3);
@@ -244,6 +245,16 @@ impl Metrics {
             map_entries: map.load().len(),
             map_published_at: map.published_at(),
             certificate_expiry,
+            nodes: nodes
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.name,
+                        h.reachable,
+                        (h.last_seen > 0).then(|| now - h.last_seen),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -253,10 +264,11 @@ impl Metrics {
         map: &CandidateMapHandle,
         budgets: &Budgets,
         state: &StateDir,
-        now: i64,
+        (now, nodes): (i64, Vec<NodeHealth>),
         format: Format,
     ) -> String {
-        self.snapshot(map, budgets, state, now).encode(format)
+        self.snapshot(map, budgets, state, (now, nodes))
+            .encode(format)
     }
 }
 
@@ -315,6 +327,9 @@ pub struct Snapshot {
     map_entries: usize,
     map_published_at: i64,
     certificate_expiry: Vec<(&'static str, i64)>,
+    /// On the master: each node's name, reachability and seconds since its
+    /// last answered heartbeat (none if never).
+    nodes: Vec<(String, bool, Option<i64>)>,
 }
 
 impl Snapshot {
@@ -360,6 +375,9 @@ const HELP_DURATION: &str =
     "Time from a request's decoding to its result, before the reply is sent.";
 const HELP_ENTRIES: &str = "Entries of the candidate map in force.";
 const HELP_RELOADED_AT: &str = "Unix time the candidate map in force was loaded.";
+const HELP_REACHABLE: &str = "On the master: 1 if the node answered the last heartbeat, 0 if not.";
+const HELP_LAST_SEEN: &str =
+    "On the master: seconds since the node last answered a heartbeat (absent if it never did).";
 const HELP_EXPIRY: &str = "Seconds until the certificate's notAfter (negative once expired; the earliest of a CA bundle).";
 
 impl Collector for Snapshot {
@@ -451,6 +469,23 @@ impl Collector for Snapshot {
             "noded_certificate_expiry_seconds",
             HELP_EXPIRY,
             &expiry,
+        )?;
+        let reachable: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|(node, up, _)| ([("node", node.as_str())], i64::from(*up)))
+            .collect();
+        gauge_family(&mut out, "noded_node_reachable", HELP_REACHABLE, &reachable)?;
+        let last_seen: Vec<_> = self
+            .nodes
+            .iter()
+            .filter_map(|(node, _, age)| age.map(|age| ([("node", node.as_str())], age)))
+            .collect();
+        gauge_family(
+            &mut out,
+            "noded_node_last_seen_seconds",
+            HELP_LAST_SEEN,
+            &last_seen,
         )
     }
 }
@@ -581,7 +616,13 @@ async fn scrape(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
     let body = tokio::task::spawn_blocking(move || {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let d = &daemon;
-        d.metrics.render(&d.map, &d.budgets, &d.state, now, format)
+        d.metrics.render(
+            &d.map,
+            &d.budgets,
+            &d.state,
+            (now, d.health.snapshot()),
+            format,
+        )
     })
     .await;
     match body {
@@ -665,7 +706,22 @@ mod tests {
         let _permit = budgets.start_handshake([127, 0, 0, 1].into()).unwrap();
         let digest = ssconf::DigestAlgorithm::Sha256.digest(ca.cert_der());
         let map = CandidateMapHandle::new(ssconf::CandidateMap::from_entries([("u1", digest)]));
-        m.render(&map, &budgets, &state, ca_not_after - 86_400, format)
+        let nodes = vec![NodeHealth {
+            name: "b".into(),
+            reachable: true,
+            last_seen: ca_not_after - 86_400 - 3,
+            serial: 4,
+            client_cert_expires: 0,
+            server_cert_expires: 0,
+            error: None,
+        }];
+        m.render(
+            &map,
+            &budgets,
+            &state,
+            (ca_not_after - 86_400, nodes),
+            format,
+        )
     }
 
     #[test]
@@ -688,6 +744,8 @@ mod tests {
                 "candidate_map_entries gauge",
                 "candidate_map_last_reload_timestamp_seconds gauge",
                 "certificate_expiry_seconds gauge",
+                "node_reachable gauge",
+                "node_last_seen_seconds gauge",
             ]
         );
         assert!(out.starts_with(
@@ -699,6 +757,8 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         for want in [
             "noded_ssconf_reloads_total 1",
+            "noded_node_reachable{node=\"b\"} 1",
+            "noded_node_last_seen_seconds{node=\"b\"} 3",
             "noded_connections_refused_total{reason=\"no_certificate\"} 0",
             "noded_connections_refused_total{reason=\"not_in_map\"} 1",
             "noded_connections_refused_total{reason=\"handshake_per_source\"} 1",
