@@ -122,7 +122,7 @@ fn an_interrupted_server_certificate_switch_is_finished_at_start() {
     let uuid = m.state.load_identity().unwrap().uuid;
     let new_pem = m
         .ca()
-        .sign_server_csr(&key.csr("m").unwrap(), "m", &uuid, 30)
+        .sign_server_csr(&key.csr("m").unwrap(), "m", &uuid, 365)
         .unwrap();
     let new_key = key.to_pem();
 

@@ -252,7 +252,7 @@ fn files_must_be_the_same_everywhere() {
         let key = NodeKey::generate().unwrap();
         let uuid = k.c.state.load_identity().unwrap().uuid;
         k.m.ca()
-            .sign_server_csr(&key.csr("c").unwrap(), "c", &uuid, 90)
+            .sign_server_csr(&key.csr("c").unwrap(), "c", &uuid, 365)
             .unwrap()
     };
     let good = std::fs::read(k.c.state.server_pem()).unwrap();
