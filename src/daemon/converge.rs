@@ -260,10 +260,12 @@ async fn bring_current(
         }
     }
     let files = &info.role_files;
-    if !node.role.is_candidate() && (files.ca_key || files.config || files.ssh_private_key) {
-        // A candidate demoted or removed from the candidates while it was
-        // down still holds the CA key. Not while a command holds the
-        // cluster lock: a promotion installs the files before it commits.
+    if !node.role.is_candidate() && (files.ca_key || files.config) {
+        // A candidate demoted while it was down still holds the CA key and
+        // the config (an SSH key alone may be the operator's own, in a
+        // shared SSH directory: verify reports it, the loop leaves it). Not
+        // while a command holds the cluster lock: a promotion installs the
+        // files before it commits.
         if let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") {
             tracing::warn!(node = %node.name, "regular node holds candidate files: removing them");
             conn.call(Procedure::RemoveCandidateFiles).await?;
