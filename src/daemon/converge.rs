@@ -237,9 +237,13 @@ async fn bring_current(
 ) -> Result<u64> {
     let mut serial = info.ssconf_serial;
     if info.ca_pem_sha256 != wanted.ca_pem_sha256 && !wanted.rotating {
-        tracing::info!(node = %node.name, "CA bundle behind: sending the current one");
-        let ca_pem = wanted.ca_pem.clone();
-        conn.call(Procedure::InstallCaBundle { ca_pem }).await?;
+        // Not while a command holds the cluster lock: a CA rotation changes
+        // the bundles node by node.
+        if let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") {
+            tracing::info!(node = %node.name, "CA bundle behind: sending the current one");
+            let ca_pem = wanted.ca_pem.clone();
+            conn.call(Procedure::InstallCaBundle { ca_pem }).await?;
+        }
     }
     if info.ssconf_sha256.as_deref().ok() != Some(wanted.ssconf_sha256.as_str()) {
         tracing::info!(
