@@ -298,6 +298,8 @@ mod tests {
                 node("r", NodeRole::Regular, false),
                 node("s", NodeRole::Regular, true),
             ],
+            users: Vec::new(),
+            audit: Vec::new(),
         }
     }
 

@@ -84,6 +84,8 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
         ca_key: opts.ca_key.clone(),
         nodes: vec![master.clone()],
+        users: Vec::new(),
+        audit: Vec::new(),
     };
     let identity = NodeIdentity {
         uuid: master.uuid.clone(),

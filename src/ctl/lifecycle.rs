@@ -673,6 +673,8 @@ mod tests {
             ca_sha256: String::new(),
             ca_key: None,
             nodes,
+            users: Vec::new(),
+            audit: Vec::new(),
         }
     }
 

@@ -96,6 +96,20 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
         ..new_record(req, candidate)
     });
+    // The audit entry travels with the commit that adds the node.
+    crate::state::users::append(
+        &mut config.audit,
+        crate::state::users::AuditEntry::now(
+            &format!("join:{}", req.node_name),
+            "join",
+            &req.node_name,
+            if candidate {
+                "ok: master candidate"
+            } else {
+                "ok: regular"
+            },
+        ),
+    );
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses one.
     tokens.burn(&token.id);
