@@ -84,6 +84,15 @@ pub struct NodedArgs {
     /// (the convergence loop); a node that is behind gets the current state.
     #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat: u64,
+    /// Serve the remote API at https://ADDR:PORT/v1/ (conventional port
+    /// 5080): HTTP/1.1 JSON over TLS 1.3, for the users made with `nodectl
+    /// user add` only (their certificate is checked in the handshake). On
+    /// a node that is not the master, every request is answered with a 307
+    /// to the master's address on the same port. Bodies up to 1 MiB,
+    /// headers up to 64 KiB, 8 requests of one user at once,
+    /// --request-timeout per request.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api_listen: Option<String>,
 }
 
 /// nodectl: runs a noded cluster: init, membership, roles, checks, rotation.
@@ -112,6 +121,7 @@ impl NodedArgs {
             listen: self.listen.clone(),
             metrics: self.metrics.clone(),
             heartbeat: std::time::Duration::from_secs(self.heartbeat),
+            api_listen: self.api_listen.clone(),
             limits: Limits {
                 max_frame: self.max_frame,
                 max_connections: self.max_connections,

@@ -207,3 +207,449 @@ fn changes_leave_an_audit_trail_that_reaches_the_candidates() {
     let out = nodectl(c.dir(), &["audit", "--since", "yesterday"]);
     assert!(!out.status.success());
 }
+
+/// A master with a daemon serving the API, and one user of each role.
+struct ApiCluster {
+    m: Node,
+    _daemon: Daemon,
+    port: u16,
+    ids: tempfile::TempDir,
+}
+
+impl ApiCluster {
+    fn start() -> ApiCluster {
+        let m = init_master("m");
+        let ids = tempfile::tempdir().unwrap();
+        for role in ["readonly", "operator", "admin"] {
+            add_user(&m, ids.path(), role, role);
+        }
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let daemon = Daemon::start(&m, &["--api-listen", &listen]);
+        assert!(
+            daemon.wait_log("remote API on", Duration::from_secs(10)),
+            "{}",
+            daemon.log()
+        );
+        ApiCluster {
+            m,
+            _daemon: daemon,
+            port,
+            ids,
+        }
+    }
+
+    fn identity(&self, user: &str) -> (PathBuf, PathBuf) {
+        (
+            self.ids.path().join(format!("{user}.pem")),
+            self.ids.path().join(format!("{user}.key")),
+        )
+    }
+
+    /// curl as `user` (`None`: no certificate, `Some(("node", ..))`: the
+    /// master's own client certificate): (status, body); status "000" when
+    /// the handshake was refused.
+    fn curl(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (String, String) {
+        let (cert, key) = match user {
+            Some("node") => (self.m.state.client_pem(), self.m.state.client_key()),
+            Some(user) => self.identity(user),
+            None => (PathBuf::new(), PathBuf::new()),
+        };
+        api_curl(
+            &self.m,
+            self.port,
+            Some((cert.as_path(), key.as_path())).filter(|_| user.is_some()),
+            method,
+            path,
+            body,
+        )
+    }
+}
+
+/// curl against `node`'s API at `port`, which answers as `node`'s name.
+fn api_curl(
+    node: &Node,
+    port: u16,
+    identity: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--cacert")
+    .arg(node.state.ca_pem())
+    .arg("--resolve")
+    .arg(format!("{}:{port}:127.0.0.1", node.name));
+    if let Some((cert, key)) = identity {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    if let Some(body) = body {
+        cmd.args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    cmd.arg(format!("https://{}:{port}{path}", node.name));
+    let out = cmd.output().expect("curl runs");
+    let all = text(&out.stdout);
+    let (body, status) = all.rsplit_once('\n').unwrap();
+    (status.to_owned(), body.to_owned())
+}
+
+#[test]
+fn each_role_against_each_resource() {
+    let api = ApiCluster::start();
+    // (method, path, body, the lowest role allowed, its status)
+    let rows: &[(&str, &str, Option<&str>, &str, &str)] = &[
+        ("GET", "/v1/nodes", None, "readonly", "200"),
+        ("GET", "/v1/status", None, "readonly", "200"),
+        ("GET", "/v1/verify", None, "readonly", "200"),
+        ("GET", "/v1/audit", None, "readonly", "200"),
+        ("GET", "/v1/openapi.json", None, "readonly", "200"),
+        (
+            "PUT",
+            "/v1/nodes/m/role",
+            Some(r#"{"master_candidate": true}"#),
+            "operator",
+            "501",
+        ),
+        (
+            "PUT",
+            "/v1/nodes/m/offline",
+            Some(r#"{"offline": false}"#),
+            "operator",
+            "501",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"ttl": "1h"}"#),
+            "operator",
+            "201",
+        ),
+        ("DELETE", "/v1/nodes/m", None, "admin", "501"),
+        (
+            "POST",
+            "/v1/renew-crypto",
+            Some(r#"{"ssh_keys": true}"#),
+            "admin",
+            "501",
+        ),
+        ("GET", "/v1/users", None, "admin", "200"),
+        ("DELETE", "/v1/users/nobody", None, "admin", "404"),
+    ];
+    let rank = |r: &str| {
+        ["readonly", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (method, path, body, needed, ok) in rows {
+        for user in ["readonly", "operator", "admin"] {
+            let (status, text) = api.curl(Some(user), method, path, *body);
+            if rank(user) >= rank(needed) {
+                assert_eq!(status, *ok, "{user} {method} {path}: {text}");
+            } else {
+                assert_eq!(status, "403", "{user} {method} {path}: {text}");
+                let error: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(error["code"], "forbidden");
+                let needs = format!("needs the {needed} role");
+                assert!(error["error"].as_str().unwrap().contains(&needs), "{text}");
+            }
+        }
+    }
+    // A user added over the API, from a CSR; listed like nodectl's.
+    let key = noded::pki::NodeKey::generate().unwrap();
+    let csr = serde_json::to_string(&key.client_csr("eve").unwrap()).unwrap();
+    let body = format!(r#"{{"name": "eve", "role": "readonly", "csr": {csr}, "ttl": "30d"}}"#);
+    let (status, text) = api.curl(Some("admin"), "POST", "/v1/users", Some(&body));
+    assert_eq!(status, "201", "{text}");
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert!(created["certificate"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    let (_, text) = api.curl(Some("readonly"), "GET", "/v1/nodes", None);
+    let nodes: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(nodes["nodes"][0]["name"], "m");
+    let listed = json_of(&nodectl(api.m.dir(), &["user", "list", "--json"]));
+    let (_, text) = api.curl(Some("admin"), "GET", "/v1/users", None);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), listed);
+}
+
+#[test]
+fn strangers_nodes_and_bad_requests_are_refused() {
+    let api = ApiCluster::start();
+    // No certificate, and a node's certificate: refused in the handshake.
+    assert_eq!(api.curl(None, "GET", "/v1/nodes", None).0, "000");
+    assert_eq!(api.curl(Some("node"), "GET", "/v1/nodes", None).0, "000");
+    // A certificate of another CA.
+    let stranger = foreign("user:admin");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = stranger.write(dir.path(), "stranger");
+    let refused = api_curl(
+        &api.m,
+        api.port,
+        Some((&cert, &key)),
+        "GET",
+        "/v1/nodes",
+        None,
+    );
+    assert_eq!(refused.0, "000");
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("POST", "/v1/tokens", r#"{"ttl": "2x"}"#, "ttl"),
+        ("POST", "/v1/tokens", r#"{"ttl": "1h""#, "EOF"),
+        ("POST", "/v1/tokens", r#"{"tll": "1h"}"#, "tll"),
+        (
+            "POST",
+            "/v1/users",
+            r#"{"name": "x", "role": "boss", "csr": ""}"#,
+            "role",
+        ),
+        (
+            "POST",
+            "/v1/users",
+            r#"{"name": "x", "role": "admin"}"#,
+            "csr",
+        ),
+        (
+            "POST",
+            "/v1/users",
+            r#"{"name": "x", "role": "admin", "csr": "no"}"#,
+            "signing request",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, text) = api.curl(Some("admin"), method, path, Some(body));
+        assert_eq!(status, "400", "{body}: {text}");
+        let error: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(error["code"], "bad_request");
+        assert!(
+            error["error"].as_str().unwrap().contains(field),
+            "{body}: {text}"
+        );
+    }
+    let big = format!(r#"{{"ttl": "{}"}}"#, "1".repeat(2 << 20));
+    let file = dir.path().join("big.json");
+    std::fs::write(&file, big).unwrap();
+    let (status, text) = api.curl(
+        Some("admin"),
+        "POST",
+        "/v1/tokens",
+        Some(&format!("@{}", file.display())),
+    );
+    assert_eq!(status, "413", "{text}");
+    assert!(text.contains("payload_too_large"));
+    let (status, text) = api.curl(Some("admin"), "GET", "/v1/nothing", None);
+    assert_eq!((status.as_str(), text.contains("not_found")), ("404", true));
+    // The cluster lock held by another command: 409.
+    let lock = noded::cluster::ClusterLock::acquire(&api.m.state, false, "test holder").unwrap();
+    let (status, text) = api.curl(Some("operator"), "POST", "/v1/tokens", Some("{}"));
+    assert_eq!(status, "409", "{text}");
+    assert!(text.contains("test holder"), "{text}");
+    drop(lock);
+}
+
+#[test]
+fn api_changes_and_refusals_are_audited() {
+    let api = ApiCluster::start();
+    let (status, _) = api.curl(Some("operator"), "POST", "/v1/tokens", Some("{}"));
+    assert_eq!(status, "201");
+    let (status, _) = api.curl(Some("readonly"), "DELETE", "/v1/users/admin", None);
+    assert_eq!(status, "403");
+    let (status, _) = api.curl(Some("admin"), "DELETE", "/v1/users/operator", None);
+    assert_eq!(status, "200");
+    let (status, text) = api.curl(Some("readonly"), "GET", "/v1/audit?since=1h", None);
+    assert_eq!(status, "200", "{text}");
+    let trail: Value = serde_json::from_str(&text).unwrap();
+    let got: Vec<String> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["actor"], e["action"], e["target"], e["result"]
+            )
+        })
+        .filter(|e| e.contains("user:"))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got[0].starts_with(r#""user:operator" "token-create""#),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with(
+            r#""user:readonly" "refused" "DELETE /v1/users/admin" "refused: needs the admin role"#
+        ),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with(r#""user:admin" "user-revoke" "operator" "ok""#),
+        "{got:#?}"
+    );
+    let (status, _) = api.curl(Some("readonly"), "GET", "/v1/audit?since=soon", None);
+    assert_eq!(status, "400");
+}
+
+/// Reads from `stream` until `needle` has been seen.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_user_is_cut_off_within_a_second() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = ApiCluster::start();
+    let (cert, key) = api.identity("operator");
+    let user = Identity::from_files(&cert, &key);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in api.m.ca_certs() {
+        roots.add(ca).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(noded::pki::provider::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(user.chain.clone(), user.key.clone_key())
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", api.port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("m").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    // Two requests on one keep-alive connection.
+    for _ in 0..2 {
+        tls.write_all(b"GET /v1/status HTTP/1.1\r\nhost: m\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until(&mut tls, "]}").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let out = nodectl(api.m.dir(), &["user", "revoke", "operator"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let revoked_at = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection stayed open: {closed:?}"
+    );
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+    // And a new connection is refused in the handshake.
+    assert_eq!(
+        api.curl(Some("operator"), "GET", "/v1/status", None).0,
+        "000"
+    );
+    assert_eq!(
+        api.curl(Some("readonly"), "GET", "/v1/status", None).0,
+        "200"
+    );
+}
+
+#[test]
+fn a_node_that_is_not_the_master_redirects() {
+    let m = init_master("m");
+    let _dm = Daemon::start(&m, &[]);
+    let (c, dc) = join_and_start(&m, "c", &["--master-candidate"]);
+    drop(dc);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&c, &["--api-listen", &listen]);
+    assert!(daemon.wait_log("remote API on", Duration::from_secs(10)));
+    let ids = tempfile::tempdir().unwrap();
+    let (cert, key) = add_user(&m, ids.path(), "ann", "readonly");
+    // Wait for the user list to reach the candidate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, _) = loop {
+        let answer = api_curl(&c, port, Some((&cert, &key)), "GET", "/v1/nodes?x=1", None);
+        if answer.0 != "000" || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, "307");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}"])
+        .arg("--cacert")
+        .arg(c.state.ca_pem())
+        .arg("--resolve")
+        .arg(format!("c:{port}:127.0.0.1"))
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg(format!("https://c:{port}/v1/nodes?x=1"))
+        .output()
+        .unwrap();
+    let master_host = m.address.rsplit_once(':').unwrap().0;
+    assert_eq!(
+        text(&out.stdout),
+        format!("https://{master_host}:{port}/v1/nodes?x=1")
+    );
+}
+
+#[test]
+fn the_openapi_document_is_checked_in() {
+    let generated = noded::daemon::api::openapi::document();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    if std::env::var_os("NODED_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json is not the API's document; regenerate it with `NODED_BLESS=1 cargo test --test tests openapi`"
+    );
+    let doc: Value = serde_json::from_str(&generated).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    for path in [
+        "/v1/nodes",
+        "/v1/users/{name}",
+        "/v1/tokens",
+        "/v1/renew-crypto",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    // And the daemon serves the same document.
+    let api = ApiCluster::start();
+    let (status, served) = api.curl(Some("readonly"), "GET", "/v1/openapi.json", None);
+    assert_eq!(status, "200");
+    assert_eq!(served, generated);
+}

@@ -8,7 +8,19 @@ use crate::core::{Error, Result};
 
 /// What a user of the remote API may do. Roles nest: an admin may do all an
 /// operator may, an operator all a reader may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UserRole {
     Readonly,
