@@ -218,7 +218,12 @@ struct ApiCluster {
 
 impl ApiCluster {
     fn start() -> ApiCluster {
-        let m = init_master("m");
+        Self::start_with(&[])
+    }
+
+    /// With `init_args` given to `nodectl init`.
+    fn start_with(init_args: &[&str]) -> ApiCluster {
+        let m = init_master_with("m", init_args);
         let ids = tempfile::tempdir().unwrap();
         for role in ["readonly", "operator", "admin"] {
             add_user(&m, ids.path(), role, role);
@@ -328,14 +333,14 @@ fn each_role_against_each_resource() {
             "/v1/nodes/m/role",
             Some(r#"{"master_candidate": true}"#),
             "operator",
-            "501",
+            "200",
         ),
         (
             "PUT",
             "/v1/nodes/m/offline",
             Some(r#"{"offline": false}"#),
             "operator",
-            "501",
+            "200",
         ),
         (
             "POST",
@@ -344,7 +349,7 @@ fn each_role_against_each_resource() {
             "operator",
             "201",
         ),
-        ("DELETE", "/v1/nodes/m", None, "admin", "501"),
+        ("DELETE", "/v1/nodes/nobody", None, "admin", "404"),
         (
             "POST",
             "/v1/renew-crypto",
@@ -652,4 +657,72 @@ fn the_openapi_document_is_checked_in() {
     let (status, served) = api.curl(Some("readonly"), "GET", "/v1/openapi.json", None);
     assert_eq!(status, "200");
     assert_eq!(served, generated);
+}
+
+#[test]
+fn nodes_are_demoted_offlined_and_removed_over_the_api() {
+    let api = ApiCluster::start_with(&["--candidate-pool-size", "1"]);
+    let (b, _db) = join_and_start(&api.m, "b", &["--master-candidate"]);
+    let role = |name: &str| {
+        let list = json_of(&nodectl(api.m.dir(), &["list", "--json"]));
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| {
+                (
+                    n["role"].as_str().unwrap().to_owned(),
+                    n["offline"].as_bool().unwrap(),
+                )
+            })
+    };
+    assert_eq!(role("b"), Some(("candidate".into(), false)));
+    let demote = r#"{"master_candidate": false, "auto_promote": false}"#;
+    let (status, text) = api.curl(Some("operator"), "PUT", "/v1/nodes/b/role", Some(demote));
+    assert_eq!(status, "200", "{text}");
+    let outcome: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(outcome["result"], "ok", "{text}");
+    let said = outcome["messages"][0].as_str().unwrap();
+    assert!(said.contains("b is now a regular node"), "{text}");
+    assert_eq!(role("b"), Some(("regular".into(), false)));
+    assert!(
+        !b.state.config_json().exists(),
+        "a demoted node keeps its config"
+    );
+
+    let offline = Some(r#"{"offline": true}"#);
+    let (status, text) = api.curl(Some("operator"), "PUT", "/v1/nodes/b/offline", offline);
+    assert_eq!(status, "200", "{text}");
+    assert_eq!(role("b"), Some(("regular".into(), true)));
+    // The master is refused, and told what to do instead.
+    let (status, text) = api.curl(Some("operator"), "PUT", "/v1/nodes/m/offline", offline);
+    assert_eq!(status, "400", "{text}");
+    assert!(text.contains("master-failover"), "{text}");
+
+    let (status, text) = api.curl(Some("admin"), "DELETE", "/v1/nodes/b", None);
+    assert_eq!(status, "200", "{text}");
+    assert_eq!(role("b"), None);
+
+    let trail = json_of(&nodectl(api.m.dir(), &["audit", "--json"]));
+    let got: Vec<String> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"].as_str().unwrap().starts_with("user:"))
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["actor"], e["action"], e["target"], e["result"]
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert_eq!(got[0], r#""user:operator" "demote" "b" "ok""#);
+    assert_eq!(got[1], r#""user:operator" "offline" "b" "ok""#);
+    assert!(
+        got[2].starts_with(r#""user:operator" "offline" "m" "error: "#),
+        "{got:#?}"
+    );
+    assert_eq!(got[3], r#""user:admin" "remove" "b" "ok""#);
 }

@@ -1,16 +1,131 @@
-//! The role changes, removal and renewal over the API. Their bodies are
-//! checked as documented; carrying them out needs the lifecycle and renewal
-//! steps, which today live with nodectl and print as they go: until they
-//! move below both sides, these answer 501 (run the nodectl command on the
-//! master instead).
+//! Role changes and removal over the API: the steps of
+//! [`crate::cluster::lifecycle`], the same nodectl runs, with what they
+//! say collected into the reply. Renewal still lives with nodectl and
+//! answers 501 here (its body is checked all the same).
+
+use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
-use serde::Deserialize;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 
+use super::admission::Caller;
 use super::error::ApiError;
+use super::handlers::record;
+use super::ApiState;
+use crate::cluster::audit::result_of;
+use crate::cluster::lifecycle::{self, Narration};
+use crate::cluster::PushOutcome;
+use crate::state::users::AuditEntry;
+
+type Api = State<Arc<ApiState>>;
+
+/// A node that did not take a committed change (the convergence loop keeps
+/// retrying it).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotUpdated {
+    pub node: String,
+    pub reason: String,
+}
+
+/// How a change ended: committed, with what it did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangeOutcome {
+    /// `ok`, or `partial` when some nodes did not take it yet.
+    pub result: String,
+    /// What was done, line by line (what nodectl prints).
+    pub messages: Vec<String>,
+    pub warnings: Vec<String>,
+    pub not_updated: Vec<NotUpdated>,
+}
+
+/// The lines and warnings a change says.
+#[derive(Debug, Default)]
+struct Said {
+    lines: Mutex<Vec<String>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+fn keep(into: &Mutex<Vec<String>>, line: &str) {
+    match into.lock() {
+        Ok(mut v) => v.push(line.to_owned()),
+        Err(poisoned) => poisoned.into_inner().push(line.to_owned()),
+    }
+}
+
+fn taken(from: Mutex<Vec<String>>) -> Vec<String> {
+    from.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The change's kind, as the audit trail names it.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Candidate(bool),
+    Offline(bool),
+    Remove,
+}
+
+impl Change {
+    fn action(self) -> &'static str {
+        match self {
+            Change::Candidate(true) => "promote",
+            Change::Candidate(false) => "demote",
+            Change::Offline(true) => "offline",
+            Change::Offline(false) => "online",
+            Change::Remove => "remove",
+        }
+    }
+}
+
+/// Runs one lifecycle change on `name` (never waiting for the cluster
+/// lock: 409 when it is held), audits it, and answers its outcome.
+async fn run(
+    api: &ApiState,
+    caller: &Caller,
+    name: &str,
+    change: Change,
+    auto_promote: bool,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let said = Said::default();
+    let on_line = |line: &str| keep(&said.lines, line);
+    let on_warning = |line: &str| keep(&said.warnings, line);
+    let talk = Narration {
+        on_line: &on_line,
+        on_warning: &on_warning,
+        on_step: &crate::rpc::fanout::quiet,
+    };
+    let state = &api.daemon.state;
+    let done: crate::Result<PushOutcome> = match change {
+        Change::Candidate(yes) => {
+            lifecycle::set_candidate(state, name, yes, auto_promote, false, talk).await
+        }
+        Change::Offline(yes) => {
+            lifecycle::set_offline(state, name, yes, auto_promote, false, talk).await
+        }
+        Change::Remove => lifecycle::remove(state, name, false, talk).await,
+    };
+    let result = match &done {
+        Ok(push) if !push.is_complete() => Some("partial".to_owned()),
+        other => result_of(other),
+    };
+    if let Some(result) = &result {
+        let actor = format!("user:{}", caller.name);
+        record(api, AuditEntry::now(&actor, change.action(), name, result)).await;
+    }
+    let push = done?;
+    Ok(Json(ChangeOutcome {
+        result: result.unwrap_or_default(),
+        messages: taken(said.lines),
+        warnings: taken(said.warnings),
+        not_updated: push
+            .unreachable
+            .into_iter()
+            .map(|(node, reason)| NotUpdated { node, reason })
+            .collect(),
+    }))
+}
 
 type Body<T> = Result<Json<T>, JsonRejection>;
 
@@ -34,12 +149,17 @@ pub struct RoleChange {
 /// Promote or demote a node (`nodectl modify --master-candidate`).
 #[utoipa::path(put, path = "/v1/nodes/{name}/role", tag = "operator", request_body = RoleChange,
     params(("name" = String, Path, description = "the node")),
-    responses((status = 501, body = ApiError), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-pub async fn set_role(Path(_name): Path<String>, body: Body<RoleChange>) -> ApiError {
-    match body {
-        Ok(_) => not_yet("modify NODE --master-candidate yes|no"),
-        Err(e) => e.into(),
-    }
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn set_role(
+    State(api): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Body<RoleChange>,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let Json(req) = body?;
+    let change = Change::Candidate(req.master_candidate);
+    run(&api, &caller, &name, change, req.auto_promote).await
 }
 
 /// `PUT /v1/nodes/{name}/offline`.
@@ -54,20 +174,36 @@ pub struct OfflineChange {
 /// Take a node offline or bring it back (`nodectl modify --offline`).
 #[utoipa::path(put, path = "/v1/nodes/{name}/offline", tag = "operator", request_body = OfflineChange,
     params(("name" = String, Path, description = "the node")),
-    responses((status = 501, body = ApiError), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-pub async fn set_offline(Path(_name): Path<String>, body: Body<OfflineChange>) -> ApiError {
-    match body {
-        Ok(_) => not_yet("modify NODE --offline yes|no"),
-        Err(e) => e.into(),
-    }
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn set_offline(
+    State(api): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Body<OfflineChange>,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let Json(req) = body?;
+    run(
+        &api,
+        &caller,
+        &name,
+        Change::Offline(req.offline),
+        req.auto_promote,
+    )
+    .await
 }
 
 /// Remove a node (`nodectl remove`).
 #[utoipa::path(delete, path = "/v1/nodes/{name}", tag = "admin",
     params(("name" = String, Path, description = "the node")),
-    responses((status = 501, body = ApiError), (status = 403, body = ApiError)))]
-pub async fn remove(Path(_name): Path<String>) -> ApiError {
-    not_yet("remove NODE")
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove(
+    State(api): Api,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    run(&api, &caller, &name, Change::Remove, false).await
 }
 
 /// `POST /v1/renew-crypto`.

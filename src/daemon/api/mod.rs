@@ -120,6 +120,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
     routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(declared_too_large))
         .layer(middleware::from_fn_with_state(api.clone(), redirect))
         .with_state(api)
 }
@@ -185,6 +186,32 @@ async fn guard(
         )
         .into_response(),
     }
+}
+
+/// A body declared larger than [`MAX_BODY`] is refused before a byte of it
+/// is read: no `100 Continue` goes out, so the client sends nothing more
+/// and reads the 413. (A body that is not declared is cut at the limit by
+/// `DefaultBodyLimit`.)
+async fn declared_too_large(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        let error = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        );
+        let mut response = error.into_response();
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
+    next.run(request).await
 }
 
 /// On a node that is not the master: 307 to the master's API.
