@@ -463,6 +463,25 @@ fn strangers_nodes_and_bad_requests_are_refused() {
     );
     assert_eq!(status, "413", "{text}");
     assert!(text.contains("payload_too_large"));
+    // A request head over 64 KiB.
+    let (cert, key) = api.identity("admin");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(api.m.state.ca_pem())
+        .arg("--resolve")
+        .arg(format!("m:{}:127.0.0.1", api.port))
+        .args([
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .args(["-H", &format!("x-padding: {}", "p".repeat(80 << 10))])
+        .arg(format!("https://m:{}/v1/status", api.port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "431");
     let (status, text) = api.curl(Some("admin"), "GET", "/v1/nothing", None);
     assert_eq!((status.as_str(), text.contains("not_found")), ("404", true));
     // The cluster lock held by another command: 409.
@@ -590,7 +609,7 @@ async fn a_revoked_user_is_cut_off_within_a_second() {
 
 #[test]
 fn a_node_that_is_not_the_master_redirects() {
-    let m = init_master("m");
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
     let _dm = Daemon::start(&m, &[]);
     let (c, dc) = join_and_start(&m, "c", &["--master-candidate"]);
     drop(dc);
@@ -628,6 +647,21 @@ fn a_node_that_is_not_the_master_redirects() {
         text(&out.stdout),
         format!("https://{master_host}:{port}/v1/nodes?x=1")
     );
+
+    // A regular node holds no user list: a user's certificate is
+    // redirected, a node's is refused.
+    let (r, dr) = join_and_start(&m, "r", &[]);
+    drop(dr);
+    assert!(!r.state.config_json().exists(), "r is a candidate");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&r, &["--api-listen", &listen]);
+    assert!(daemon.wait_log("remote API on", Duration::from_secs(10)));
+    let answer = api_curl(&r, port, Some((&cert, &key)), "DELETE", "/v1/users/x", None);
+    assert_eq!(answer.0, "307", "{answer:?}");
+    let node = (r.state.client_pem(), r.state.client_key());
+    let answer = api_curl(&r, port, Some((&node.0, &node.1)), "GET", "/v1/nodes", None);
+    assert_eq!(answer.0, "000", "{answer:?}");
 }
 
 #[test]

@@ -129,7 +129,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
 }
 
-/// Role check (a refusal is audited), per-user concurrency, timeout.
+/// Per-user concurrency, then the role check (a refusal is audited) and the
+/// request itself, both within the request timeout. The slot is taken
+/// first, so refused requests count against the user's limit too.
 async fn guard(
     State(api): State<Arc<ApiState>>,
     route: MatchedPath,
@@ -147,28 +149,6 @@ async fn guard(
         )
         .into_response();
     };
-    let needed = role_needed(request.method(), route.as_str());
-    if !role.allows(needed) {
-        let what = format!("{} {}", request.method(), request.uri().path());
-        let why = format!("needs the {} role", needed.as_str());
-        let entry = AuditEntry::now(
-            &format!("user:{}", caller.name),
-            "refused",
-            &what,
-            &format!("refused: {why}, user has {}", role.as_str()),
-        );
-        handlers::record(&api, entry).await;
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{what} {why}; user {} has the {} role",
-                caller.name,
-                role.as_str()
-            ),
-        )
-        .into_response();
-    }
     let Ok(_slot) = api.slots_of(&caller.name).try_acquire_owned() else {
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -177,7 +157,21 @@ async fn guard(
         )
         .into_response();
     };
-    match tokio::time::timeout(api.request_timeout, next.run(request)).await {
+    let needed = role_needed(request.method(), route.as_str());
+    let work = async {
+        if role.allows(needed) {
+            return next.run(request).await;
+        }
+        let what = format!("{} {}", request.method(), request.uri().path());
+        let why = format!("needs the {} role", needed.as_str());
+        let result = format!("refused: {why}, user has {}", role.as_str());
+        let actor = format!("user:{}", caller.name);
+        handlers::record(&api, AuditEntry::now(&actor, "refused", &what, &result)).await;
+        let (name, role) = (&caller.name, role.as_str());
+        let error = format!("{what} {why}; user {name} has the {role} role");
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", error).into_response()
+    };
+    match tokio::time::timeout(api.request_timeout, work).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -139,7 +139,7 @@ async fn connection(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(api.daemon.limits.idle_timeout)
-        .max_buf_size(MAX_HEAD);
+        .max_header_size(MAX_HEAD);
     let served = http.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
     loop {
