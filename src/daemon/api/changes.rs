@@ -79,9 +79,26 @@ impl Change {
     }
 }
 
-/// Runs one lifecycle change on `name` (never waiting for the cluster
-/// lock: 409 when it is held), audits it, and answers its outcome.
+/// Runs one lifecycle change on `name` in a task of its own, so that a
+/// client that leaves or a request that times out does not cut a change
+/// halfway: it completes and is audited all the same.
 async fn run(
+    api: &Arc<ApiState>,
+    caller: &Caller,
+    name: &str,
+    change: Change,
+    auto_promote: bool,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let (api, caller, name) = (api.clone(), caller.clone(), name.to_owned());
+    let task =
+        tokio::spawn(async move { carry_out(&api, &caller, &name, change, auto_promote).await });
+    task.await
+        .map_err(|e| ApiError::from(crate::Error::Invalid(format!("change task failed: {e}"))))?
+}
+
+/// Carries out one lifecycle change on `name` (never waiting for the
+/// cluster lock: 409 when it is held), audits it, and answers its outcome.
+async fn carry_out(
     api: &ApiState,
     caller: &Caller,
     name: &str,

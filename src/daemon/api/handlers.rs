@@ -178,17 +178,25 @@ pub async fn create_token(
     let Json(req) = body?;
     let ttl = ttl::parse(req.ttl.as_deref().unwrap_or("1h"))
         .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
-    let state = api.daemon.state.clone();
     let mc = req.master_candidate;
-    let created =
-        tokio::task::spawn_blocking(move || crate::cluster::tokens::create(&state, ttl, mc, false))
-            .await
-            .map_err(|e| crate::Error::Invalid(format!("token task failed: {e}")))?;
-    if let Some(result) = audit::result_of(&created) {
-        let target = created.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
-        let entry = AuditEntry::now(&actor(&caller), "token-create", target, &result);
-        record(&api, entry).await;
-    }
+    let (api, actor) = (api.clone(), actor(&caller));
+    // In a task of its own: a client that leaves does not lose the entry.
+    let created = tokio::spawn(async move {
+        let state = api.daemon.state.clone();
+        let created = tokio::task::spawn_blocking(move || {
+            crate::cluster::tokens::create(&state, ttl, mc, false)
+        })
+        .await
+        .map_err(|e| crate::Error::Invalid(format!("token task failed: {e}")))?;
+        if let Some(result) = audit::result_of(&created) {
+            let target = created.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
+            let entry = AuditEntry::now(&actor, "token-create", target, &result);
+            record(&api, entry).await;
+        }
+        created
+    })
+    .await
+    .map_err(|e| crate::Error::Invalid(format!("token task failed: {e}")))?;
     let t = created?;
     Ok((
         StatusCode::CREATED,
@@ -258,16 +266,14 @@ pub async fn add_user(
         csr_pem: Some(req.csr),
         ttl,
     };
-    let client = RpcClient::from_state(&api.daemon.state)?;
-    let added = users::add(
-        &api.daemon.state,
-        &client,
-        &actor(&caller),
-        &new,
-        false,
-        &quiet,
-    )
-    .await?;
+    // In a task of its own: a client that leaves does not cut the commit.
+    let (state, actor) = (api.daemon.state.clone(), actor(&caller));
+    let added = tokio::spawn(async move {
+        let client = RpcClient::from_state(&state)?;
+        users::add(&state, &client, &actor, &new, false, &quiet).await
+    })
+    .await
+    .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
     Ok((
         StatusCode::CREATED,
         Json(UserCreated {
@@ -294,15 +300,12 @@ pub async fn revoke_user(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<UserRevoked>, ApiError> {
-    let client = RpcClient::from_state(&api.daemon.state)?;
-    users::revoke(
-        &api.daemon.state,
-        &client,
-        &actor(&caller),
-        &name,
-        false,
-        &quiet,
-    )
-    .await?;
+    let (state, actor, user) = (api.daemon.state.clone(), actor(&caller), name.clone());
+    tokio::spawn(async move {
+        let client = RpcClient::from_state(&state)?;
+        users::revoke(&state, &client, &actor, &user, false, &quiet).await
+    })
+    .await
+    .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
     Ok(Json(UserRevoked { revoked: name }))
 }
