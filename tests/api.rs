@@ -355,7 +355,7 @@ fn each_role_against_each_resource() {
             "/v1/renew-crypto",
             Some(r#"{"ssh_keys": true}"#),
             "admin",
-            "501",
+            "200",
         ),
         ("GET", "/v1/users", None, "admin", "200"),
         ("DELETE", "/v1/users/nobody", None, "admin", "404"),
@@ -440,6 +440,13 @@ fn strangers_nodes_and_bad_requests_are_refused() {
             "/v1/users",
             r#"{"name": "x", "role": "admin", "csr": "no"}"#,
             "signing request",
+        ),
+        ("POST", "/v1/renew-crypto", r#"{}"#, "at least one"),
+        (
+            "POST",
+            "/v1/renew-crypto",
+            r#"{"ssh_keys": true, "nodes": ["m"]}"#,
+            "nodes",
         ),
     ];
     for (method, path, body, field) in cases {
@@ -759,4 +766,43 @@ fn nodes_are_demoted_offlined_and_removed_over_the_api() {
         "{got:#?}"
     );
     assert_eq!(got[3], r#""user:admin" "remove" "b" "ok""#);
+}
+
+#[test]
+fn certificates_are_renewed_over_the_api() {
+    let api = ApiCluster::start();
+    let (b, _db) = join_and_start(&api.m, "b", &[]);
+    let digest_of = |name: &str| {
+        let list = json_of(&nodectl(api.m.dir(), &["list", "--json"]));
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["digest"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let before = digest_of("b");
+    let body = r#"{"node_certificates": true, "nodes": ["b"]}"#;
+    let (status, text) = api.curl(Some("admin"), "POST", "/v1/renew-crypto", Some(body));
+    assert_eq!(status, "200", "{text}");
+    let outcome: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(outcome["result"], "ok", "{text}");
+    let said: Vec<&str> = outcome["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(said.contains(&"b: new client certificate: ok"), "{said:?}");
+    let after = digest_of("b");
+    assert_ne!(before, after);
+    let on_disk = noded::pki::file_digest(&b.state.client_pem(), DigestAlgorithm::Sha256).unwrap();
+    assert_eq!(on_disk.to_string(), after);
+    let trail = json_of(&nodectl(api.m.dir(), &["audit", "--json"]));
+    let last = trail["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "user:admin");
+    assert_eq!(last["action"], "renew-crypto node-certificates");
+    assert_eq!(last["target"], "b");
+    assert_eq!(last["result"], "ok");
 }

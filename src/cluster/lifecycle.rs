@@ -23,6 +23,8 @@ pub struct Narration<'a> {
     pub on_warning: &'a (dyn Fn(&str) + Sync),
     /// One node of a push done.
     pub on_step: &'a (dyn Fn() + Sync),
+    /// A step that failed on a node (nodectl prints it on stderr as is).
+    pub on_failure: &'a (dyn Fn(&str) + Sync),
 }
 
 impl std::fmt::Debug for Narration<'_> {
@@ -32,12 +34,16 @@ impl std::fmt::Debug for Narration<'_> {
 }
 
 impl Narration<'_> {
-    fn say(&self, line: &str) {
+    pub(crate) fn say(&self, line: &str) {
         (self.on_line)(line)
     }
 
     fn warn(&self, line: &str) {
         (self.on_warning)(line)
+    }
+
+    pub(crate) fn fail(&self, line: &str) {
+        (self.on_failure)(line)
     }
 }
 

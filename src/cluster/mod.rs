@@ -9,6 +9,7 @@ pub mod listing;
 pub mod lock;
 pub mod push;
 pub mod renew;
+pub mod renewal;
 pub mod store;
 pub mod tokens;
 pub mod ttl;

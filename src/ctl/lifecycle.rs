@@ -32,6 +32,21 @@ fn warn(line: &str) {
     eprintln!("warning: {line}");
 }
 
+fn fail(line: &str) {
+    eprintln!("{line}");
+}
+
+/// How nodectl speaks for a change: lines on stdout, warnings and failed
+/// steps on stderr, `step` for the bar.
+pub fn narration(step: &(dyn Fn() + Sync)) -> Narration<'_> {
+    Narration {
+        on_line: &say,
+        on_warning: &warn,
+        on_step: step,
+        on_failure: &fail,
+    }
+}
+
 /// A bar over the other online nodes, for the pushes of a change.
 fn bar(state: &StateDir) -> Progress {
     let online = crate::cluster::load_config(state)
@@ -50,11 +65,7 @@ pub async fn set_candidate(
 ) -> Result<Outcome> {
     let bar = bar(state);
     let step = || bar.step();
-    let talk = Narration {
-        on_line: &say,
-        on_warning: &warn,
-        on_step: &step,
-    };
+    let talk = narration(&step);
     let push = lifecycle::set_candidate(state, name, yes, auto_promote, wait, talk).await?;
     Ok(outcome(&push))
 }
@@ -69,11 +80,7 @@ pub async fn set_offline(
 ) -> Result<Outcome> {
     let bar = bar(state);
     let step = || bar.step();
-    let talk = Narration {
-        on_line: &say,
-        on_warning: &warn,
-        on_step: &step,
-    };
+    let talk = narration(&step);
     let push = lifecycle::set_offline(state, name, yes, auto_promote, wait, talk).await?;
     Ok(outcome(&push))
 }
@@ -82,11 +89,7 @@ pub async fn set_offline(
 pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome> {
     let bar = bar(state);
     let step = || bar.step();
-    let talk = Narration {
-        on_line: &say,
-        on_warning: &warn,
-        on_step: &step,
-    };
+    let talk = narration(&step);
     let push = lifecycle::remove(state, name, wait, talk).await?;
     Ok(outcome(&push))
 }
@@ -95,11 +98,7 @@ pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome>
 pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
     let bar = bar(state);
     let step = || bar.step();
-    let talk = Narration {
-        on_line: &say,
-        on_warning: &warn,
-        on_step: &step,
-    };
+    let talk = narration(&step);
     let push = lifecycle::master_failover(state, wait, talk).await?;
     Ok(outcome(&push))
 }

@@ -1,13 +1,11 @@
-//! Role changes and removal over the API: the steps of
-//! [`crate::cluster::lifecycle`], the same nodectl runs, with what they
-//! say collected into the reply. Renewal still lives with nodectl and
-//! answers 501 here (its body is checked all the same).
+//! Role changes, removal and renewal over the API: the steps of
+//! [`crate::cluster::lifecycle`] and [`crate::cluster::renewal`], the same
+//! nodectl runs, with what they say collected into the reply.
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +15,7 @@ use super::handlers::record;
 use super::ApiState;
 use crate::cluster::audit::result_of;
 use crate::cluster::lifecycle::{self, Narration};
+use crate::cluster::renewal::{self, RenewPlan};
 use crate::cluster::PushOutcome;
 use crate::state::users::AuditEntry;
 
@@ -59,27 +58,41 @@ fn taken(from: Mutex<Vec<String>>) -> Vec<String> {
     from.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The change's kind, as the audit trail names it.
-#[derive(Debug, Clone, Copy)]
+/// The change asked for.
+#[derive(Debug, Clone)]
 enum Change {
     Candidate(bool),
     Offline(bool),
     Remove,
+    Renew(RenewPlan),
 }
 
 impl Change {
-    fn action(self) -> &'static str {
+    /// The action, as the audit trail names it (as nodectl's entries do).
+    fn action(&self) -> String {
         match self {
-            Change::Candidate(true) => "promote",
-            Change::Candidate(false) => "demote",
-            Change::Offline(true) => "offline",
-            Change::Offline(false) => "online",
-            Change::Remove => "remove",
+            Change::Candidate(true) => "promote".into(),
+            Change::Candidate(false) => "demote".into(),
+            Change::Offline(true) => "offline".into(),
+            Change::Offline(false) => "online".into(),
+            Change::Remove => "remove".into(),
+            Change::Renew(plan) => {
+                let what: Vec<&str> = [
+                    (plan.node_certificates, "node-certificates"),
+                    (plan.cluster_certificate, "cluster-certificate"),
+                    (plan.ssh_keys, "ssh-keys"),
+                    (plan.ca, "ca"),
+                ]
+                .into_iter()
+                .filter_map(|(set, name)| set.then_some(name))
+                .collect();
+                format!("renew-crypto {}", what.join(","))
+            }
         }
     }
 }
 
-/// Runs one lifecycle change on `name` in a task of its own, so that a
+/// Runs one change on `name` in a task of its own, so that a
 /// client that leaves or a request that times out does not cut a change
 /// halfway: it completes and is audited all the same.
 async fn run(
@@ -90,8 +103,12 @@ async fn run(
     auto_promote: bool,
 ) -> Result<Json<ChangeOutcome>, ApiError> {
     let (api, caller, name) = (api.clone(), caller.clone(), name.to_owned());
-    let task =
-        tokio::spawn(async move { carry_out(&api, &caller, &name, change, auto_promote).await });
+    // A thread of the blocking pool drives it: the renewal holds the CA's
+    // key store, which is not Send, across its awaits.
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        runtime.block_on(carry_out(&api, &caller, &name, change, auto_promote))
+    });
     task.await
         .map_err(|e| ApiError::from(crate::Error::Invalid(format!("change task failed: {e}"))))?
 }
@@ -112,16 +129,18 @@ async fn carry_out(
         on_line: &on_line,
         on_warning: &on_warning,
         on_step: &crate::rpc::fanout::quiet,
+        on_failure: &on_warning,
     };
     let state = &api.daemon.state;
-    let done: crate::Result<PushOutcome> = match change {
+    let done: crate::Result<PushOutcome> = match &change {
         Change::Candidate(yes) => {
-            lifecycle::set_candidate(state, name, yes, auto_promote, false, talk).await
+            lifecycle::set_candidate(state, name, *yes, auto_promote, false, talk).await
         }
         Change::Offline(yes) => {
-            lifecycle::set_offline(state, name, yes, auto_promote, false, talk).await
+            lifecycle::set_offline(state, name, *yes, auto_promote, false, talk).await
         }
         Change::Remove => lifecycle::remove(state, name, false, talk).await,
+        Change::Renew(plan) => renewal::renew(state, plan, false, talk).await,
     };
     let result = match &done {
         Ok(push) if !push.is_complete() => Some("partial".to_owned()),
@@ -129,7 +148,7 @@ async fn carry_out(
     };
     if let Some(result) = &result {
         let actor = format!("user:{}", caller.name);
-        record(api, AuditEntry::now(&actor, change.action(), name, result)).await;
+        record(api, AuditEntry::now(&actor, &change.action(), name, result)).await;
     }
     let push = done?;
     Ok(Json(ChangeOutcome {
@@ -145,14 +164,6 @@ async fn carry_out(
 }
 
 type Body<T> = Result<Json<T>, JsonRejection>;
-
-fn not_yet(command: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!("not available over the API yet; run `nodectl {command}` on the master"),
-    )
-}
 
 /// `PUT /v1/nodes/{name}/role`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -239,12 +250,38 @@ pub struct RenewRequest {
     pub nodes: Vec<String>,
 }
 
-/// Renew certificates and keys (`nodectl renew-crypto`).
+/// Renew certificates and keys (`nodectl renew-crypto`); the `nodes`
+/// limit node-certificate renewal, as `--node` does.
 #[utoipa::path(post, path = "/v1/renew-crypto", tag = "admin", request_body = RenewRequest,
-    responses((status = 501, body = ApiError), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-pub async fn renew(body: Body<RenewRequest>) -> ApiError {
-    match body {
-        Ok(_) => not_yet("renew-crypto"),
-        Err(e) => e.into(),
+    responses((status = 200, body = ChangeOutcome), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn renew(
+    State(api): Api,
+    Extension(caller): Extension<Caller>,
+    body: Body<RenewRequest>,
+) -> Result<Json<ChangeOutcome>, ApiError> {
+    let Json(req) = body?;
+    if !(req.node_certificates || req.cluster_certificate || req.ssh_keys || req.ca) {
+        return Err(ApiError::bad_request(
+            "node_certificates, cluster_certificate, ssh_keys, ca: at least one must be true",
+        ));
     }
+    if !req.nodes.is_empty() && !req.node_certificates {
+        return Err(ApiError::bad_request(
+            "nodes: limits node_certificates, which is not asked",
+        ));
+    }
+    let target = if req.nodes.is_empty() {
+        "cluster".to_owned()
+    } else {
+        req.nodes.join(",")
+    };
+    let plan = RenewPlan {
+        node_certificates: req.node_certificates,
+        cluster_certificate: req.cluster_certificate,
+        ssh_keys: req.ssh_keys,
+        ca: req.ca,
+        nodes: req.nodes,
+    };
+    run(&api, &caller, &target, Change::Renew(plan), false).await
 }
