@@ -75,18 +75,7 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
         next_server_digest: None,
     };
-    let config = ClusterConfig {
-        cluster_name: opts.cluster_name.clone(),
-        serial: 1,
-        candidate_pool_size: opts.candidate_pool_size,
-        digest: opts.digest.into(),
-        cert_days: opts.cert_days,
-        ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
-        ca_key: opts.ca_key.clone(),
-        nodes: vec![master.clone()],
-        users: Vec::new(),
-        audit: Vec::new(),
-    };
+    let config = first_config(opts, &ca, &master);
     let identity = NodeIdentity {
         uuid: master.uuid.clone(),
         name: opts.node_name.clone(),
@@ -126,4 +115,25 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         state.root().display()
     );
     Ok(Outcome::Success)
+}
+
+/// The config of a new cluster: serial 1, the master its only node, no
+/// users, an empty audit trail.
+fn first_config(
+    opts: &InitOptions,
+    ca: &impl CertificateSigner,
+    master: &NodeRecord,
+) -> ClusterConfig {
+    ClusterConfig {
+        cluster_name: opts.cluster_name.clone(),
+        serial: 1,
+        candidate_pool_size: opts.candidate_pool_size,
+        digest: opts.digest.into(),
+        cert_days: opts.cert_days,
+        ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
+        ca_key: opts.ca_key.clone(),
+        nodes: vec![master.clone()],
+        users: Vec::new(),
+        audit: Vec::new(),
+    }
 }

@@ -97,19 +97,7 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         ..new_record(req, candidate)
     });
     // The audit entry travels with the commit that adds the node.
-    crate::state::users::append(
-        &mut config.audit,
-        crate::state::users::AuditEntry::now(
-            &format!("join:{}", req.node_name),
-            "join",
-            &req.node_name,
-            if candidate {
-                "ok: master candidate"
-            } else {
-                "ok: regular"
-            },
-        ),
-    );
+    crate::state::users::append(&mut config.audit, join_entry(&req.node_name, candidate));
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses one.
     tokens.burn(&token.id);
@@ -136,6 +124,17 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         "node joined"
     );
     Ok((reply, config))
+}
+
+/// The audit entry of a node's admission: actor `join:NODE` (the joining
+/// node speaks for itself with its token).
+fn join_entry(node: &str, candidate: bool) -> crate::state::users::AuditEntry {
+    let result = if candidate {
+        "ok: master candidate"
+    } else {
+        "ok: regular"
+    };
+    crate::state::users::AuditEntry::now(&format!("join:{node}"), "join", node, result)
 }
 
 /// The master's side of a join: admit under the cluster lock, then push
