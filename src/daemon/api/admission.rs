@@ -148,8 +148,8 @@ impl AllowListHandle {
     }
 }
 
-/// The allow list this node's state gives: `Ok(None)` when it holds no
-/// `config.json`.
+/// The allow list this node's state gives: [`AllowList::RedirectOnly`]
+/// when it holds no `config.json`.
 pub fn read(state: &StateDir) -> crate::Result<AllowList> {
     if !state.config_json().exists() {
         return Ok(AllowList::RedirectOnly);
