@@ -84,6 +84,15 @@ pub struct NodedArgs {
     /// (the convergence loop); a node that is behind gets the current state.
     #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat: u64,
+    /// Serve the remote API at https://ADDR:PORT/v1/ (conventional port
+    /// 5080): HTTP/1.1 JSON over TLS 1.3, for the users made with `nodectl
+    /// user add` only (their certificate is checked in the handshake). On
+    /// a node that is not the master, every request is answered with a 307
+    /// to the master's address on the same port. Bodies up to 1 MiB,
+    /// headers up to 64 KiB, 8 requests of one user at once,
+    /// --request-timeout per request.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api_listen: Option<String>,
 }
 
 /// nodectl: runs a noded cluster: init, membership, roles, checks, rotation.
@@ -112,6 +121,7 @@ impl NodedArgs {
             listen: self.listen.clone(),
             metrics: self.metrics.clone(),
             heartbeat: std::time::Duration::from_secs(self.heartbeat),
+            api_listen: self.api_listen.clone(),
             limits: Limits {
                 max_frame: self.max_frame,
                 max_connections: self.max_connections,
@@ -224,6 +234,124 @@ pub enum Command {
     /// Generate man pages or shell completions.
     #[command(subcommand)]
     Generate(Generate),
+    /// Users of the remote API (noded --api-listen): add, list, revoke.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print the audit trail: every change, who made it, and how it ended.
+    ///
+    /// Read from this node's config.json: run it on the master or any master
+    /// candidate. The trail keeps the last 10000 entries.
+    Audit {
+        /// Only entries at or after TIME: RFC 3339 (2026-01-31T12:00:00Z) or
+        /// a duration back from now (30m, 1h, 2d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Print one JSON document: {"entries": [{"time", "actor", "action", "target", "result"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `nodectl user`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user of the remote API: the cluster CA signs a certificate for
+    /// the user's key.
+    ///
+    /// With --csr, the user keeps their own key (ECDSA P-256) and the
+    /// certificate is printed (or written to DIR/NAME.pem with --out). With
+    /// --out alone, a key is made here: DIR/NAME.key (mode 0600) and
+    /// DIR/NAME.pem. Run on the master.
+    Add {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// What the user may do; roles nest (admin > operator > readonly).
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The user's certificate signing request (PEM, ECDSA P-256).
+        #[arg(long, value_name = "FILE")]
+        csr: Option<PathBuf>,
+        /// Write NAME.pem (and, without --csr, a new key NAME.key) into DIR.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Validity of the certificate, e.g. 30d, 12w (at most 365d).
+        #[arg(long, default_value = "90d", value_name = "DURATION", value_parser = crate::cluster::ttl::parse_for_clap)]
+        ttl: u64,
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the users (revoked ones included).
+    List {
+        /// Print one JSON document: {"users": [{"name", "role", "digest", "expires", "revoked"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a user: refused from then on; its open API connections are
+    /// closed within one second.
+    Revoke {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Wait for the cluster lock instead of failing when it is taken.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `--role` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Readonly,
+    Operator,
+    Admin,
+}
+
+impl From<RoleArg> for crate::state::users::UserRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Readonly => Self::Readonly,
+            RoleArg::Operator => Self::Operator,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
+}
+
+/// The audit action and target of a mutating command that does not record
+/// its own entry.
+fn audited(command: &Command) -> Option<(String, String)> {
+    let entry = |action: &str, target: &str| Some((action.to_owned(), target.to_owned()));
+    match command {
+        Command::Modify(m) => match (m.master_candidate, m.offline) {
+            (Some(YesNo::Yes), _) => entry("promote", &m.node),
+            (Some(YesNo::No), _) => entry("demote", &m.node),
+            (None, Some(YesNo::Yes)) => entry("offline", &m.node),
+            (None, Some(YesNo::No)) => entry("online", &m.node),
+            (None, None) => None,
+        },
+        Command::Remove { node, .. } => entry("remove", node),
+        Command::MasterFailover { .. } => entry("master-failover", "-"),
+        Command::RenewCrypto(r) => {
+            let mut what = Vec::new();
+            for (set, name) in [
+                (r.new_node_certificates, "node-certificates"),
+                (r.new_cluster_certificate, "cluster-certificate"),
+                (r.new_ssh_keys, "ssh-keys"),
+                (r.new_ca, "ca"),
+            ] {
+                if set {
+                    what.push(name);
+                }
+            }
+            let target = if r.node.is_empty() {
+                "cluster".to_owned()
+            } else {
+                r.node.join(",")
+            };
+            entry(&format!("renew-crypto {}", what.join(",")), &target)
+        }
+        Command::Token(TokenCommand::Revoke { id, .. }) => entry("token-revoke", id),
+        _ => None,
+    }
 }
 
 /// `nodectl renew-crypto`.
@@ -443,7 +571,8 @@ pub enum Generate {
 /// Runs one parsed `nodectl` command.
 pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
     let state = StateDir::new(&args.global.state_dir);
-    match args.command {
+    let audit = audited(&args.command);
+    let outcome = match args.command {
         Command::Init(init_args) => ctl::init::init(&state, &init_args.options()),
         Command::List { json } => ctl::list::list(&state, json).await,
         Command::Ping {
@@ -464,7 +593,7 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
             master_candidate,
             json,
             wait,
-        }) => ctl::token::token_create(&state, ttl, master_candidate, json, wait),
+        }) => ctl::token::token_create(&state, ttl, master_candidate, json, wait).await,
         Command::Token(TokenCommand::List { json }) => ctl::token::token_list(&state, json),
         Command::Token(TokenCommand::Revoke { id, wait }) => {
             ctl::token::token_revoke(&state, &id, wait)
@@ -504,7 +633,34 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
         }
         Command::Generate(Generate::Man { dir }) => write_man_pages(&dir),
         Command::Generate(Generate::Completions { shell }) => completions(shell),
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            csr,
+            out,
+            ttl,
+            wait,
+        }) => {
+            let opts = ctl::user::UserAddOptions {
+                name,
+                role: role.into(),
+                csr,
+                out,
+                ttl,
+                wait,
+            };
+            ctl::user::user_add(&state, &opts).await
+        }
+        Command::User(UserCommand::List { json }) => ctl::user::user_list(&state, json),
+        Command::User(UserCommand::Revoke { name, wait }) => {
+            ctl::user::user_revoke(&state, &name, wait).await
+        }
+        Command::Audit { since, json } => ctl::audit::audit(&state, since.as_deref(), json),
+    };
+    if let Some((action, target)) = audit {
+        ctl::audit::record_command(&state, &action, &target, &outcome).await;
     }
+    outcome
 }
 
 /// `(name, command)` of each page.

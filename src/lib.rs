@@ -22,7 +22,8 @@
 //!   config store, commit and push, and `verify`'s checks.
 //! - [`daemon`]: `noded`: listener, handshake, connection handler, one
 //!   handler file per procedure family, authorization, map reload,
-//!   budgets, metrics, join admission.
+//!   budgets, metrics, join admission, and the remote API
+//!   ([`daemon::api`]: HTTPS for users with roles, over the same rustls).
 //! - [`ctl`]: `nodectl`: one file per command, and its output.
 //! - [`cli`], [`man`], [`logging`]: the command lines of both binaries,
 //!   their man pages and completions, and logging; `src/bin/` are thin.

@@ -328,6 +328,14 @@ impl Identity {
         }
     }
 
+    /// An identity from a certificate file and a key file.
+    pub fn from_files(cert: &Path, key: &Path) -> Identity {
+        Identity::from_pem(
+            std::fs::read_to_string(cert).unwrap(),
+            std::fs::read_to_string(key).unwrap(),
+        )
+    }
+
     pub fn digest(&self, alg: DigestAlgorithm) -> CertDigest {
         alg.digest(&self.chain[0])
     }

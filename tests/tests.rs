@@ -10,6 +10,7 @@
 
 mod support;
 
+mod api;
 mod authorization;
 mod cli;
 mod converge;

@@ -32,7 +32,7 @@ impl ClusterLock {
             Err(TryLockError::WouldBlock) => {
                 let mut who = String::new();
                 let _ = file.read_to_string(&mut who);
-                return Err(Error::Invalid(format!(
+                return Err(Error::LockHeld(format!(
                     "another command holds the cluster lock ({}); retry when it is done, or pass --wait",
                     who.trim()
                 )));

@@ -3,10 +3,17 @@
 //! the nodes ([`push`]), the steps of a certificate renewal ([`renew`]),
 //! and the consistency checks of `verify` ([`verify`]).
 
+pub mod audit;
+pub mod lifecycle;
+pub mod listing;
 pub mod lock;
 pub mod push;
 pub mod renew;
+pub mod renewal;
 pub mod store;
+pub mod tokens;
+pub mod ttl;
+pub mod users;
 pub mod verify;
 
 pub use lock::ClusterLock;

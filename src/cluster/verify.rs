@@ -882,6 +882,8 @@ mod tests {
                 ca_sha256: String::new(),
                 ca_key: None,
                 nodes,
+                users: Vec::new(),
+                audit: Vec::new(),
             };
             let ssconf = config.to_ssconf().unwrap();
             let local = LocalView {

@@ -56,6 +56,12 @@ pub enum Error {
         address: String,
         reason: String,
     },
+    /// Another command holds the cluster lock (its holder in the message).
+    #[error("{0}")]
+    LockHeld(String),
+    /// The node, user or token named does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// Result alias for the library.

@@ -44,10 +44,7 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
     state::create_dir(state.root(), 0o755)?;
     // The CA outlives the certificates it signs, by far: it is never
     // renewed automatically.
-    let cert_days = u32::try_from(opts.cert_lifetime.as_secs().div_ceil(86_400))
-        .unwrap_or(36_500)
-        .max(1);
-    let ca_days = cert_days.saturating_mul(10).clamp(3650, 36500);
+    let ca_days = cert_days(opts).saturating_mul(10).clamp(3650, 36500);
     // The token (when named) is opened, and its key made or found, before
     // anything else is written: a wrong PIN or label leaves no state behind.
     let store: Box<dyn KeyStore> = match token_store {
@@ -80,17 +77,7 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
         next_server_digest: None,
     };
-    let config = ClusterConfig {
-        cluster_name: opts.cluster_name.clone(),
-        serial: 1,
-        candidate_pool_size: opts.candidate_pool_size,
-        digest: opts.digest.into(),
-        cert_days,
-        cert_lifetime: opts.cert_lifetime.as_secs(),
-        ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
-        ca_key: opts.ca_key.clone(),
-        nodes: vec![master.clone()],
-    };
+    let config = first_config(opts, &ca, &master);
     let identity = NodeIdentity {
         uuid: master.uuid.clone(),
         name: opts.node_name.clone(),
@@ -141,4 +128,33 @@ fn say_initialised(
         "start the daemon:  noded --state-dir {}",
         state.root().display()
     );
+}
+
+/// Node certificates' lifetime in whole days, rounded up.
+fn cert_days(opts: &InitOptions) -> u32 {
+    u32::try_from(opts.cert_lifetime.as_secs().div_ceil(86_400))
+        .unwrap_or(36_500)
+        .max(1)
+}
+
+/// The config of a new cluster: serial 1, the master its only node, no
+/// users, an empty audit trail.
+fn first_config(
+    opts: &InitOptions,
+    ca: &impl CertificateSigner,
+    master: &NodeRecord,
+) -> ClusterConfig {
+    ClusterConfig {
+        cluster_name: opts.cluster_name.clone(),
+        serial: 1,
+        candidate_pool_size: opts.candidate_pool_size,
+        digest: opts.digest.into(),
+        cert_days: cert_days(opts),
+        cert_lifetime: opts.cert_lifetime.as_secs(),
+        ca_sha256: hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes()),
+        ca_key: opts.ca_key.clone(),
+        nodes: vec![master.clone()],
+        users: Vec::new(),
+        audit: Vec::new(),
+    }
 }

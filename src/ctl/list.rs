@@ -3,36 +3,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
 use ssconf::Ssconf;
 
 use super::output::{print_json, print_table};
 use super::Outcome;
-use crate::core::time::{now, rfc3339};
+use crate::cluster::listing::{health_by_name, node_rows, ListedNode, NodeList};
 use crate::core::Result;
 use crate::rpc::RpcClient;
 use crate::state::config::ClusterConfig;
 use crate::state::{self, StateDir};
 use crate::wire::{NodeHealth, Procedure, Reply};
-
-/// One row of `nodectl list`.
-#[derive(Debug, Serialize)]
-struct ListedNode {
-    name: String,
-    uuid: String,
-    address: String,
-    role: String,
-    offline: bool,
-    digest: String,
-    /// RFC 3339, UTC; empty when unknown.
-    cert_expires: String,
-    /// Whether the master's last heartbeat reached the node (the master
-    /// itself: whether its daemon answered); null when unknown.
-    reachable: Option<bool>,
-    /// RFC 3339, UTC, of the last heartbeat the node answered; null when
-    /// unknown or never.
-    last_seen: Option<String>,
-}
 
 /// Each node's health from the master's convergence loop, by name; empty
 /// when the master's daemon cannot be asked. The master itself is
@@ -48,22 +28,12 @@ pub async fn master_health(
         client.call_timeout = Duration::from_secs(3);
         let mut conn = client.connect(&master.name, &master.address).await?;
         let Reply::Health(nodes) = conn.call(Procedure::Health).await? else {
-            return Ok(Vec::new());
+            return Ok(BTreeMap::new());
         };
-        let mut nodes = nodes;
-        nodes.push(NodeHealth {
-            name: master.name.clone(),
-            reachable: true,
-            last_seen: now(),
-            serial: config.serial,
-            client_cert_expires: 0,
-            server_cert_expires: 0,
-            error: None,
-        });
-        Ok::<_, crate::core::Error>(nodes)
+        Ok::<_, crate::core::Error>(health_by_name(config, nodes))
     };
     match asked.await {
-        Ok(nodes) => nodes.into_iter().map(|h| (h.name.clone(), h)).collect(),
+        Ok(nodes) => nodes,
         Err(e) => {
             tracing::debug!("no health from the master: {e}");
             BTreeMap::new()
@@ -78,25 +48,7 @@ pub async fn list(state: &StateDir, json: bool) -> Result<Outcome> {
     let rows: Vec<ListedNode> = if state.config_json().exists() {
         let config: ClusterConfig = state::read_json(&state.config_json())?;
         let health = master_health(state, &config).await;
-        let mut nodes = config.nodes;
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes
-            .into_iter()
-            .map(|n| ListedNode {
-                reachable: health.get(&n.name).map(|h| h.reachable),
-                last_seen: health
-                    .get(&n.name)
-                    .filter(|h| h.last_seen > 0)
-                    .map(|h| rfc3339(h.last_seen)),
-                name: n.name,
-                uuid: n.uuid,
-                address: n.address,
-                role: n.role.as_str().to_owned(),
-                offline: n.offline,
-                digest: n.digest,
-                cert_expires: rfc3339(n.cert_expires),
-            })
-            .collect()
+        node_rows(&config, &health)
     } else {
         state.check_initialised()?;
         let ssconf = Ssconf::load(&state.ssconf_dir())?;
@@ -159,10 +111,4 @@ pub async fn list(state: &StateDir, json: bool) -> Result<Outcome> {
         )?;
     }
     Ok(Outcome::Success)
-}
-
-/// `nodectl list --json`.
-#[derive(Debug, Serialize)]
-struct NodeList {
-    nodes: Vec<ListedNode>,
 }

@@ -7,35 +7,28 @@ use super::Outcome;
 use crate::cluster::{self, ClusterLock};
 use crate::core::time::{now, rfc3339};
 use crate::core::{Error, Result};
-use crate::state::token::{JoinToken, TokenStore};
+use crate::state::token::TokenStore;
+use crate::state::users::AuditEntry;
 use crate::state::StateDir;
 
 /// `nodectl token create`.
-pub fn token_create(
+pub async fn token_create(
     state: &StateDir,
     ttl: u64,
     master_candidate: bool,
     json: bool,
     wait: bool,
 ) -> Result<Outcome> {
-    let config = cluster::master_config(state)?;
-    let _lock = ClusterLock::acquire(state, wait, "token create")?;
-    let mut tokens = TokenStore::load(state)?;
-    tokens.prune(now());
-    let ttl = i64::try_from(ttl).map_err(|_| Error::Invalid("--ttl is too long".into()))?;
-    let (stored, secret) = tokens.create(ttl, master_candidate);
-    tokens.save(state)?;
-    let token = JoinToken {
-        v: 1,
-        addrs: vec![config.master()?.address.clone()],
-        ca_sha256: config.ca_sha256.clone(),
-        master: config.master()?.uuid.clone(),
-        id: stored.id.clone(),
-        secret,
-        expires: stored.expires,
-        master_candidate,
-    };
-    let line = token.encode()?;
+    let created = cluster::tokens::create(state, ttl, master_candidate, wait);
+    if let Some(result) = cluster::audit::result_of(&created) {
+        let target = created.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
+        let actor = cluster::audit::nodectl_actor(state);
+        let entry = AuditEntry::now(&actor, "token-create", target, &result);
+        super::audit::record(state, entry).await;
+    }
+    let created = created?;
+    let stored = &created;
+    let line = created.connection_string.clone();
     if json {
         print_json(&serde_json::json!({
             "id": stored.id,

@@ -18,11 +18,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::server::Daemon;
-use crate::cluster::{self, renew, ClusterLock};
+use crate::cluster::lifecycle::Narration;
+use crate::cluster::{self, renewal, ClusterLock};
 use crate::core::{Error, Result};
 use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
 use crate::rpc::{Connection, RpcClient};
 use crate::state::config::{ClusterConfig, NodeRecord};
+use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
 use crate::wire::{NodeHealth, NodeInfo, Procedure, Reply};
 
@@ -314,48 +316,70 @@ async fn renew_due(daemon: &Daemon) -> Result<()> {
     if clients.is_empty() && servers.is_empty() {
         return Ok(());
     }
-    let Ok(_lock) = ClusterLock::acquire(state, false, "automatic renewal") else {
-        return Ok(());
-    };
-    let mut config = cluster::master_config(state)?;
     let mut failed = cluster::PushOutcome::default();
-    if !clients.is_empty() {
-        tracing::info!(nodes = ?clients, "automatic renewal of client certificates");
-        renew::node_certificates(state, &mut config, &clients, &mut failed, &Logged).await?;
-    }
-    if !servers.is_empty() {
-        tracing::info!(nodes = ?servers, "automatic renewal of server certificates");
-        renew::server_certificates(state, &mut config, &servers, &mut failed, &Logged).await?;
-        // Until the next heartbeat tells the new expiry.
-        for h in daemon.health.snapshot() {
-            if servers.contains(&h.name) {
-                daemon.health.forget_expiry(&h.name);
+    let outcome = {
+        let Ok(_lock) = ClusterLock::acquire(state, false, "automatic renewal") else {
+            return Ok(());
+        };
+        let mut config = cluster::master_config(state)?;
+        let talk = logged();
+        let mut outcome = Ok(());
+        if !clients.is_empty() {
+            tracing::info!(nodes = ?clients, "automatic renewal of client certificates");
+            outcome =
+                renewal::node_certificates(state, &mut config, &clients, &mut failed, talk).await;
+        }
+        if !servers.is_empty() && outcome.is_ok() {
+            tracing::info!(nodes = ?servers, "automatic renewal of server certificates");
+            outcome =
+                renewal::server_certificates(state, &mut config, &servers, &mut failed, talk).await;
+            // Until the next heartbeat tells the new expiry.
+            for name in &servers {
+                daemon.health.forget_expiry(name);
             }
         }
-    }
+        outcome
+    };
     super::runtime::reload_certificates(daemon);
     for (node, why) in &failed.unreachable {
         tracing::warn!(%node, "automatic renewal incomplete: {why}");
     }
-    Ok(())
-}
-
-/// How the master's daemon reports an automatic renewal: in its log.
-struct Logged;
-
-impl renew::Reporter for Logged {
-    fn begin(&self, _what: &str, _total: usize) {}
-    fn tick(&self) {}
-    fn step(&self, node: &str, what: &str, error: Option<&Error>) {
-        match error {
-            None => tracing::info!(%node, "{what}: ok"),
-            Some(e) => tracing::warn!(%node, "{what}: FAILED: {e}"),
+    // The audit trail, once the lock is free again (recording takes it).
+    let result = match (&outcome, failed.is_complete()) {
+        (Err(e), _) => format!("error: {e}"),
+        (Ok(()), true) => "ok".to_owned(),
+        (Ok(()), false) => format!("partial: {} node(s) not done", failed.unreachable.len()),
+    };
+    for (what, names) in [
+        ("client certificate", &clients),
+        ("server certificate", &servers),
+    ] {
+        for name in names {
+            let entry = AuditEntry::now("noded", &format!("renew {what}"), name, &result);
+            if let Err(e) = cluster::audit::record(state, entry).await {
+                tracing::warn!("audit trail: {e}");
+            }
         }
     }
-    fn note(&self, text: &str) {
-        tracing::info!("{text}");
-    }
-    fn warn(&self, text: &str) {
-        tracing::warn!("{text}");
+    outcome
+}
+
+fn log_line(line: &str) {
+    tracing::info!("{line}");
+}
+
+fn log_warning(line: &str) {
+    tracing::warn!("{line}");
+}
+
+fn nothing() {}
+
+/// How the master's daemon tells an automatic renewal: in its log.
+fn logged() -> Narration<'static> {
+    Narration {
+        on_line: &log_line,
+        on_warning: &log_warning,
+        on_step: &nothing,
+        on_failure: &log_warning,
     }
 }

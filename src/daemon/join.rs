@@ -158,6 +158,8 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
         ..new_record(req, candidate)
     });
+    // The audit entry travels with the commit that adds the node.
+    crate::state::users::append(&mut config.audit, join_entry(&req.node_name, candidate));
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses
     // one. It is remembered with the node's name, for a joiner that dies
@@ -210,6 +212,17 @@ fn joiner_error(state_root: &Path, node: &str, error: Error) -> RpcError {
         tracing::error!(%node, "join failed on the master: {}", chain(&error));
         failed("the master could not admit this node: internal error; see the master's log")
     }
+}
+
+/// The audit entry of a node's admission: actor `join:NODE` (the joining
+/// node speaks for itself with its token).
+fn join_entry(node: &str, candidate: bool) -> crate::state::users::AuditEntry {
+    let result = if candidate {
+        "ok: master candidate"
+    } else {
+        "ok: regular"
+    };
+    crate::state::users::AuditEntry::now(&format!("join:{node}"), "join", node, result)
 }
 
 /// The master's side of a join: admit under the cluster lock, then push

@@ -6,10 +6,11 @@
 //! [`handlers`] answer its procedures, one file per family; [`join`]
 //! admits new nodes on the master; [`reload`] keeps the candidate map
 //! current; [`budget`] bounds handshakes and connections; [`metrics`]
-//! serves the Prometheus endpoint.
+//! serves the Prometheus endpoint; [`api`] serves the remote API.
 
 use std::path::PathBuf;
 
+pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod converge;
@@ -37,4 +38,6 @@ pub struct Options {
     pub limits: server::Limits,
     /// On the master, the interval of the convergence loop.
     pub heartbeat: std::time::Duration,
+    /// Where to serve the remote API (SPEC §11), if anywhere.
+    pub api_listen: Option<String>,
 }

@@ -229,6 +229,21 @@ pub async fn serve(opts: Options) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?;
     let reloader = spawn_reloader(daemon.clone(), reload_tx, local)?;
     let (stop_loop, loop_stopped) = tokio::sync::watch::channel(false);
+    let api = match &opts.api_listen {
+        Some(address) => {
+            let listener = bind(address).await?;
+            let local = listener
+                .local_addr()
+                .map_err(Error::io(daemon.state.root()))?;
+            tracing::info!("remote API on https://{local}/v1/");
+            Some(tokio::spawn(super::api::server::run(
+                listener,
+                daemon.clone(),
+                loop_stopped.clone(),
+            )))
+        }
+        None => None,
+    };
     let converge = tokio::spawn(super::converge::run(
         daemon.clone(),
         opts.heartbeat,
@@ -251,6 +266,9 @@ pub async fn serve(opts: Options) -> Result<()> {
     server::run(listener, daemon, shutdown).await;
     let _ = stop_loop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), converge).await;
+    if let Some(api) = api {
+        let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    }
     reloader.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

@@ -235,14 +235,20 @@ pub enum LeafRole<'a> {
     Client { node: &'a str },
     /// A node's own server certificate.
     Server { node: &'a str, uuid: &'a str },
+    /// A user of the remote API: CN `user:NAME`, clientAuth. Its digest is
+    /// never in the candidate map, so the RPC port never admits it.
+    User { name: &'a str },
 }
 
 impl LeafRole<'_> {
     /// The certificate's parameters, without validity and key.
     fn params(&self) -> Result<CertificateParams> {
         let (node, usage) = match *self {
-            LeafRole::Client { node } => (node, ExtendedKeyUsagePurpose::ClientAuth),
-            LeafRole::Server { node, .. } => (node, ExtendedKeyUsagePurpose::ServerAuth),
+            LeafRole::Client { node } => (node.to_owned(), ExtendedKeyUsagePurpose::ClientAuth),
+            LeafRole::Server { node, .. } => (node.to_owned(), ExtendedKeyUsagePurpose::ServerAuth),
+            LeafRole::User { name } => {
+                (format!("user:{name}"), ExtendedKeyUsagePurpose::ClientAuth)
+            }
         };
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, node);

@@ -85,6 +85,13 @@ pub struct ClusterConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_key: Option<String>,
     pub nodes: Vec<NodeRecord>,
+    /// Users of the remote API (SPEC §11.1), revoked ones included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<crate::state::users::UserRecord>,
+    /// The audit trail (SPEC §11.3), oldest first, at most
+    /// [`crate::state::users::AUDIT_CAP`] entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<crate::state::users::AuditEntry>,
 }
 
 /// [`DigestAlgorithm`] as it appears in JSON (`"sha256"` / `"sha1"`).

@@ -11,6 +11,7 @@ pub mod config;
 pub mod fingerprint;
 pub mod ssh;
 pub mod token;
+pub mod users;
 
 /// Mode of public state files (certificates, ssconf, node.json).
 pub const MODE_PUBLIC: u32 = 0o644;

@@ -1,0 +1,134 @@
+//! `nodectl user add|list|revoke`: identities of the remote API (SPEC §11).
+
+use std::path::Path;
+
+use super::output::{print_json, print_table};
+use super::progress::Progress;
+use super::Outcome;
+use crate::cluster::audit::nodectl_actor;
+use crate::cluster::users::{self, NewUser, UserList, UserRow};
+use crate::core::time::rfc3339;
+use crate::core::{Error, Result};
+use crate::rpc::RpcClient;
+use crate::state::users::UserRole;
+use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
+
+/// What `nodectl user add` was asked.
+#[derive(Debug, Clone)]
+pub struct UserAddOptions {
+    pub name: String,
+    pub role: UserRole,
+    /// The user's CSR file (P-256).
+    pub csr: Option<std::path::PathBuf>,
+    /// Where to write `NAME.key` (made here) and `NAME.pem`.
+    pub out: Option<std::path::PathBuf>,
+    /// Validity in seconds.
+    pub ttl: u64,
+    pub wait: bool,
+}
+
+/// `nodectl user add NAME --role ROLE [--csr FILE] [--out DIR] [--ttl DURATION]`.
+pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome> {
+    let csr_pem = match &opts.csr {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(Error::io(path))?),
+        None if opts.out.is_none() => {
+            return Err(Error::Invalid(
+                "give --csr FILE (the user's own key) or --out DIR (a key made here)".into(),
+            ))
+        }
+        None => None,
+    };
+    users::check_ttl(opts.ttl)?;
+    let client = RpcClient::from_state(state)?;
+    let others = crate::cluster::load_config(state)
+        .map(|c| c.online_nodes().count().saturating_sub(1))
+        .unwrap_or(0);
+    let bar = Progress::new(others, "pushing cluster state");
+    let new = NewUser {
+        name: opts.name.clone(),
+        role: opts.role,
+        csr_pem,
+        ttl: opts.ttl,
+    };
+    let actor = nodectl_actor(state);
+    let added = users::add(state, &client, &actor, &new, opts.wait, &|| bar.step()).await?;
+    drop(bar);
+    match &opts.out {
+        Some(dir) => write_identity(dir, &opts.name, &added.cert_pem, added.key.as_ref())?,
+        None => super::output::write_stdout(&added.cert_pem)?,
+    }
+    eprintln!(
+        "user {} ({}) added, certificate valid until {}, digest {}",
+        added.record.name,
+        added.record.role.as_str(),
+        rfc3339(added.record.expires),
+        added.record.digest
+    );
+    added.push.report();
+    Ok(if added.push.is_complete() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
+
+/// Writes `DIR/NAME.pem` (0644) and, when made here, `DIR/NAME.key` (0600),
+/// each atomically.
+fn write_identity(
+    dir: &Path,
+    name: &str,
+    cert_pem: &str,
+    key: Option<&crate::core::Secret>,
+) -> Result<()> {
+    crate::state::create_dir(dir, 0o755)?;
+    if let Some(key) = key {
+        let path = dir.join(format!("{name}.key"));
+        ssconf::write_atomic(&path, key.expose().as_bytes(), MODE_SECRET)
+            .map_err(Error::io(&path))?;
+        crate::say!("{}", path.display());
+    }
+    let path = dir.join(format!("{name}.pem"));
+    ssconf::write_atomic(&path, cert_pem.as_bytes(), MODE_PUBLIC).map_err(Error::io(&path))?;
+    crate::say!("{}", path.display());
+    Ok(())
+}
+
+/// `nodectl user list [--json]`, on the master or a candidate.
+pub fn user_list(state: &StateDir, json: bool) -> Result<Outcome> {
+    let rows: Vec<UserRow> = users::list(state)?.into_iter().map(UserRow::from).collect();
+    if json {
+        print_json(&UserList { users: rows })?;
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|u| {
+                let revoked = if u.revoked { "yes" } else { "no" }.to_owned();
+                vec![u.name, u.role, revoked, u.expires, u.digest]
+            })
+            .collect();
+        print_table(&["NAME", "ROLE", "REVOKED", "EXPIRES", "DIGEST"], &table)?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// `nodectl user revoke NAME`.
+pub async fn user_revoke(state: &StateDir, name: &str, wait: bool) -> Result<Outcome> {
+    let client = RpcClient::from_state(state)?;
+    let actor = nodectl_actor(state);
+    let push = users::revoke(
+        state,
+        &client,
+        &actor,
+        name,
+        wait,
+        &crate::rpc::fanout::quiet,
+    )
+    .await?;
+    crate::say!("user {name} revoked");
+    push.report();
+    Ok(if push.is_complete() {
+        Outcome::Success
+    } else {
+        Outcome::Partial
+    })
+}
