@@ -470,19 +470,26 @@ impl Collector for Snapshot {
             HELP_EXPIRY,
             &expiry,
         )?;
+        self.encode_nodes(&mut out)
+    }
+}
+
+impl Snapshot {
+    /// On the master: each node's reachability and heartbeat age.
+    fn encode_nodes(&self, out: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let reachable: Vec<_> = self
             .nodes
             .iter()
             .map(|(node, up, _)| ([("node", node.as_str())], i64::from(*up)))
             .collect();
-        gauge_family(&mut out, "noded_node_reachable", HELP_REACHABLE, &reachable)?;
+        gauge_family(out, "noded_node_reachable", HELP_REACHABLE, &reachable)?;
         let last_seen: Vec<_> = self
             .nodes
             .iter()
             .filter_map(|(node, _, age)| age.map(|age| ([("node", node.as_str())], age)))
             .collect();
         gauge_family(
-            &mut out,
+            out,
             "noded_node_last_seen_seconds",
             HELP_LAST_SEEN,
             &last_seen,
