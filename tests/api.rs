@@ -806,3 +806,42 @@ fn certificates_are_renewed_over_the_api() {
     assert_eq!(last["target"], "b");
     assert_eq!(last["result"], "ok");
 }
+
+/// A change that outlives `--request-timeout` is answered 503 (JSON, code
+/// `timeout`); the change itself runs to its end in the background.
+#[test]
+fn a_request_that_outlives_the_timeout_is_a_503() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let ids = tempfile::tempdir().unwrap();
+    let (cert, key) = add_user(&m, ids.path(), "admin", "admin");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&m, &["--api-listen", &listen, "--request-timeout", "1"]);
+    assert!(
+        daemon.wait_log("remote API on", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    let (x, dx) = join_and_start(&m, "x", &[]);
+    // x's address takes TCP connections and never speaks TLS: a call to it
+    // waits for the client's connect timeout (10 s).
+    drop(dx);
+    let _silent = std::net::TcpListener::bind(&x.address).unwrap();
+    let body = r#"{"node_certificates": true, "cluster_certificate": false, "ssh_keys": false, "ca": false, "nodes": ["x"]}"#;
+    let started = std::time::Instant::now();
+    let (status, text) = api_curl(
+        &m,
+        port,
+        Some((cert.as_path(), key.as_path())),
+        "POST",
+        "/v1/renew-crypto",
+        Some(body),
+    );
+    assert_eq!(status, "503", "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["code"], "timeout", "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after the change"
+    );
+}
