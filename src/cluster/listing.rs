@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::core::time::{now, rfc3339};
 use crate::state::config::ClusterConfig;
+use crate::state::StateDir;
 use crate::wire::NodeHealth;
 
 /// One node as `list` shows it.
@@ -77,4 +78,97 @@ pub fn node_rows(config: &ClusterConfig, health: &BTreeMap<String, NodeHealth>) 
             cert_expires: rfc3339(n.cert_expires),
         })
         .collect()
+}
+
+/// `status --json` and `GET /v1/status` (SPEC §2.2). Until the config is
+/// replicated through Raft, `term` is 0, the only voter is the master and
+/// `commit_index` is the config's serial.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub cluster: String,
+    pub master: String,
+    pub term: u64,
+    pub commit_index: u64,
+    pub voters: Vec<String>,
+    pub ca_rotation: CaRotation,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// The phase of a CA rotation.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CaRotation {
+    /// `none`, `trust` (a new CA is being distributed) or `reissue` (both
+    /// CAs trusted, certificates being reissued by the new one).
+    pub phase: String,
+}
+
+/// One node in [`Status`].
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeStatus {
+    pub name: String,
+    /// `master`, `candidate` or `regular`.
+    pub role: String,
+    /// Whether the master's last heartbeat reached it; null when unknown.
+    pub reachable: Option<bool>,
+    /// RFC 3339, UTC, of the last heartbeat it answered.
+    pub last_seen: Option<String>,
+    /// The ssconf serial it reported then.
+    pub serial: Option<u64>,
+    pub term: u64,
+    /// RFC 3339, UTC.
+    pub client_cert_expires: String,
+    /// RFC 3339, UTC, as the node reported it; null when unknown.
+    pub server_cert_expires: Option<String>,
+}
+
+/// The phase of a CA rotation, as this node's files show it.
+pub fn ca_phase(state: &StateDir) -> crate::core::Result<&'static str> {
+    if state.ca_new_pem().exists() {
+        return Ok("trust");
+    }
+    Ok(match crate::pki::load_certs(&state.ca_pem())?.len() {
+        0 | 1 => "none",
+        _ => "reissue",
+    })
+}
+
+/// The status document of `config`, with `health` by name.
+pub fn status(
+    state: &StateDir,
+    config: &ClusterConfig,
+    health: &BTreeMap<String, NodeHealth>,
+) -> crate::core::Result<Status> {
+    let mut nodes: Vec<NodeStatus> = config
+        .nodes
+        .iter()
+        .map(|n| {
+            let h = health.get(&n.name);
+            let seen = h.filter(|h| h.last_seen > 0);
+            NodeStatus {
+                name: n.name.clone(),
+                role: n.role.as_str().to_owned(),
+                reachable: h.map(|h| h.reachable),
+                last_seen: seen.map(|h| rfc3339(h.last_seen)),
+                serial: seen.map(|h| h.serial),
+                term: 0,
+                client_cert_expires: rfc3339(n.cert_expires),
+                server_cert_expires: h
+                    .filter(|h| h.server_cert_expires > 0)
+                    .map(|h| rfc3339(h.server_cert_expires)),
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let master = config.master()?.name.clone();
+    Ok(Status {
+        cluster: config.cluster_name.clone(),
+        voters: vec![master.clone()],
+        master,
+        term: 0,
+        commit_index: config.serial,
+        ca_rotation: CaRotation {
+            phase: ca_phase(state)?.to_owned(),
+        },
+        nodes,
+    })
 }

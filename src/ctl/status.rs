@@ -5,56 +5,12 @@
 //! voter is the master and `commit_index` is the config's serial: the
 //! fields are there, with what this version knows.
 
-use serde::Serialize;
-
 use super::list::master_health;
 use super::output::{print_json, print_table};
 use super::Outcome;
-use crate::core::time::rfc3339;
 use crate::core::{Error, Result};
 use crate::state::config::ClusterConfig;
 use crate::state::{self, StateDir};
-
-#[derive(Debug, Serialize)]
-struct Status {
-    cluster: String,
-    master: String,
-    term: u64,
-    commit_index: u64,
-    voters: Vec<String>,
-    ca_rotation: CaRotation,
-    nodes: Vec<NodeStatus>,
-}
-
-#[derive(Debug, Serialize)]
-struct CaRotation {
-    /// `none`, `trust` (a new CA is being distributed) or `reissue` (both
-    /// CAs trusted, certificates being reissued by the new one).
-    phase: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct NodeStatus {
-    name: String,
-    role: String,
-    reachable: Option<bool>,
-    last_seen: Option<String>,
-    serial: Option<u64>,
-    term: u64,
-    client_cert_expires: String,
-    server_cert_expires: Option<String>,
-}
-
-/// The phase of a CA rotation, as this node's files show it.
-fn ca_phase(state: &StateDir) -> Result<&'static str> {
-    if state.ca_new_pem().exists() {
-        return Ok("trust");
-    }
-    Ok(match crate::pki::load_certs(&state.ca_pem())?.len() {
-        0 | 1 => "none",
-        _ => "reissue",
-    })
-}
 
 /// `nodectl status [--json]`.
 pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
@@ -67,38 +23,7 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
     }
     let config: ClusterConfig = state::read_json(&state.config_json())?;
     let health = master_health(state, &config).await;
-    let mut nodes: Vec<NodeStatus> = config
-        .nodes
-        .iter()
-        .map(|n| {
-            let h = health.get(&n.name);
-            NodeStatus {
-                name: n.name.clone(),
-                role: n.role.as_str().to_owned(),
-                reachable: h.map(|h| h.reachable),
-                last_seen: h.filter(|h| h.last_seen > 0).map(|h| rfc3339(h.last_seen)),
-                serial: h.filter(|h| h.last_seen > 0).map(|h| h.serial),
-                term: 0,
-                client_cert_expires: rfc3339(n.cert_expires),
-                server_cert_expires: h
-                    .filter(|h| h.server_cert_expires > 0)
-                    .map(|h| rfc3339(h.server_cert_expires)),
-            }
-        })
-        .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let master = config.master()?.name.clone();
-    let status = Status {
-        cluster: config.cluster_name.clone(),
-        voters: vec![master.clone()],
-        master,
-        term: 0,
-        commit_index: config.serial,
-        ca_rotation: CaRotation {
-            phase: ca_phase(state)?,
-        },
-        nodes,
-    };
+    let status = crate::cluster::listing::status(state, &config, &health)?;
     if json {
         print_json(&status)?;
         return Ok(Outcome::Success);

@@ -13,7 +13,7 @@ use super::admission::Caller;
 use super::error::ApiError;
 use super::ApiState;
 use crate::cluster::audit::{self, AuditRow, AuditTrail};
-use crate::cluster::listing::{health_by_name, node_rows, NodeList};
+use crate::cluster::listing::{health_by_name, node_rows, NodeList, Status};
 use crate::cluster::users::{self, NewUser, UserList, UserRow};
 use crate::cluster::{load_config, ttl};
 use crate::core::time::{now, rfc3339};
@@ -44,63 +44,19 @@ pub async fn nodes(State(api): Api) -> Result<Json<NodeList>, ApiError> {
     }))
 }
 
-/// One node in `GET /v1/status`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct NodeStatus {
-    pub name: String,
-    /// `master`, `candidate` or `regular`.
-    pub role: String,
-    pub offline: bool,
-    /// Whether the master's last heartbeat reached it; null when unknown.
-    pub reachable: Option<bool>,
-    /// RFC 3339, UTC, of the last heartbeat it answered.
-    pub last_seen: Option<String>,
-    /// The ssconf serial it reported then.
-    pub serial: Option<u64>,
-    /// RFC 3339, UTC: its client certificate's expiry.
-    pub client_cert_expires: String,
-}
-
-/// `GET /v1/status`: what the master knows.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Status {
-    pub cluster: String,
-    pub master: String,
-    /// The config's serial.
-    pub serial: u64,
-    pub nodes: Vec<NodeStatus>,
-}
-
-/// The cluster at a glance: the master, the serial, each node's health as
-/// the master's convergence loop last saw it.
+/// The cluster at a glance, as `nodectl status --json` shows it: the
+/// master, the CA rotation phase, each node's health as the master's
+/// convergence loop last saw it.
 #[utoipa::path(get, path = "/v1/status", tag = "readonly",
     responses((status = 200, body = Status), (status = 403, body = ApiError)))]
 pub async fn status(State(api): Api) -> Result<Json<Status>, ApiError> {
     let config = config(&api)?;
     let health = health_by_name(&config, api.daemon.health.snapshot());
-    let mut nodes: Vec<NodeStatus> = config
-        .nodes
-        .iter()
-        .map(|n| {
-            let h = health.get(&n.name);
-            NodeStatus {
-                name: n.name.clone(),
-                role: n.role.as_str().to_owned(),
-                offline: n.offline,
-                reachable: h.map(|h| h.reachable),
-                last_seen: h.filter(|h| h.last_seen > 0).map(|h| rfc3339(h.last_seen)),
-                serial: h.map(|h| h.serial),
-                client_cert_expires: rfc3339(n.cert_expires),
-            }
-        })
-        .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(Status {
-        cluster: config.cluster_name.clone(),
-        master: config.master()?.name.clone(),
-        serial: config.serial,
-        nodes,
-    }))
+    Ok(Json(crate::cluster::listing::status(
+        &api.daemon.state,
+        &config,
+        &health,
+    )?))
 }
 
 /// `{"findings": [...]}`, as `nodectl verify --json`.
