@@ -845,3 +845,45 @@ fn a_request_that_outlives_the_timeout_is_a_503() {
         "answered after the change"
     );
 }
+
+/// One user has at most 8 requests in flight: a 9th is answered 429 while
+/// 8 slow ones (verify, waiting on a node that never speaks TLS) run.
+#[test]
+fn a_user_with_eight_requests_in_flight_gets_a_429() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let ids = tempfile::tempdir().unwrap();
+    let (cert, key) = add_user(&m, ids.path(), "ro", "readonly");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&m, &["--api-listen", &listen]);
+    assert!(
+        daemon.wait_log("remote API on", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    let (x, dx) = join_and_start(&m, "x", &[]);
+    drop(dx);
+    // verify waits for x's TLS handshake until the connect timeout (10 s).
+    let _silent = std::net::TcpListener::bind(&x.address).unwrap();
+    let m = std::sync::Arc::new(m);
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let (m, cert, key) = (m.clone(), cert.clone(), key.clone());
+            std::thread::spawn(move || {
+                api_curl(&m, port, Some((&cert, &key)), "GET", "/v1/verify", None).0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, text) = api_curl(&m, port, Some((&cert, &key)), "GET", "/v1/nodes", None);
+    assert_eq!(status, "429", "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["error"].as_str().unwrap().contains("8"), "{text}");
+    for request in slow {
+        let status = request.join().unwrap();
+        assert_ne!(status, "429", "one of the first 8 was refused");
+    }
+    // Once they are done, the user is served again.
+    let (status, text) = api_curl(&m, port, Some((&cert, &key)), "GET", "/v1/nodes", None);
+    assert_eq!(status, "200", "{text}");
+}
