@@ -405,6 +405,12 @@ pub async fn server_certificates(
     let overlap =
         cluster::commit(state, &client, config, PushItems::ALL, &[], talk.on_step).await?;
     failed.unreachable.extend(overlap.unreachable);
+    // A client reads the recorded certificates when it starts: one that
+    // started just before this commit knows only the old ones. Give it the
+    // grace period to finish before any node serves its new certificate.
+    if !pending.is_empty() {
+        tokio::time::sleep(SWITCH_GRACE).await;
+    }
     let installed =
         fan_out_nodes(
             talk,
