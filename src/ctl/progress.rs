@@ -4,12 +4,6 @@
 
 use std::io::IsTerminal;
 
-use crate::cluster::{self, PushItems, PushOutcome};
-use crate::core::Result;
-use crate::rpc::RpcClient;
-use crate::state::config::ClusterConfig;
-use crate::state::StateDir;
-
 /// A progress bar that exists only on a terminal.
 #[derive(Debug)]
 pub struct Progress {
@@ -49,28 +43,4 @@ impl Drop for Progress {
             bar.finish_and_clear();
         }
     }
-}
-
-/// [`cluster::commit`] with a bar while it pushes.
-pub async fn commit(
-    state: &StateDir,
-    client: &RpcClient,
-    config: &mut ClusterConfig,
-    items: PushItems,
-    skip: &[&str],
-) -> Result<PushOutcome> {
-    let others = config.online_nodes().count().saturating_sub(1);
-    let bar = Progress::new(others, "pushing cluster state");
-    cluster::commit(state, client, config, items, skip, &|| bar.step()).await
-}
-
-/// [`cluster::push`] with a bar.
-pub async fn push(
-    client: &RpcClient,
-    config: &ClusterConfig,
-    items: PushItems,
-    skip: &[&str],
-) -> Result<PushOutcome> {
-    let bar = Progress::new(config.online_nodes().count(), "pushing cluster state");
-    cluster::push(client, config, items, skip, &|| bar.step()).await
 }
