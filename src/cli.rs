@@ -336,11 +336,13 @@ fn audited(command: &Command) -> Option<(String, String)> {
                 (r.new_node_certificates, "node-certificates"),
                 (r.new_cluster_certificate, "cluster-certificate"),
                 (r.new_ssh_keys, "ssh-keys"),
-                (r.new_ca, "ca"),
             ] {
                 if set {
                     what.push(name);
                 }
+            }
+            if let Ok(Some(ca)) = r.ca_plan() {
+                what.push(ca.audit_name());
             }
             let target = if r.node.is_empty() {
                 "cluster".to_owned()
@@ -354,9 +356,21 @@ fn audited(command: &Command) -> Option<(String, String)> {
     }
 }
 
+impl RenewArgs {
+    /// What the CA flags ask.
+    fn ca_plan(&self) -> Result<Option<crate::cluster::ca_rotation::CaPlan>> {
+        crate::cluster::ca_rotation::CaPlan::from_flags(
+            self.new_ca,
+            self.continue_ca,
+            self.rollback_ca,
+            self.stop_after.as_deref(),
+        )
+    }
+}
+
 /// `nodectl renew-crypto`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["new_node_certificates", "new_cluster_certificate", "new_ssh_keys", "new_ca"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["new_node_certificates", "new_cluster_certificate", "new_ssh_keys", "new_ca", "continue_ca", "rollback_ca"])))]
 pub struct RenewArgs {
     /// Every online node (or each --node) makes a new key; the master signs.
     #[arg(long)]
@@ -367,10 +381,23 @@ pub struct RenewArgs {
     /// Every master candidate makes a new SSH key pair.
     #[arg(long)]
     pub new_ssh_keys: bool,
-    /// A new cluster CA: trusted beside the old one, every certificate
-    /// reissued, then the old one dropped. Needs every online node reachable.
-    #[arg(long)]
+    /// A new cluster CA in three phases, each committed and shown by
+    /// `status`: trust (every node trusts both CAs), reissue (every
+    /// certificate reissued by the new CA), drop (the old CA leaves every
+    /// trust store). A node that cannot be reached holds the rotation at its
+    /// phase (exit 3). During a rotation, goes on with it.
+    #[arg(long, conflicts_with_all = ["continue_ca", "rollback_ca"])]
     pub new_ca: bool,
+    /// Pause the CA rotation once this phase is complete.
+    #[arg(long, value_name = "PHASE", value_parser = ["trust", "reissue"])]
+    pub stop_after: Option<String>,
+    /// Go on with the CA rotation under way, from its committed phase.
+    #[arg(long, conflicts_with = "rollback_ca")]
+    pub continue_ca: bool,
+    /// Return every node to the old CA alone, reissuing by it what the new
+    /// CA signed (before the drop phase only).
+    #[arg(long, conflicts_with = "stop_after")]
+    pub rollback_ca: bool,
     /// Renew only this node's certificate (repeatable).
     #[arg(long, value_name = "NODE", requires = "new_node_certificates")]
     pub node: Vec<String>,
@@ -626,7 +653,7 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
                 node_certificates: r.new_node_certificates,
                 cluster_certificate: r.new_cluster_certificate,
                 ssh_keys: r.new_ssh_keys,
-                ca: r.new_ca,
+                ca: r.ca_plan()?,
                 nodes: r.node,
             };
             ctl::renew::renew(&state, &plan, r.wait).await

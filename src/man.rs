@@ -88,10 +88,14 @@ noded \-\-state\-dir /tmp/n1 \-\-listen 127.0.0.1:1811 \-\-log\-format json
 const NODECTL_NOTES: &str = r#".SH CA KEY IN A PKCS#11 TOKEN
 With \fBinit \-\-ca\-key\fR \fIpkcs11:token=T;object=O?module\-path=LIB&pin\-source=file:PATH\fR (RFC 7512; or \fIpin\-source=env:VARIABLE\fR; \fIpin\-value\fR is refused) the CA key is an EC P\-256 key inside the token, made there if no key is labelled O, never extractable.
 No node has \fIca.key\fR; the URI is kept in \fIconfig.json\fR and every master candidate signs through it, so the token (and the PIN file) must be reachable from each of them.
-A CA rotation makes the next key as O.new and then renames the keys (O to O.old, O.new to O).
+A CA rotation makes the next key as O.new and then renames the keys (O to O.old, O.new to O); a rollback renames them back (the unused new key keeps a label O.rolled\-back.TIME.unused; no key is ever destroyed).
 \fBverify\fR reports CA_KEY_UNUSABLE when the token cannot be reached, refuses the PIN, lacks the key, or holds a key that is not the one of \fIca.pem\fR, and CA_KEY_FILE_WITH_TOKEN for a \fIca.key\fR file on any node.
 .PP
 Trust model: a compromised master candidate can still sign certificates while it is a candidate (it reaches the token), but it cannot copy the key, so demotion (and a PIN change) ends its power to sign; with the file backend, a key it copied stays usable until \fBrenew\-crypto \-\-new\-ca\fR.
+.SH CA ROTATION
+\fBrenew\-crypto \-\-new\-ca\fR rotates the cluster CA in phases, each committed in the config before any node is changed for it and shown by \fBstatus\fR: \fItrust\fR (every online node trusts the old and the new CA; the old one still signs), \fIreissue\fR (the new CA signs; every node's client and server certificates are reissued by it), \fIdrop\fR (the old CA leaves every trust store; the rotation ends).
+\fB\-\-stop\-after trust\fR|\fBreissue\fR pauses once that phase is complete; \fB\-\-continue\-ca\fR goes on; \fB\-\-rollback\-ca\fR (before drop) makes the old CA sign again, reissues by it what the new CA signed, and leaves the old CA alone in every trust store (phase \fIrollback\fR).
+A node that cannot be reached holds the rotation at its phase (exit 3, naming it); when it is back, the master's convergence loop brings it to the phase (its CA bundle and, in reissue or rollback, its certificates), and \fB\-\-continue\-ca\fR finishes. No node has to join again.
 .SH JSON OUTPUT
 With \fB\-\-json\fR, commands print one JSON document; field names are stable:
 .TP

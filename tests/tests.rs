@@ -12,6 +12,7 @@ mod support;
 
 mod api;
 mod authorization;
+mod ca_rotation;
 mod cli;
 mod converge;
 mod crash;

@@ -743,6 +743,7 @@ mod tests {
             nodes,
             users: Vec::new(),
             audit: Vec::new(),
+            ca_rotation: None,
         }
     }
 

@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use crate::core::time::{now, rfc3339};
 use crate::state::config::ClusterConfig;
-use crate::state::StateDir;
 use crate::wire::NodeHealth;
 
 /// One node as `list` shows it.
@@ -97,9 +96,16 @@ pub struct Status {
 /// The phase of a CA rotation.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CaRotation {
-    /// `none`, `trust` (a new CA is being distributed) or `reissue` (both
-    /// CAs trusted, certificates being reissued by the new one).
+    /// `none`; or the phase of the rotation under way: `trust` (both CAs
+    /// being given to every node), `reissue` (the new CA signs; every
+    /// certificate being reissued by it), `drop` (the old CA leaving every
+    /// trust store), `rollback` (`--rollback-ca`).
     pub phase: String,
+    /// The phase is complete and the rotation paused there
+    /// (`--stop-after`); `--continue-ca` goes on.
+    pub paused: bool,
+    /// When the rotation began (RFC 3339, UTC); null between rotations.
+    pub started: Option<String>,
 }
 
 /// One node in [`Status`].
@@ -121,20 +127,8 @@ pub struct NodeStatus {
     pub server_cert_expires: Option<String>,
 }
 
-/// The phase of a CA rotation, as this node's files show it.
-pub fn ca_phase(state: &StateDir) -> crate::core::Result<&'static str> {
-    if state.ca_new_pem().exists() {
-        return Ok("trust");
-    }
-    Ok(match crate::pki::load_certs(&state.ca_pem())?.len() {
-        0 | 1 => "none",
-        _ => "reissue",
-    })
-}
-
 /// The status document of `config`, with `health` by name.
 pub fn status(
-    state: &StateDir,
     config: &ClusterConfig,
     health: &BTreeMap<String, NodeHealth>,
 ) -> crate::core::Result<Status> {
@@ -167,7 +161,12 @@ pub fn status(
         term: 0,
         commit_index: config.serial,
         ca_rotation: CaRotation {
-            phase: ca_phase(state)?.to_owned(),
+            phase: crate::cluster::ca_rotation::phase_of(config).to_owned(),
+            paused: config.ca_rotation.as_ref().is_some_and(|r| r.complete),
+            started: config
+                .ca_rotation
+                .as_ref()
+                .map(|r| crate::core::time::rfc3339(r.started)),
         },
         nodes,
     })

@@ -4,6 +4,7 @@
 //! and the consistency checks of `verify` ([`verify`]).
 
 pub mod audit;
+pub mod ca_rotation;
 pub mod lifecycle;
 pub mod listing;
 pub mod lock;

@@ -300,6 +300,7 @@ mod tests {
             ],
             users: Vec::new(),
             audit: Vec::new(),
+            ca_rotation: None,
         }
     }
 

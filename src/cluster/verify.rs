@@ -884,6 +884,7 @@ mod tests {
                 nodes,
                 users: Vec::new(),
                 audit: Vec::new(),
+                ca_rotation: None,
             };
             let ssconf = config.to_ssconf().unwrap();
             let local = LocalView {

@@ -156,5 +156,6 @@ fn first_config(
         nodes: vec![master.clone()],
         users: Vec::new(),
         audit: Vec::new(),
+        ca_rotation: None,
     }
 }

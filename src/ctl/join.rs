@@ -176,13 +176,19 @@ fn install(
     keys: &NewKeys,
     reply: &JoinReply,
 ) -> Result<()> {
-    let ca_der = pki::load_certs_from_pem(&reply.ca_pem)?;
-    if DigestAlgorithm::Sha256.digest(&ca_der).as_bytes() != token.ca_pin()? {
+    // The bundle holds the pinned CA (and, during a CA rotation, the other
+    // CA of the rotation, which the pinned master vouches for); our
+    // certificates must chain to the pinned one.
+    let pin = token.ca_pin()?;
+    let Some(ca_der) = pki::certs_from_pem(&reply.ca_pem)?
+        .into_iter()
+        .find(|c| DigestAlgorithm::Sha256.digest(c).as_bytes() == pin)
+    else {
         return Err(Error::Invalid(
             "the master sent a CA certificate other than the pinned one; nothing was written"
                 .into(),
         ));
-    }
+    };
     let ca = std::slice::from_ref(&ca_der);
     let client_der = pki::load_certs_from_pem(&reply.client_pem)?;
     pki::check_certificate(

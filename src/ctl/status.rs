@@ -23,7 +23,7 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
     }
     let config: ClusterConfig = state::read_json(&state.config_json())?;
     let health = master_health(state, &config).await;
-    let status = crate::cluster::listing::status(state, &config, &health)?;
+    let status = crate::cluster::listing::status(&config, &health)?;
     if json {
         print_json(&status)?;
         return Ok(Outcome::Success);
@@ -33,7 +33,14 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
         status.cluster,
         status.master,
         status.commit_index,
-        status.ca_rotation.phase
+        match (&status.ca_rotation.started, status.ca_rotation.paused) {
+            (None, _) => status.ca_rotation.phase.clone(),
+            (Some(since), false) => format!("{} (since {since})", status.ca_rotation.phase),
+            (Some(since), true) => format!(
+                "{} complete, paused (since {since}; `renew-crypto --continue-ca` goes on)",
+                status.ca_rotation.phase
+            ),
+        }
     );
     let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "?".into());
     let rows: Vec<Vec<String>> = status

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::server::Daemon;
 use crate::cluster::lifecycle::Narration;
-use crate::cluster::{self, renewal, ClusterLock};
+use crate::cluster::{self, ca_rotation, renewal, ClusterLock};
 use crate::core::{Error, Result};
 use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
 use crate::rpc::{Connection, RpcClient};
@@ -116,6 +116,9 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
         if let Err(e) = renew_due(&daemon).await {
             tracing::warn!("automatic renewal: {e}");
         }
+        if let Err(e) = bring_to_ca_phase(&daemon).await {
+            tracing::warn!("CA rotation: {e}");
+        }
     }
 }
 
@@ -136,9 +139,6 @@ struct Wanted {
     keys: Vec<String>,
     ca_pem: String,
     ca_pem_sha256: String,
-    /// During a CA rotation (`renew-crypto --new-ca`) the bundle is the
-    /// rotation's to change, not the loop's.
-    rotating: bool,
 }
 
 impl Wanted {
@@ -154,7 +154,6 @@ impl Wanted {
             keys: cluster::candidate_ssh_keys(&config),
             ca_pem_sha256: crate::core::hex::sha256_hex(ca_pem.as_bytes()),
             ca_pem,
-            rotating: state.ca_new_pem().exists(),
             config: Arc::new(config),
         })
     }
@@ -238,9 +237,10 @@ async fn bring_current(
     info: &NodeInfo,
 ) -> Result<u64> {
     let mut serial = info.ssconf_serial;
-    if info.ca_pem_sha256 != wanted.ca_pem_sha256 && !wanted.rotating {
-        // Not while a command holds the cluster lock: a CA rotation changes
-        // the bundles node by node.
+    if info.ca_pem_sha256 != wanted.ca_pem_sha256 {
+        // The master's bundle is the one of the CA rotation's phase (if one
+        // is under way). Not while a command holds the cluster lock: a CA
+        // rotation changes the bundles node by node.
         if let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") {
             tracing::info!(node = %node.name, "CA bundle behind: sending the current one");
             let ca_pem = wanted.ca_pem.clone();
@@ -359,6 +359,52 @@ async fn renew_due(daemon: &Daemon) -> Result<()> {
             if let Err(e) = cluster::audit::record(state, entry).await {
                 tracing::warn!("audit trail: {e}");
             }
+        }
+    }
+    outcome
+}
+
+/// During a CA rotation's reissue or rollback phase, a reachable node that
+/// the phase has not reached yet (it was down when the command ran) gets its
+/// certificates reissued by the CA that signs now, as `--continue-ca` would;
+/// only when no command holds the cluster lock.
+async fn bring_to_ca_phase(daemon: &Daemon) -> Result<()> {
+    let state = &daemon.state;
+    let config = cluster::load_config(state)?;
+    let reachable = daemon
+        .health
+        .snapshot()
+        .into_iter()
+        .filter(|h| h.reachable)
+        .map(|h| h.name)
+        .collect();
+    let behind = ca_rotation::behind_phase(&config, &daemon.identity.name, &reachable);
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let mut failed = cluster::PushOutcome::default();
+    let (phase, outcome) = {
+        let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") else {
+            return Ok(());
+        };
+        let mut config = cluster::master_config(state)?;
+        let phase = ca_rotation::phase_of(&config);
+        tracing::info!(nodes = ?behind, %phase, "CA rotation: bringing nodes to the phase");
+        let outcome =
+            ca_rotation::bring_to_phase(state, &mut config, &behind, &mut failed, logged()).await;
+        (phase, outcome)
+    };
+    super::runtime::reload_certificates(daemon);
+    let result = match (&outcome, failed.is_complete()) {
+        (Err(e), _) => format!("error: {e}"),
+        (Ok(()), true) => "ok".to_owned(),
+        (Ok(()), false) => format!("partial: {} node(s) not done", failed.unreachable.len()),
+    };
+    for name in &behind {
+        let action = format!("reissue certificates (CA rotation, {phase} phase)");
+        let entry = AuditEntry::now("noded", &action, name, &result);
+        if let Err(e) = cluster::audit::record(state, entry).await {
+            tracing::warn!("audit trail: {e}");
         }
     }
     outcome

@@ -45,11 +45,17 @@ pub trait KeyStore: std::fmt::Debug {
     /// aside or already active.
     fn load_next_ca(&self, cert_pem: &str) -> Result<CertificateAuthority>;
 
-    /// Makes the key set aside by [`Self::create_next_ca`] the one in use.
+    /// Makes the key set aside by [`Self::create_next_ca`] the one in use,
+    /// keeping the one before aside for [`Self::restore_previous`].
     /// Idempotent: a rerun after a crash finishes the switch.
     fn activate_next(&self) -> Result<()>;
 
-    /// Forgets the aside copy once the rotation is complete.
+    /// `--rollback-ca`: makes the key of `old_ca_pem` the one in use again
+    /// and sets the next key aside for good (a token never destroys one).
+    /// Idempotent.
+    fn restore_previous(&self, old_ca_pem: &str) -> Result<()>;
+
+    /// Forgets the aside copies once the rotation is complete.
     fn finish_next(&self) -> Result<()>;
 
     /// What a node being made a master candidate receives: the key itself
@@ -106,6 +112,10 @@ impl FileKeyStore {
             .map_err(Error::io(path))
     }
 
+    fn remove(path: &std::path::Path) -> Result<()> {
+        ssconf::atomic::remove_durable(path).map_err(Error::io(path))
+    }
+
     fn write(&self, path: &std::path::Path, ca: &CertificateAuthority) -> Result<()> {
         let key = ca
             .key_pem()
@@ -131,6 +141,8 @@ impl KeyStore for FileKeyStore {
     }
 
     fn create_next_ca(&self, cluster_name: &str, days: u32) -> Result<CertificateAuthority> {
+        // A key kept aside by a rotation that did not finish cleaning up.
+        Self::remove(&self.state.ca_key_old())?;
         let ca = CertificateAuthority::generate(cluster_name, days)?;
         self.write(&self.next_path(), &ca)?;
         Ok(ca)
@@ -153,17 +165,45 @@ impl KeyStore for FileKeyStore {
 
     fn activate_next(&self) -> Result<()> {
         let path = self.next_path();
-        if path.exists() {
-            let key = Self::read(&path)?;
+        if !path.exists() {
+            return Ok(());
+        }
+        // In this order, so that a rerun after a crash at any point ends
+        // with the old key aside and the next one in use.
+        let old = self.state.ca_key_old();
+        if !old.exists() {
+            let current = Self::read(&self.state.ca_key())?;
+            self.state
+                .write(&old, current.expose().as_bytes(), MODE_SECRET)?;
+        }
+        let key = Self::read(&path)?;
+        self.state
+            .write(&self.state.ca_key(), key.expose().as_bytes(), MODE_SECRET)?;
+        Self::remove(&path)
+    }
+
+    fn restore_previous(&self, old_ca_pem: &str) -> Result<()> {
+        let in_use = Self::read(&self.state.ca_key())?;
+        if CertificateAuthority::from_pem(old_ca_pem, in_use.expose()).is_err() {
+            let old = self.state.ca_key_old();
+            if !old.exists() {
+                return Err(Error::Invalid(format!(
+                    "the old CA's key is neither in {} nor kept aside; the rotation cannot be rolled back",
+                    self.describe()
+                )));
+            }
+            let key = Self::read(&old)?;
+            CertificateAuthority::from_pem(old_ca_pem, key.expose())?;
             self.state
                 .write(&self.state.ca_key(), key.expose().as_bytes(), MODE_SECRET)?;
         }
-        Ok(())
+        Self::remove(&self.state.ca_key_old())?;
+        Self::remove(&self.next_path())
     }
 
     fn finish_next(&self) -> Result<()> {
-        let path = self.next_path();
-        ssconf::atomic::remove_durable(&path).map_err(Error::io(&path))
+        Self::remove(&self.next_path())?;
+        Self::remove(&self.state.ca_key_old())
     }
 
     fn candidate_copy(&self, ca: &CertificateAuthority) -> Option<Secret> {
@@ -258,6 +298,33 @@ impl KeyStore for Pkcs11KeyStore {
             token.relabel(&self.uri.object, &old)?;
         }
         token.relabel(&next, &self.uri.object)
+    }
+
+    fn restore_previous(&self, old_ca_pem: &str) -> Result<()> {
+        let token = self.token()?;
+        let object = &self.uri.object;
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let set_aside = format!("{object}.rolled-back.{stamp}");
+        if self.ca_for(old_ca_pem, object).is_err() {
+            let old = format!("{object}.old");
+            if !token.has_key(&old)? {
+                return Err(Error::Invalid(format!(
+                    "the old CA's key is neither {object:?} nor {old:?} in PKCS#11 token {:?}; \
+                     the rotation cannot be rolled back",
+                    self.uri.token
+                )));
+            }
+            self.ca_for(old_ca_pem, &old)?;
+            if token.has_key(object)? {
+                token.relabel(object, &set_aside)?;
+            }
+            token.relabel(&old, object)?;
+        }
+        let next = self.next_label();
+        if token.has_key(&next)? {
+            token.relabel(&next, &format!("{set_aside}.unused"))?;
+        }
+        Ok(())
     }
 
     fn finish_next(&self) -> Result<()> {

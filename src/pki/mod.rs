@@ -498,6 +498,23 @@ pub fn load_certs_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
     })
 }
 
+/// Every certificate of PEM text (none is an error), DER.
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Pem {
+            path: "(received)".into(),
+            reason: format!("broken PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: "(received)".into(),
+            reason: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
 /// Whether `cert` carries `key`'s public key.
 pub fn cert_has_key(cert: &CertificateDer<'_>, key: &NodeKey) -> Result<bool> {
     use rcgen::PublicKeyData;

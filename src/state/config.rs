@@ -92,6 +92,62 @@ pub struct ClusterConfig {
     /// [`crate::state::users::AUDIT_CAP`] entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit: Vec<crate::state::users::AuditEntry>,
+    /// A CA rotation in progress (SPEC §8), none between rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotation>,
+}
+
+/// A phase of a CA rotation (`renew-crypto --new-ca`), as committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaPhase {
+    /// Every node is given both CAs; the old one still signs.
+    Trust,
+    /// The new CA signs; every certificate is reissued by it.
+    Reissue,
+    /// The old CA leaves every trust store.
+    Drop,
+    /// `--rollback-ca`: the old CA signs again, what the new one signed is
+    /// reissued by the old one, then the new one leaves every trust store.
+    Rollback,
+}
+
+impl CaPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaPhase::Trust => "trust",
+            CaPhase::Reissue => "reissue",
+            CaPhase::Drop => "drop",
+            CaPhase::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for CaPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A CA rotation in progress: its phase, both CAs, and which nodes hold
+/// certificates of the new CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub phase: CaPhase,
+    /// The trust bundle before the rotation (PEM).
+    pub old_ca_pem: String,
+    /// The new CA's certificate (PEM).
+    pub new_ca_pem: String,
+    /// Nodes (by name) whose client and server certificates the new CA
+    /// signed during this rotation.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub reissued: std::collections::BTreeSet<String>,
+    /// The phase is complete (every online node took it) and the rotation
+    /// paused there (`--stop-after`): going on needs no node.
+    #[serde(default)]
+    pub complete: bool,
+    /// When the rotation began, Unix seconds.
+    pub started: i64,
 }
 
 /// [`DigestAlgorithm`] as it appears in JSON (`"sha256"` / `"sha1"`).

@@ -161,13 +161,15 @@ impl StateDir {
     pub fn ca_prev_pem(&self) -> PathBuf {
         self.root.join("ca.prev.pem")
     }
-    /// During a CA rotation: the next CA's certificate.
-    pub fn ca_new_pem(&self) -> PathBuf {
-        self.root.join("ca.new.pem")
-    }
-    /// During a CA rotation: the next CA's key (file key store).
+    /// During a CA rotation's trust phase: the next CA's key (file key
+    /// store).
     pub fn ca_key_new(&self) -> PathBuf {
         self.root.join("ca.key.new")
+    }
+    /// From a CA rotation's reissue phase until it ends: the key of the CA
+    /// before it, for `--rollback-ca` (file key store).
+    pub fn ca_key_old(&self) -> PathBuf {
+        self.root.join("ca.key.old")
     }
     pub fn ssh_dir(&self) -> PathBuf {
         self.ssh_overrides()

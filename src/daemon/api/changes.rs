@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::handlers::record;
 use super::ApiState;
 use crate::cluster::audit::result_of;
+use crate::cluster::ca_rotation::CaPlan;
 use crate::cluster::lifecycle::{self, Narration};
 use crate::cluster::renewal::{self, RenewPlan};
 use crate::cluster::PushOutcome;
@@ -81,10 +82,10 @@ impl Change {
                     (plan.node_certificates, "node-certificates"),
                     (plan.cluster_certificate, "cluster-certificate"),
                     (plan.ssh_keys, "ssh-keys"),
-                    (plan.ca, "ca"),
                 ]
                 .into_iter()
                 .filter_map(|(set, name)| set.then_some(name))
+                .chain(plan.ca.map(|ca| ca.audit_name()))
                 .collect();
                 format!("renew-crypto {}", what.join(","))
             }
@@ -244,8 +245,18 @@ pub struct RenewRequest {
     pub cluster_certificate: bool,
     #[serde(default)]
     pub ssh_keys: bool,
+    /// `--new-ca`: begin a CA rotation (or go on with the one under way).
     #[serde(default)]
     pub ca: bool,
+    /// `--continue-ca`.
+    #[serde(default)]
+    pub continue_ca: bool,
+    /// `--rollback-ca`.
+    #[serde(default)]
+    pub rollback_ca: bool,
+    /// `--stop-after`: `trust` or `reissue`, with `ca` or `continue_ca`.
+    #[serde(default)]
+    pub ca_stop_after: Option<String>,
     #[serde(default)]
     pub nodes: Vec<String>,
 }
@@ -261,9 +272,17 @@ pub async fn renew(
     body: Body<RenewRequest>,
 ) -> Result<Json<ChangeOutcome>, ApiError> {
     let Json(req) = body?;
-    if !(req.node_certificates || req.cluster_certificate || req.ssh_keys || req.ca) {
+    let ca = CaPlan::from_flags(
+        req.ca,
+        req.continue_ca,
+        req.rollback_ca,
+        req.ca_stop_after.as_deref(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !(req.node_certificates || req.cluster_certificate || req.ssh_keys || ca.is_some()) {
         return Err(ApiError::bad_request(
-            "node_certificates, cluster_certificate, ssh_keys, ca: at least one must be true",
+            "node_certificates, cluster_certificate, ssh_keys, ca, continue_ca, rollback_ca: \
+             at least one must be true",
         ));
     }
     if !req.nodes.is_empty() && !req.node_certificates {
@@ -280,7 +299,7 @@ pub async fn renew(
         node_certificates: req.node_certificates,
         cluster_certificate: req.cluster_certificate,
         ssh_keys: req.ssh_keys,
-        ca: req.ca,
+        ca,
         nodes: req.nodes,
     };
     run(&api, &caller, &target, Change::Renew(plan), false).await

@@ -52,11 +52,7 @@ pub async fn nodes(State(api): Api) -> Result<Json<NodeList>, ApiError> {
 pub async fn status(State(api): Api) -> Result<Json<Status>, ApiError> {
     let config = config(&api)?;
     let health = health_by_name(&config, api.daemon.health.snapshot());
-    Ok(Json(crate::cluster::listing::status(
-        &api.daemon.state,
-        &config,
-        &health,
-    )?))
+    Ok(Json(crate::cluster::listing::status(&config, &health)?))
 }
 
 /// `{"findings": [...]}`, as `nodectl verify --json`.
