@@ -81,6 +81,7 @@ pub enum Code {
     CaDiffers,
     CaKeyFileWithToken,
     CaKeyUnusable,
+    CaRotationUnderway,
     CertExpired,
     CertExpires,
     CertNotFromCa,
@@ -101,7 +102,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 24] = [
         Code::AuthorizedKeysDiffer,
         Code::AuthorizedKeysUnreadable,
         Code::CandidateDigestMismatch,
@@ -109,6 +110,7 @@ impl Code {
         Code::CaDiffers,
         Code::CaKeyFileWithToken,
         Code::CaKeyUnusable,
+        Code::CaRotationUnderway,
         Code::CertExpired,
         Code::CertExpires,
         Code::CertNotFromCa,
@@ -136,6 +138,7 @@ impl Code {
             Code::CaDiffers => "CA_DIFFERS",
             Code::CaKeyFileWithToken => "CA_KEY_FILE_WITH_TOKEN",
             Code::CaKeyUnusable => "CA_KEY_UNUSABLE",
+            Code::CaRotationUnderway => "CA_ROTATION_UNDERWAY",
             Code::CertExpired => "CERT_EXPIRED",
             Code::CertExpires => "CERT_EXPIRES",
             Code::CertNotFromCa => "CERT_NOT_FROM_CA",
@@ -262,7 +265,36 @@ fn check(
     check_authorized_keys(&mut findings, config, &answers);
     check_stale_temp_files(&mut findings, &answers);
     check_cluster_certificates(&mut findings, local, now);
+    check_ca_rotation(&mut findings, config, local);
     findings.into_sorted()
+}
+
+/// A CA rotation left under way (paused, or held by a node): a warning on
+/// this node, with the commands that end it.
+fn check_ca_rotation(findings: &mut Findings, config: &ClusterConfig, local: &LocalView) {
+    let Some(r) = &config.ca_rotation else {
+        return;
+    };
+    let state = if r.complete {
+        "complete, paused"
+    } else {
+        "under way"
+    };
+    findings.add(
+        Severity::Warning,
+        &local.name,
+        Code::CaRotationUnderway,
+        format!(
+            "a CA rotation began {} and its {} phase is {state}",
+            crate::core::time::rfc3339(r.started),
+            r.phase
+        ),
+        if r.phase == crate::state::config::CaPhase::Drop {
+            "nodectl renew-crypto --continue-ca".to_owned()
+        } else {
+            "nodectl renew-crypto --continue-ca (or --rollback-ca)".to_owned()
+        },
+    );
 }
 
 /// The map this node holds: entries only for online candidates, and one
@@ -1135,6 +1167,20 @@ mod tests {
             &[(W, "b", StaleTempFile), (W, "b", StaleTempFile)],
         ),
         // The cluster-wide certificates.
+        (
+            "a CA rotation paused",
+            |f| {
+                f.config.ca_rotation = Some(crate::state::config::CaRotation {
+                    phase: crate::state::config::CaPhase::Trust,
+                    old_ca_pem: String::new(),
+                    new_ca_pem: String::new(),
+                    reissued: BTreeSet::new(),
+                    complete: true,
+                    started: f.now,
+                })
+            },
+            &[(W, "m", CaRotationUnderway)],
+        ),
         (
             "CA certificate expires within the warning period",
             |f| f.local.ca_infos[0].not_after = f.now + 20 * DAY,
