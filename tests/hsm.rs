@@ -187,6 +187,21 @@ fn a_cluster_signs_only_through_the_token() {
     hsm.run_ok(&m, &["renew-crypto", "--new-node-certificates"]);
     assert_ne!(m.map(), before, "every digest changed");
     let old_ca = std::fs::read_to_string(m.state.ca_pem()).unwrap();
+    // A rotation rolled back from its reissue phase: the old key signs
+    // again (relabelled back in the token), every node trusts the old CA
+    // alone, and what the new key signed is reissued by the old one.
+    hsm.run_ok(&m, &["renew-crypto", "--new-ca", "--stop-after", "reissue"]);
+    hsm.run_ok(&m, &["renew-crypto", "--rollback-ca"]);
+    for node in [&m, &a, &b, &c] {
+        assert_eq!(
+            std::fs::read_to_string(node.state.ca_pem()).unwrap(),
+            old_ca,
+            "{}",
+            node.name
+        );
+        chains(node, &m.state);
+    }
+    verify_clean(&hsm, &m);
     hsm.run_ok(&m, &["renew-crypto", "--new-ca"]);
     let new_ca = std::fs::read_to_string(m.state.ca_pem()).unwrap();
     assert_ne!(old_ca, new_ca);
