@@ -102,7 +102,16 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
     assert_eq!(phase(&m), "none");
 
     // Trust: both CAs everywhere; the old one still signs.
-    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca", "--stop-after", "trust"]);
+    let (code, out, err) = run(
+        &m,
+        &[
+            "renew-crypto",
+            "--new-ca",
+            "--stop-after",
+            "trust",
+            "--wait",
+        ],
+    );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("paused after its trust phase"), "{out}");
     assert_eq!(phase(&m), "trust");
@@ -126,7 +135,13 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
     // Reissue: every certificate by the new CA; both still trusted.
     let (code, out, err) = run(
         &m,
-        &["renew-crypto", "--continue-ca", "--stop-after", "reissue"],
+        &[
+            "renew-crypto",
+            "--continue-ca",
+            "--stop-after",
+            "reissue",
+            "--wait",
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("paused after its reissue phase"), "{out}");
@@ -142,7 +157,7 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
     assert!(out.contains("reissue phase is complete, paused"), "{out}");
 
     // Rollback: every certificate by the old CA again, the new one gone.
-    let (code, out, err) = run(&m, &["renew-crypto", "--rollback-ca"]);
+    let (code, out, err) = run(&m, &["renew-crypto", "--rollback-ca", "--wait"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("rolled back"), "{out}");
     assert_eq!(phase(&m), "none");
@@ -175,7 +190,7 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
 
     // b down: the rotation holds at trust, naming b.
     drop(db);
-    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca"]);
+    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca", "--wait"]);
     assert_eq!(code, Some(3), "{out}{err}");
     assert!(err.contains("b not updated"), "{err}");
     assert!(err.contains("holds at its trust phase"), "{err}");
@@ -189,14 +204,20 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
     );
     let (code, out, err) = run(
         &m,
-        &["renew-crypto", "--continue-ca", "--stop-after", "trust"],
+        &[
+            "renew-crypto",
+            "--continue-ca",
+            "--stop-after",
+            "trust",
+            "--wait",
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let new_ca = the_new_ca(&ca_pem(&m), &old_ca);
 
     // c down during reissue: held there, naming c.
     drop(dc);
-    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca"]);
+    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca", "--wait"]);
     assert_eq!(code, Some(3), "{out}{err}");
     assert!(err.contains("c not updated"), "{err}");
     assert_eq!(phase(&m), "reissue");
@@ -235,7 +256,7 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
     );
 
     // Finished: the new CA alone everywhere.
-    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca"]);
+    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca", "--wait"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("CA rotation complete"), "{out}");
     assert_eq!(phase(&m), "none");
@@ -243,7 +264,7 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
         assert_eq!(ca_pem(n), new_ca, "{}", n.name);
     }
     // Nothing to roll back once dropped.
-    let (code, _, err) = run(&m, &["renew-crypto", "--rollback-ca"]);
+    let (code, _, err) = run(&m, &["renew-crypto", "--rollback-ca", "--wait"]);
     assert_eq!(code, Some(1), "{err}");
     pings_all(&m);
     pings_all(&a);

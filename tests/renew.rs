@@ -287,8 +287,9 @@ fn ca_rotation_without_refusals() {
             refusals
         })
     };
-    // Interrupted twice, then completed.
-    for delay_ms in [30u64, 200] {
+    // Killed (SIGKILL) at several points, so in different phases (each rerun
+    // goes on from the committed phase), then completed.
+    for delay_ms in [30u64, 200, 700, 1500, 2500] {
         let mut child = Command::new(NODECTL)
             .arg("--state-dir")
             .arg(m.dir())
@@ -305,7 +306,9 @@ fn ca_rotation_without_refusals() {
             "after a kill at {delay_ms} ms the master cannot command every node"
         );
     }
-    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca"]);
+    // --wait: the master's convergence loop may be bringing nodes to the
+    // phase a killed run left.
+    let (code, out, err) = run(&m, &["renew-crypto", "--new-ca", "--wait"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let refusals = pinger.join().unwrap();
     assert_eq!(code, Some(0), "{out}{err}");
