@@ -445,6 +445,18 @@ fn strangers_nodes_and_bad_requests_are_refused() {
         (
             "POST",
             "/v1/renew-crypto",
+            r#"{"ca": true, "rollback_ca": true}"#,
+            "at most one",
+        ),
+        (
+            "POST",
+            "/v1/renew-crypto",
+            r#"{"ca": true, "ca_stop_after": "drop"}"#,
+            "trust or reissue",
+        ),
+        (
+            "POST",
+            "/v1/renew-crypto",
             r#"{"ssh_keys": true, "nodes": ["m"]}"#,
             "nodes",
         ),
@@ -805,6 +817,26 @@ fn certificates_are_renewed_over_the_api() {
     assert_eq!(last["action"], "renew-crypto node-certificates");
     assert_eq!(last["target"], "b");
     assert_eq!(last["result"], "ok");
+
+    // A CA rotation paused after its trust phase, then rolled back.
+    let phase = || {
+        let (status, text) = api.curl(Some("readonly"), "GET", "/v1/status", None);
+        assert_eq!(status, "200", "{text}");
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        doc["ca_rotation"].clone()
+    };
+    let body = r#"{"ca": true, "ca_stop_after": "trust"}"#;
+    let (status, text) = api.curl(Some("admin"), "POST", "/v1/renew-crypto", Some(body));
+    assert_eq!(status, "200", "{text}");
+    assert_eq!(phase()["phase"], "trust");
+    assert_eq!(phase()["paused"], true);
+    let body = r#"{"rollback_ca": true}"#;
+    let (status, text) = api.curl(Some("admin"), "POST", "/v1/renew-crypto", Some(body));
+    assert_eq!(status, "200", "{text}");
+    assert_eq!(phase()["phase"], "none");
+    let trail = json_of(&nodectl(api.m.dir(), &["audit", "--json"]));
+    let last = trail["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "renew-crypto rollback-ca");
 }
 
 /// A change that outlives `--request-timeout` is answered 503 (JSON, code
