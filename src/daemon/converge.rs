@@ -6,6 +6,13 @@
 //! So a node that was down while the cluster changed (a demotion, say) is
 //! current within one heartbeat of coming back, with no operator.
 //!
+//! A node has one interval (at least a second) to answer and be brought up
+//! to date; one that does not (a frozen process whose kernel still accepts
+//! TCP, a partition that drops packets) is marked unreachable and its
+//! connection dropped. So up to [`CONCURRENCY`] such nodes make a round last
+//! about one interval, not the connect or call timeout, and the others are
+//! heartbeated meanwhile.
+//!
 //! Each node's health (reachable, last heartbeat answered) is kept here for
 //! `nodectl list --json`, `status` and the metrics. A node gone for long is
 //! reported, never removed.
@@ -94,9 +101,14 @@ impl HealthTable {
 /// node's connection out and puts it back if it still works.
 type Pool = Arc<Mutex<HashMap<String, Connection>>>;
 
+/// The least time a node is given to answer a heartbeat, whatever the
+/// interval: a TLS handshake and a few calls on a loaded machine.
+const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
+
 /// Runs the loop until `stop` changes.
 pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Receiver<bool>) {
     let pool: Pool = Arc::default();
+    let bound = interval.max(MIN_ANSWER_BOUND);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -109,7 +121,7 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
             daemon.health.forget_all();
             continue;
         }
-        if let Err(e) = round(&daemon, &pool).await {
+        if let Err(e) = round(&daemon, &pool, bound).await {
             tracing::warn!("heartbeat round skipped: {e}");
             continue;
         }
@@ -159,8 +171,9 @@ impl Wanted {
     }
 }
 
-/// One heartbeat of every online node but this one.
-async fn round(daemon: &Arc<Daemon>, pool: &Pool) -> Result<()> {
+/// One heartbeat of every online node but this one, each given `bound` to
+/// answer and be brought up to date.
+async fn round(daemon: &Arc<Daemon>, pool: &Pool, bound: Duration) -> Result<()> {
     let wanted = Arc::new(Wanted::load(daemon)?);
     let client = RpcClient::from_state(&daemon.state)?;
     client.trust_servers(&wanted.config.to_ssconf()?);
@@ -174,7 +187,19 @@ async fn round(daemon: &Arc<Daemon>, pool: &Pool) -> Result<()> {
     let results = fan_out(&nodes, CONCURRENCY, &fanout::quiet, |node| {
         let (client, pool, wanted) = (client.clone(), pool.clone(), wanted.clone());
         let state = daemon.state.clone();
-        async move { heartbeat(&state, &client, &pool, &wanted, &node).await }
+        async move {
+            // Started once fan_out gives this node its turn. On timeout the
+            // heartbeat is dropped, and with it the connection it took out
+            // of the pool: next round opens a new one.
+            let beat = heartbeat(&state, &client, &pool, &wanted, &node);
+            match tokio::time::timeout(bound, beat).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Unreachable {
+                    node: node.name.clone(),
+                    reason: format!("no answer within {bound:?}"),
+                }),
+            }
+        }
     })
     .await;
     let now = crate::core::time::now();
