@@ -25,6 +25,35 @@ fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// The `--heartbeat` of the fault tests' master, and how long they wait for
+/// the loop to notice something: three heartbeats, plus room for a loaded
+/// machine.
+const HEARTBEAT: &str = "1";
+const NOTICED: Duration = Duration::from_secs(3 + 5);
+
+/// `name`'s entry in the master's `list --json`.
+fn listed(m: &Node, name: &str) -> serde_json::Value {
+    let out = nodectl(m.dir(), &["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed: {doc}"))
+}
+
+fn ssconf_serial(n: &Node) -> String {
+    std::fs::read_to_string(n.state.ssconf_dir().join("ssconf_serial")).unwrap()
+}
+
+/// Whether the master's loop reaches `n` and `n` holds the master's ssconf.
+fn reachable_and_current(m: &Node, n: &Node) -> bool {
+    listed(m, &n.name)["reachable"] == true && ssconf_serial(n) == ssconf_serial(m)
+}
+
 #[test]
 fn a_node_down_during_a_demotion_refuses_the_demoted_node_within_a_heartbeat() {
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
@@ -273,4 +302,72 @@ fn a_master_killed_during_heartbeats_comes_back_clean() {
     assert_eq!(ping(&a, "b").0, Some(0));
     let out = nodectl(m.dir(), &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// A daemon stopped with SIGSTOP: its kernel still accepts TCP connections,
+/// but nothing answers on them. Continued (SIGCONT) when dropped, so a
+/// failing test leaves no process frozen.
+struct Frozen<'a>(&'a Daemon);
+
+impl<'a> Frozen<'a> {
+    fn new(daemon: &'a Daemon) -> Self {
+        daemon.signal("STOP");
+        Frozen(daemon)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let pid = self.0.pid().to_string();
+        if let Err(e) = std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+        {
+            eprintln!("cannot continue the frozen daemon {pid}: {e}");
+        }
+    }
+}
+
+/// A frozen node does not hold up the loop: while c is stopped, b (down
+/// during a demotion) is brought up to date and refuses the demoted a
+/// within a few heartbeats, and c is shown unreachable. Once continued, c
+/// is reachable and current again.
+#[test]
+fn a_frozen_node_does_not_hold_up_the_others() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let _dm = Daemon::start(&m, &["--heartbeat", HEARTBEAT]);
+    let (a, _da) = join_and_start(&m, "a", &["--master-candidate"]);
+    let (b, db) = join_and_start(&m, "b", &[]);
+    let (c, dc) = join_and_start(&m, "c", &[]);
+    assert_eq!(ping(&a, "b").0, Some(0));
+    // The loop holds a connection to c before c freezes.
+    assert!(within(NOTICED, || listed(&m, "c")["reachable"] == true));
+
+    let frozen = Frozen::new(&dc);
+    drop(db);
+    let out = nodectl(m.dir(), &["modify", "a", "--master-candidate=no"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        text(&out.stderr)
+    );
+    let _db = Daemon::start(&b, &[]);
+    let refused = within(NOTICED, || {
+        let (code, out) = ping(&a, "b");
+        code == Some(1) && out.contains("not authorized")
+    });
+    assert!(refused, "b still admits the demoted a while c is frozen");
+    assert!(
+        within(NOTICED, || listed(&m, "c")["reachable"] == false),
+        "c frozen but listed reachable: {}",
+        listed(&m, "c")
+    );
+
+    drop(frozen);
+    assert!(
+        within(NOTICED, || reachable_and_current(&m, &c)),
+        "c not current after it continued: {}",
+        listed(&m, "c")
+    );
+    verify_clean(&m);
 }

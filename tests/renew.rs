@@ -17,12 +17,6 @@ fn run(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-fn verify_clean(m: &Node) {
-    let (code, out, err) = run(m, &["verify"]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("no findings"), "{out}");
-}
-
 fn pings_all(node: &Node) -> bool {
     let (code, out, err) = run(node, &["ping"]);
     if code != Some(0) {

@@ -50,6 +50,14 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `nodectl verify` on `master` exits 0 and finds nothing, not even a warning.
+pub fn verify_clean(master: &Node) {
+    let out = nodectl(master.dir(), &["verify"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no findings"), "{stdout}");
+}
+
 /// A node's state directory in a temp dir.
 pub struct Node {
     _tmp: tempfile::TempDir,
