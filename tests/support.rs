@@ -24,12 +24,17 @@ pub const NODECTL: &str = env!("CARGO_BIN_EXE_nodectl");
 /// between this check and the daemon's bind; a per-process counter keeps
 /// parallel tests of one run apart.
 pub fn free_port() -> u16 {
+    free_port_on("127.0.0.1")
+}
+
+/// [`free_port`] on another loopback address (`127.0.0.2`, ...).
+pub fn free_port_on(ip: &str) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20000 + (std::process::id() % 600) as u16 * 20;
     loop {
         let port = 20000 + (base - 20000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
     }
@@ -122,9 +127,14 @@ pub fn init_args<'a>(name: &'a str, address: &'a str, extra: &[&'a str]) -> Vec<
 }
 
 pub fn init_master_with(name: &str, extra: &[&str]) -> Node {
+    init_master_at(name, "127.0.0.1", extra)
+}
+
+/// [`init_master_with`], the master listening on the loopback address `ip`.
+pub fn init_master_at(name: &str, ip: &str, extra: &[&str]) -> Node {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(name);
-    let address = format!("127.0.0.1:{}", free_port());
+    let address = format!("{ip}:{}", free_port_on(ip));
     let out = nodectl(&dir, &init_args(name, &address, extra));
     assert!(out.status.success(), "init failed: {}", text(&out.stderr));
     Node {
@@ -511,13 +521,18 @@ impl Node {
     /// An empty state directory for a node that will join, with a free
     /// loopback address.
     pub fn fresh(name: &str) -> Node {
+        Node::fresh_at(name, "127.0.0.1")
+    }
+
+    /// [`Node::fresh`] with a free port on the loopback address `ip`.
+    pub fn fresh_at(name: &str, ip: &str) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(name);
         Node {
             _tmp: tmp,
             state: StateDir::new(dir),
             name: name.to_owned(),
-            address: format!("127.0.0.1:{}", free_port()),
+            address: format!("{ip}:{}", free_port_on(ip)),
         }
     }
 }
@@ -543,8 +558,27 @@ pub fn join_and_start_env(
     token_args: &[&str],
     env: &[(&str, &str)],
 ) -> (Node, Daemon) {
+    join_node_and_start(master, Node::fresh(name), token_args, env)
+}
+
+/// [`join_and_start`], the node listening on the loopback address `ip`.
+pub fn join_and_start_at(
+    master: &Node,
+    name: &str,
+    ip: &str,
+    token_args: &[&str],
+) -> (Node, Daemon) {
+    join_node_and_start(master, Node::fresh_at(name, ip), token_args, &[])
+}
+
+fn join_node_and_start(
+    master: &Node,
+    node: Node,
+    token_args: &[&str],
+    env: &[(&str, &str)],
+) -> (Node, Daemon) {
     let token = create_token(master, token_args);
-    let node = Node::fresh(name);
+    let name = node.name.as_str();
     let out = nodectl(
         node.dir(),
         &[
