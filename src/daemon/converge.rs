@@ -105,10 +105,38 @@ type Pool = Arc<Mutex<HashMap<String, Connection>>>;
 /// interval: a TLS handshake and a few calls on a loaded machine.
 const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
 
+/// What the loop keeps between rounds, shared with the join handler, which
+/// distributes a join through a round ([`round_now`]): the persistent
+/// connections, and one round at a time.
+#[derive(Debug)]
+pub struct Converger {
+    pool: Pool,
+    rounds: tokio::sync::Mutex<()>,
+    /// Each node's time to answer in a round, in milliseconds.
+    bound_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Converger {
+    fn default() -> Self {
+        Converger {
+            pool: Pool::default(),
+            rounds: tokio::sync::Mutex::new(()),
+            bound_ms: std::sync::atomic::AtomicU64::new(5_000),
+        }
+    }
+}
+
+impl Converger {
+    fn bound(&self) -> Duration {
+        Duration::from_millis(self.bound_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// Runs the loop until `stop` changes.
 pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let pool: Pool = Arc::default();
     let bound = interval.max(MIN_ANSWER_BOUND);
+    let millis = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
+    daemon.converger.bound_ms.store(millis, Ordering::Relaxed);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,11 +145,11 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
             _ = stop.changed() => return,
         }
         if !daemon.is_master.load(Ordering::Acquire) {
-            clear(&pool);
+            clear(&daemon.converger.pool);
             daemon.health.forget_all();
             continue;
         }
-        if let Err(e) = round(&daemon, &pool, bound).await {
+        if let Err(e) = round_now(&daemon, &[]).await {
             tracing::warn!("heartbeat round skipped: {e}");
             continue;
         }
@@ -132,6 +160,17 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
             tracing::warn!("CA rotation: {e}");
         }
     }
+}
+
+/// One round now, after the one under way if any, over the loop's
+/// persistent connections, leaving out the nodes named in `skip`. Returns
+/// the nodes it could not bring up to date, with why. The join handler
+/// distributes a new node this way: nodes that are current cost one call
+/// each, and no node pays a new TLS handshake.
+pub async fn round_now(daemon: &Daemon, skip: &[&str]) -> Result<Vec<(String, String)>> {
+    let converger = &daemon.converger;
+    let _one_at_a_time = converger.rounds.lock().await;
+    round(daemon, &converger.pool, converger.bound(), skip).await
 }
 
 fn clear(pool: &Pool) {
@@ -171,16 +210,22 @@ impl Wanted {
     }
 }
 
-/// One heartbeat of every online node but this one, each given `bound` to
-/// answer and be brought up to date.
-async fn round(daemon: &Arc<Daemon>, pool: &Pool, bound: Duration) -> Result<()> {
+/// One heartbeat of every online node but this one and those in `skip`,
+/// each given `bound` to answer and be brought up to date. Returns the
+/// nodes that were not, with why.
+async fn round(
+    daemon: &Daemon,
+    pool: &Pool,
+    bound: Duration,
+    skip: &[&str],
+) -> Result<Vec<(String, String)>> {
     let wanted = Arc::new(Wanted::load(daemon)?);
     let client = RpcClient::from_state(&daemon.state)?;
     client.trust_servers(&wanted.config.to_ssconf()?);
     let nodes: Vec<NodeRecord> = wanted
         .config
         .online_nodes()
-        .filter(|n| n.uuid != daemon.identity.uuid)
+        .filter(|n| n.uuid != daemon.identity.uuid && !skip.contains(&n.name.as_str()))
         .cloned()
         .collect();
     daemon.health.track(&nodes);
@@ -203,7 +248,11 @@ async fn round(daemon: &Arc<Daemon>, pool: &Pool, bound: Duration) -> Result<()>
     })
     .await;
     let now = crate::core::time::now();
+    let mut behind = Vec::new();
     for (node, result) in results {
+        if let Err(e) = &result {
+            behind.push((node.name.clone(), e.to_string()));
+        }
         daemon.health.update(&node.uuid, |h| match result {
             Ok((serial, info)) => {
                 h.reachable = true;
@@ -222,7 +271,7 @@ async fn round(daemon: &Arc<Daemon>, pool: &Pool, bound: Duration) -> Result<()>
             }
         });
     }
-    Ok(())
+    Ok(behind)
 }
 
 /// Asks `node` for its state and brings it up to date; returns the serial

@@ -103,11 +103,11 @@ fn check_unique(
 }
 
 /// The master's side, under the cluster lock: check, sign, add, save.
-/// Returns the reply (without push results) and the new config.
+/// Returns the reply (without the nodes not brought up to date).
 ///
 /// The token is checked first and burned only when the node is added: a
 /// join refused for its name, address or CSR leaves the token usable.
-pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterConfig)> {
+pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<JoinReply> {
     // The joiner checked these too, but a joiner may be modified.
     check_node_name(&req.node_name)?;
     check_address(&req.address)?;
@@ -188,7 +188,7 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, ClusterC
         serial = config.serial,
         "node joined"
     );
-    Ok((reply, config))
+    Ok(reply)
 }
 
 /// What a joiner is told when its admission fails. The refusals meant for
@@ -225,8 +225,8 @@ fn join_entry(node: &str, candidate: bool) -> crate::state::users::AuditEntry {
     crate::state::users::AuditEntry::now(&format!("join:{node}"), "join", node, result)
 }
 
-/// The master's side of a join: admit under the cluster lock, then push
-/// the new state to every other online node.
+/// The master's side of a join: admit under the cluster lock, then bring
+/// every other online node up to date.
 pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply, RpcError> {
     if !daemon.is_master.load(Ordering::Acquire) {
         return Err(failed(
@@ -235,31 +235,23 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     }
     let state = daemon.state.clone();
     let name = request.node_name.clone();
-    let (mut join_reply, config) =
-        tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
-            .await
-            .map_err(|e| failed(format!("join task failed: {e}")))?
-            .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
+    let mut join_reply = tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
+        .await
+        .map_err(|e| failed(format!("join task failed: {e}")))?
+        .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
     daemon.reload_ssconf().await;
-    let client =
-        crate::rpc::RpcClient::from_state(&daemon.state).map_err(|e| failed(e.to_string()))?;
-    let me = daemon.identity.name.clone();
-    match crate::cluster::push(
-        &client,
-        &config,
-        crate::cluster::PushItems::ALL,
-        &[&me, &name],
-        &crate::rpc::fanout::quiet,
-    )
-    .await
-    {
-        Ok(outcome) => {
-            for (node, why) in &outcome.unreachable {
+    // Distributed by a round of the convergence loop, over its persistent
+    // connections: no new handshake per node and join, and the reply waits
+    // for it, so every reachable node holds the new node when it returns.
+    // The joiner is left out: its daemon starts after this reply.
+    match super::converge::round_now(daemon, &[&name]).await {
+        Ok(behind) => {
+            for (node, why) in &behind {
                 tracing::warn!(%node, "not updated after the join of {name}: {why}");
             }
-            join_reply.unreachable = outcome.unreachable.into_iter().map(|(n, _)| n).collect();
+            join_reply.unreachable = behind.into_iter().map(|(n, _)| n).collect();
         }
-        Err(e) => tracing::error!("push after the join of {name} failed: {e}"),
+        Err(e) => tracing::error!("distributing the join of {name} failed: {e}"),
     }
     Ok(Reply::Joined(Box::new(join_reply)))
 }

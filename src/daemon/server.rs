@@ -107,6 +107,8 @@ pub struct Daemon {
     pub is_master: Arc<AtomicBool>,
     /// Each node's health, as the master's convergence loop last saw it.
     pub health: super::converge::HealthTable,
+    /// The convergence loop's connections and rounds.
+    pub converger: super::converge::Converger,
     /// Serialises ssconf writes (check serial, then write).
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
 }
@@ -138,6 +140,7 @@ impl Daemon {
             metrics: Arc::new(Metrics::default()),
             is_master,
             health: Default::default(),
+            converger: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
         };
         daemon.refresh_role();
