@@ -191,7 +191,14 @@ impl Handler {
             reply(&mut self.tls, id, result),
         )
         .await;
-        matches!(sent, Ok(Ok(()))) && keep_open
+        // A large request or reply (an ssconf of many nodes) does not stay
+        // allocated for the rest of a long-lived connection.
+        let replied = match sent {
+            Ok(Ok(len)) => len,
+            _ => return false,
+        };
+        wire::trim_buffers(&mut self.tls, payload.len().max(replied));
+        keep_open
     }
 }
 
@@ -300,15 +307,17 @@ async fn revoked(
 }
 
 /// Sends one response frame and flushes it.
+/// Sends one reply; returns its length.
 async fn reply(
     tls: &mut FramedTls,
     id: u64,
     result: Result<Reply, RpcError>,
-) -> Result<(), FrameError> {
+) -> Result<usize, FrameError> {
     let payload = wire::encode_payload(&Response {
         version: PROTOCOL_VERSION,
         id,
         result,
     })?;
-    tls.send(payload).await
+    let len = payload.len();
+    tls.send(payload).await.map(|()| len)
 }

@@ -165,6 +165,7 @@ impl Connection {
         let timeout = self.call_timeout;
         let node = self.node.clone();
         let address = self.address.clone();
+        let sent_len = request.len();
         let exchange = async {
             self.stream
                 .send(request)
@@ -179,6 +180,7 @@ impl Connection {
                     reason: format!("{address} closed the connection without replying"),
                 })?
                 .map_err(|e| frame_error(&node, &address, e))?;
+            let received_len = payload.len();
             let response = wire::decode_response(&payload)?;
             if response.id != id && response.id != 0 {
                 return Err(Error::Remote {
@@ -186,7 +188,7 @@ impl Connection {
                     message: format!("reply for request {} while waiting for {id}", response.id),
                 });
             }
-            response.result.map_err(|e| match e.kind {
+            let reply = response.result.map_err(|e| match e.kind {
                 wire::RpcErrorKind::NotAuthorized => Error::NotAuthorized {
                     node: node.clone(),
                     reason: e.message,
@@ -195,14 +197,20 @@ impl Connection {
                     node: node.clone(),
                     message: e.message,
                 },
-            })
+            });
+            Ok((reply, received_len))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| Error::Unreachable {
-                node: self.node.clone(),
-                reason: format!("no reply from {} within {timeout:?}", self.address),
-            })?
+        let (reply, received_len) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| Error::Unreachable {
+                    node: self.node.clone(),
+                    reason: format!("no reply from {} within {timeout:?}", self.address),
+                })??;
+        // A connection the convergence loop keeps open must not keep what
+        // one large frame made its buffers grow to.
+        wire::trim_buffers(&mut self.stream, sent_len.max(received_len));
+        reply
     }
 
     /// Writes raw bytes (tests use this to send malformed frames).

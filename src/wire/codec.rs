@@ -111,6 +111,30 @@ pub fn framed<T: AsyncRead + AsyncWrite>(io: T, max: u32) -> Framed<T, FrameCode
     Framed::with_capacity(io, FrameCodec::new(max), INITIAL_BUFFER)
 }
 
+/// A frame longer than this makes [`trim_buffers`] give the buffers back.
+pub const TRIM_ABOVE: usize = 64 * 1024;
+
+/// Gives back what a large frame made `framed`'s buffers grow to, after an
+/// exchange whose longest frame was `longest` bytes: a `BytesMut` never
+/// shrinks by itself (and its `capacity()` hides what was consumed), so a
+/// connection that carried one large frame (an ssconf of 1,000 nodes is
+/// ~300 KiB) and then stays open would otherwise hold that much for its
+/// whole life. Nothing happens after small frames: no allocation on the
+/// hot path.
+pub fn trim_buffers<T>(framed: &mut Framed<T, FrameCodec>, longest: usize) {
+    if longest <= TRIM_ABOVE {
+        return;
+    }
+    let read = framed.read_buffer_mut();
+    if read.is_empty() {
+        *read = BytesMut::with_capacity(INITIAL_BUFFER);
+    }
+    let write = framed.write_buffer_mut();
+    if write.is_empty() {
+        *write = BytesMut::with_capacity(INITIAL_BUFFER);
+    }
+}
+
 /// The postcard payload of `value`, without the prefix (what a
 /// [`FrameCodec`] sends).
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, FrameError> {
@@ -191,6 +215,28 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_large_frame_leaves_no_large_buffer_behind() {
+        use futures_util::{SinkExt, StreamExt};
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (mut a, mut b) = (framed(a, 1 << 24), framed(b, 1 << 24));
+        let large = Bytes::from(vec![7u8; 300 * 1024]);
+        let (sent, got) = tokio::join!(a.send(large.clone()), b.next());
+        sent.unwrap();
+        assert_eq!(got.unwrap().unwrap(), large);
+        // What reading the frame left: the claimed length was reserved.
+        assert!(b.read_buffer().capacity() + large.len() > TRIM_ABOVE);
+        trim_buffers(&mut a, large.len());
+        trim_buffers(&mut b, large.len());
+        assert_eq!(a.write_buffer().capacity(), INITIAL_BUFFER);
+        assert_eq!(b.read_buffer().capacity(), INITIAL_BUFFER);
+        // Small frames keep their buffers.
+        let small = Bytes::from_static(b"ping");
+        let (sent, got) = tokio::join!(a.send(small.clone()), b.next());
+        sent.unwrap();
+        assert_eq!(got.unwrap().unwrap(), small);
+    }
 
     #[test]
     fn request_round_trip_and_layout() -> Result<(), FrameError> {
