@@ -126,6 +126,7 @@ pub async fn rotate(
     failed: &mut PushOutcome,
     talk: Narration<'_>,
 ) -> Result<()> {
+    check_stop_after(config, plan)?;
     let run = Run::open(state, config)?;
     begin(&run, config, plan.action, failed, talk).await?;
     loop {
@@ -169,6 +170,28 @@ pub async fn rotate(
             Flow::Complete => run.advance(config, phase, failed, talk).await?,
         }
     }
+}
+
+/// Refuses a `--stop-after` phase the rotation under way is past (or a
+/// rollback, which has no phase to stop after): it would never be reached
+/// and the rotation would run to its end.
+fn check_stop_after(config: &ClusterConfig, plan: CaPlan) -> Result<()> {
+    let (Some(stop), Some(r)) = (plan.stop_after, &config.ca_rotation) else {
+        return Ok(());
+    };
+    let order = |p: CaPhase| match p {
+        CaPhase::Trust => 0,
+        CaPhase::Reissue => 1,
+        CaPhase::Drop | CaPhase::Rollback => 2,
+    };
+    if order(r.phase) > order(stop) {
+        return Err(Error::Invalid(format!(
+            "the CA rotation is in its {} phase, past {stop}; run without --stop-after, or \
+             with a later phase",
+            r.phase
+        )));
+    }
+    Ok(())
 }
 
 /// Starts a rotation, or checks that `action` fits the one under way.
@@ -695,6 +718,32 @@ mod tests {
                 (got, want) => panic!("{new} {cont} {back} {stop:?}: {got:?} vs {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_stop_after_phase_already_past_is_refused() {
+        let plan = |stop| CaPlan {
+            action: CaAction::Continue,
+            stop_after: Some(stop),
+        };
+        // phase under way, --stop-after -> accepted
+        let rows = [
+            (CaPhase::Trust, CaPhase::Trust, true),
+            (CaPhase::Trust, CaPhase::Reissue, true),
+            (CaPhase::Reissue, CaPhase::Reissue, true),
+            (CaPhase::Reissue, CaPhase::Trust, false),
+            (CaPhase::Drop, CaPhase::Reissue, false),
+            (CaPhase::Rollback, CaPhase::Trust, false),
+            (CaPhase::Rollback, CaPhase::Reissue, false),
+        ];
+        for (phase, stop, ok) in rows {
+            let config = config_in(phase, &[]);
+            let got = check_stop_after(&config, plan(stop));
+            assert_eq!(got.is_ok(), ok, "{phase} --stop-after {stop}: {got:?}");
+        }
+        let mut config = config_in(CaPhase::Trust, &[]);
+        config.ca_rotation = None;
+        assert!(check_stop_after(&config, plan(CaPhase::Trust)).is_ok());
     }
 
     #[test]
