@@ -523,3 +523,43 @@ fn a_partitioned_node_is_current_once_the_partition_heals() {
 fn a_node_cut_off_one_way_is_current_once_the_partition_heals() {
     partition_heals("oneway", false);
 }
+
+/// A candidate down during `renew-crypto --new-node-certificates` keeps no
+/// valid map entry; once it answers again, the master's loop renews its
+/// client certificate by itself (actor `noded` in the audit trail), and it
+/// commands again.
+#[test]
+fn a_certificate_renewed_away_is_renewed_once_the_node_is_back() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
+    let (a, da) = join_and_start(&m, "a", &[]);
+    let (_b, _db) = join_and_start(&m, "b", &[]);
+    drop(da);
+    let out = nodectl(
+        m.dir(),
+        &["renew-crypto", "--new-node-certificates", "--wait"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(m.map().len(), 1, "a kept an entry");
+    let _da = Daemon::start(&a, &[]);
+    let renewed = within(Duration::from_secs(20), || {
+        let out = nodectl(a.dir(), &["ping", "--timeout", "3"]);
+        out.status.success()
+    });
+    assert!(
+        renewed,
+        "a was not renewed: {}",
+        text(&nodectl(m.dir(), &["list"]).stdout)
+    );
+    assert_eq!(m.map().len(), 2);
+    // Recorded once the renewal is over.
+    let audited = within(Duration::from_secs(10), || {
+        let trail = text(&nodectl(m.dir(), &["audit"]).stdout);
+        trail.lines().any(|l| {
+            l.contains("noded") && l.contains("renew client certificate") && l.contains(" a ")
+        })
+    });
+    assert!(audited, "{}", text(&nodectl(m.dir(), &["audit"]).stdout));
+    let out = nodectl(m.dir(), &["verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

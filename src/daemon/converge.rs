@@ -361,17 +361,30 @@ async fn bring_current(
 
 /// Automatic renewal (SPEC §8.1): the client and server certificates of
 /// every online node, this one included, once two thirds of their lifetime
-/// has passed, through the same steps as `renew-crypto`; only when no
-/// command holds the cluster lock (the next round tries again).
+/// has passed, and the client certificate of a node that lost it to a
+/// renewal while it was down, through the same steps as `renew-crypto`;
+/// only when no command holds the cluster lock (the next round tries
+/// again).
 async fn renew_due(daemon: &Daemon) -> Result<()> {
     let state = &daemon.state;
     let config = cluster::load_config(state)?;
     let now = crate::core::time::now();
     let third = i64::try_from(config.cert_lifetime().as_secs() / 3).unwrap_or(i64::MAX);
     let due = |expires: i64| expires > 0 && expires - now <= third;
+    let reachable: std::collections::BTreeSet<String> = daemon
+        .health
+        .snapshot()
+        .into_iter()
+        .filter(|h| h.reachable)
+        .map(|h| h.name)
+        .collect();
+    // Also a node whose certificate was renewed away: a renewal step failed
+    // while it could not be reached, so it keeps no valid entry (an empty
+    // digest) until it is renewed again, now that it answers.
+    let renewed_away = |n: &NodeRecord| n.digest.is_empty() && reachable.contains(&n.name);
     let clients: Vec<String> = config
         .online_nodes()
-        .filter(|n| due(n.cert_expires))
+        .filter(|n| due(n.cert_expires) || renewed_away(n))
         .map(|n| n.name.clone())
         .collect();
     let mut servers: Vec<String> = daemon
