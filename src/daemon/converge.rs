@@ -111,17 +111,30 @@ const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Converger {
     pool: Pool,
-    rounds: tokio::sync::Mutex<()>,
+    /// One round at a time; holds the config serial the last round sent
+    /// and the nodes it could not bring up to date.
+    rounds: tokio::sync::Mutex<LastRound>,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
+    /// Nodes admitted whose join has not been answered yet: their daemon
+    /// is not running, so a round leaves them out.
+    joining: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// What the last round did.
+#[derive(Debug, Default)]
+struct LastRound {
+    serial: u64,
+    behind: Vec<(String, String)>,
 }
 
 impl Default for Converger {
     fn default() -> Self {
         Converger {
             pool: Pool::default(),
-            rounds: tokio::sync::Mutex::new(()),
+            rounds: tokio::sync::Mutex::new(LastRound::default()),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
+            joining: Mutex::default(),
         }
     }
 }
@@ -129,6 +142,41 @@ impl Default for Converger {
 impl Converger {
     fn bound(&self) -> Duration {
         Duration::from_millis(self.bound_ms.load(Ordering::Relaxed))
+    }
+
+    fn joining(&self) -> Vec<String> {
+        match self.joining.lock() {
+            Ok(set) => set.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
+    }
+
+    /// Marks `node` as joining until the returned guard is dropped.
+    pub fn join_in_flight(&self, node: &str) -> JoinInFlight<'_> {
+        match self.joining.lock() {
+            Ok(mut set) => set.insert(node.to_owned()),
+            Err(poisoned) => poisoned.into_inner().insert(node.to_owned()),
+        };
+        JoinInFlight {
+            converger: self,
+            node: node.to_owned(),
+        }
+    }
+}
+
+/// A join being answered (see [`Converger::join_in_flight`]).
+#[derive(Debug)]
+pub struct JoinInFlight<'a> {
+    converger: &'a Converger,
+    node: String,
+}
+
+impl Drop for JoinInFlight<'_> {
+    fn drop(&mut self) {
+        match self.converger.joining.lock() {
+            Ok(mut set) => set.remove(&self.node),
+            Err(poisoned) => poisoned.into_inner().remove(&self.node),
+        };
     }
 }
 
@@ -149,7 +197,7 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
             daemon.health.forget_all();
             continue;
         }
-        if let Err(e) = round_now(&daemon, &[]).await {
+        if let Err(e) = round_now(&daemon, 0).await {
             tracing::warn!("heartbeat round skipped: {e}");
             continue;
         }
@@ -162,15 +210,26 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
     }
 }
 
-/// One round now, after the one under way if any, over the loop's
-/// persistent connections, leaving out the nodes named in `skip`. Returns
-/// the nodes it could not bring up to date, with why. The join handler
-/// distributes a new node this way: nodes that are current cost one call
-/// each, and no node pays a new TLS handshake.
-pub async fn round_now(daemon: &Daemon, skip: &[&str]) -> Result<Vec<(String, String)>> {
+/// A round over the loop's persistent connections that sent a config of
+/// at least serial `at_least`: the last round's outcome if it did (joins
+/// that arrive together share one round), else a new one, after the one
+/// under way. Nodes whose join is being answered are left out. Returns the
+/// nodes that were not brought up to date, with why. The join handler
+/// distributes a new node this way: no node pays a new TLS handshake.
+pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<Vec<(String, String)>> {
     let converger = &daemon.converger;
-    let _one_at_a_time = converger.rounds.lock().await;
-    round(daemon, &converger.pool, converger.bound(), skip).await
+    let mut last = converger.rounds.lock().await;
+    if at_least > 0 && last.serial >= at_least {
+        return Ok(last.behind.clone());
+    }
+    let joining = converger.joining();
+    let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
+    let (serial, behind) = round(daemon, &converger.pool, converger.bound(), &skip).await?;
+    *last = LastRound {
+        serial,
+        behind: behind.clone(),
+    };
+    Ok(behind)
 }
 
 fn clear(pool: &Pool) {
@@ -212,13 +271,13 @@ impl Wanted {
 
 /// One heartbeat of every online node but this one and those in `skip`,
 /// each given `bound` to answer and be brought up to date. Returns the
-/// nodes that were not, with why.
+/// serial of the config it sent, and the nodes that were not, with why.
 async fn round(
     daemon: &Daemon,
     pool: &Pool,
     bound: Duration,
     skip: &[&str],
-) -> Result<Vec<(String, String)>> {
+) -> Result<(u64, Vec<(String, String)>)> {
     let wanted = Arc::new(Wanted::load(daemon)?);
     let client = RpcClient::from_state(&daemon.state)?;
     client.trust_servers(&wanted.config.to_ssconf()?);
@@ -271,7 +330,7 @@ async fn round(
             }
         });
     }
-    Ok(behind)
+    Ok((wanted.config.serial, behind))
 }
 
 /// Asks `node` for its state and brings it up to date; returns the serial

@@ -103,11 +103,12 @@ fn check_unique(
 }
 
 /// The master's side, under the cluster lock: check, sign, add, save.
-/// Returns the reply (without the nodes not brought up to date).
+/// Returns the reply (without the nodes not brought up to date) and the
+/// serial of the config that holds the node.
 ///
 /// The token is checked first and burned only when the node is added: a
 /// join refused for its name, address or CSR leaves the token usable.
-pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<JoinReply> {
+pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, u64)> {
     // The joiner checked these too, but a joiner may be modified.
     check_node_name(&req.node_name)?;
     check_address(&req.address)?;
@@ -188,7 +189,7 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<JoinReply> {
         serial = config.serial,
         "node joined"
     );
-    Ok(reply)
+    Ok((reply, config.serial))
 }
 
 /// What a joiner is told when its admission fails. The refusals meant for
@@ -235,16 +236,20 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     }
     let state = daemon.state.clone();
     let name = request.node_name.clone();
-    let mut join_reply = tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
-        .await
-        .map_err(|e| failed(format!("join task failed: {e}")))?
-        .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
+    // From before the admission until this reply: no round reaches for the
+    // joiner, whose daemon is not running yet.
+    let _in_flight = daemon.converger.join_in_flight(&name);
+    let (mut join_reply, serial) =
+        tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
+            .await
+            .map_err(|e| failed(format!("join task failed: {e}")))?
+            .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
     daemon.reload_ssconf().await;
     // Distributed by a round of the convergence loop, over its persistent
     // connections: no new handshake per node and join, and the reply waits
     // for it, so every reachable node holds the new node when it returns.
-    // The joiner is left out: its daemon starts after this reply.
-    match super::converge::round_now(daemon, &[&name]).await {
+    // Joins admitted together share a round.
+    match super::converge::round_now(daemon, serial).await {
         Ok(behind) => {
             for (node, why) in &behind {
                 tracing::warn!(%node, "not updated after the join of {name}: {why}");
