@@ -387,15 +387,19 @@ async fn bring_current(
             current = wanted.config.serial,
             "ssconf behind: sending the current state"
         );
+        // The config first: a round cut off between the two (the node's
+        // time ran out) leaves the ssconf behind, which the next round
+        // sees and sends both again; the other way round, nothing would
+        // show that a candidate's config stayed behind.
+        if node.role.is_candidate() {
+            let config_json = wanted.config_json.clone();
+            conn.call(Procedure::WriteConfig { config_json }).await?;
+        }
         let files = wanted.ssconf_files.clone();
         if let Reply::SsconfWritten { serial: s } =
             conn.call(Procedure::WriteSsconf { files }).await?
         {
             serial = s;
-        }
-        if node.role.is_candidate() {
-            let config_json = wanted.config_json.clone();
-            conn.call(Procedure::WriteConfig { config_json }).await?;
         }
     }
     let files = &info.role_files;
