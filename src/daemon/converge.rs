@@ -346,11 +346,28 @@ async fn heartbeat(
         Ok(mut p) => p.remove(&node.uuid),
         Err(poisoned) => poisoned.into_inner().remove(&node.uuid),
     };
-    let mut conn = match taken {
-        Some(conn) => conn,
-        None => client.connect(&node.name, &node.address).await?,
+    // A kept connection may have ended meanwhile (the node restarted or
+    // timed it out, or closed it because this node's client certificate
+    // was renewed and left the map): one new connection is tried then.
+    let pooled = match taken {
+        Some(mut conn) => match conn.call(Procedure::NodeInfo).await {
+            Ok(reply) => Some((conn, reply)),
+            Err(e) => {
+                tracing::debug!(node = %node.name, "kept connection failed, reconnecting: {e}");
+                None
+            }
+        },
+        None => None,
     };
-    let info = match conn.call(Procedure::NodeInfo).await? {
+    let (mut conn, reply) = match pooled {
+        Some(pair) => pair,
+        None => {
+            let mut conn = client.connect(&node.name, &node.address).await?;
+            let reply = conn.call(Procedure::NodeInfo).await?;
+            (conn, reply)
+        }
+    };
+    let info = match reply {
         Reply::NodeInfo(info) => info,
         other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
     };
