@@ -364,34 +364,24 @@ impl<'a> Run<'a> {
         {
             return Ok(Flow::Held);
         }
-        self.state.write(
-            &self.state.ca_prev_pem(),
-            r.old_ca_pem.as_bytes(),
-            MODE_PUBLIC,
-        )?;
+        let old = r.old_ca_pem.as_bytes();
+        self.state
+            .write(&self.state.ca_prev_pem(), old, MODE_PUBLIC)?;
         self.store.finish_next()?;
-        config.ca_rotation = None;
-        self.commit(config, failed, talk).await?;
-        talk.say(&format!(
-            "CA rotation complete: {}",
-            sha256_of_first(&r.new_ca_pem)?
-        ));
-        Ok(Flow::Ended)
+        let done = format!("CA rotation complete: {}", sha256_of_first(&r.new_ca_pem)?);
+        self.end(config, &done, failed, talk).await
     }
 
-    /// Rollback: every node the new CA reissued is reissued by the old one;
-    /// then the old CA alone in every online node's bundle.
+    /// Rollback: every node the new CA reissued is reissued by the old one
+    /// (as in reissue, the CA that signs now being the old one); then the
+    /// old CA alone in every online node's bundle.
     async fn roll_back(
         &self,
         config: &mut ClusterConfig,
         failed: &mut PushOutcome,
         talk: Narration<'_>,
     ) -> Result<Flow> {
-        let pending = pending(config)?;
-        if !pending.is_empty() {
-            bring_to_phase(self.state, config, &pending, failed, talk).await?;
-        }
-        if pending_or_failed(config, failed)? {
+        if self.reissue(config, failed, talk).await? == Flow::Held {
             return Ok(Flow::Held);
         }
         let r = rotation(config)?.clone();
@@ -403,12 +393,24 @@ impl<'a> Run<'a> {
         {
             return Ok(Flow::Held);
         }
-        config.ca_rotation = None;
-        self.commit(config, failed, talk).await?;
-        talk.say(&format!(
+        let done = format!(
             "CA rotation rolled back: the cluster trusts {} only",
             sha256_of_first(&r.old_ca_pem)?
-        ));
+        );
+        self.end(config, &done, failed, talk).await
+    }
+
+    /// The rotation is over: committed without it, and `done` said.
+    async fn end(
+        &self,
+        config: &mut ClusterConfig,
+        done: &str,
+        failed: &mut PushOutcome,
+        talk: Narration<'_>,
+    ) -> Result<Flow> {
+        config.ca_rotation = None;
+        self.commit(config, failed, talk).await?;
+        talk.say(done);
         Ok(Flow::Ended)
     }
 
