@@ -6,24 +6,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
-fn run(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = nodectl(node.dir(), args);
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
-fn verify_clean(m: &Node) {
-    let (code, out, err) = run(m, &["verify"]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("no findings"), "{out}");
-}
-
-fn pings_all(node: &Node) {
-    let (code, out, err) = run(node, &["ping"]);
-    assert_eq!(code, Some(0), "ping from {}: {out}{err}", node.name);
+fn pings(node: &Node) {
+    assert!(pings_all(node), "ping from {}", node.name);
 }
 
 fn phase(m: &Node) -> String {
@@ -72,17 +60,6 @@ fn the_new_ca(bundle: &str, old: &str) -> String {
         .unwrap()
 }
 
-fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
 #[test]
 fn ca_rotation_pauses_continues_and_rolls_back() {
     let m = init_master_with("m", &["--candidate-pool-size", "2"]);
@@ -125,8 +102,8 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
         );
     }
     assert!(all_signed_by(&nodes, &old_ca, scratch.path()));
-    pings_all(&m);
-    pings_all(&a);
+    pings(&m);
+    pings(&a);
     // A node joins during the rotation: it is given both CAs.
     let (d, _dd) = join_and_start(&m, "d", &[]);
     assert_eq!(ca_pem(&d), ca_pem(&m));
@@ -147,8 +124,8 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
     assert!(out.contains("paused after its reissue phase"), "{out}");
     assert_eq!(phase(&m), "reissue");
     assert!(all_signed_by(&nodes, &new_ca, scratch.path()));
-    pings_all(&m);
-    pings_all(&a);
+    pings(&m);
+    pings(&a);
     // verify: no error, one warning naming the paused rotation.
     let (code, out, err) = run(&m, &["verify"]);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -167,8 +144,8 @@ fn ca_rotation_pauses_continues_and_rolls_back() {
     assert!(all_signed_by(&nodes, &old_ca, scratch.path()));
     assert!(!m.state.root().join("ca.key.old").exists());
     assert!(!m.state.ca_key_new().exists());
-    pings_all(&m);
-    pings_all(&a);
+    pings(&m);
+    pings(&a);
     verify_clean(&m);
     // The old CA signs joins again: a node joins with a new token.
     let (_c, _dc) = join_and_start(&m, "c", &[]);
@@ -266,7 +243,7 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
     // Nothing to roll back once dropped.
     let (code, _, err) = run(&m, &["renew-crypto", "--rollback-ca", "--wait"]);
     assert_eq!(code, Some(1), "{err}");
-    pings_all(&m);
-    pings_all(&a);
+    pings(&m);
+    pings(&a);
     verify_clean(&m);
 }

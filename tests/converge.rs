@@ -13,18 +13,6 @@ fn ping(from: &Node, to: &str) -> (Option<i32>, String) {
     )
 }
 
-/// Polls `check` every 100 ms for at most `limit`.
-fn within(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// The `--heartbeat` of the fault tests' master, and how long they wait for
 /// the loop to notice something: three heartbeats, plus room for a loaded
 /// machine.

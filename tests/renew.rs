@@ -12,19 +12,6 @@ fn digest(node: &Node) -> String {
         .to_string()
 }
 
-fn run(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = nodectl(node.dir(), args);
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
-fn pings_all(node: &Node) -> bool {
-    let (code, out, err) = run(node, &["ping"]);
-    if code != Some(0) {
-        eprintln!("ping from {} failed:\n{out}{err}", node.name);
-    }
-    code == Some(0)
-}
-
 #[test]
 fn node_certificates_switch_through_an_overlapping_map() {
     let m = init_master_with("m", &["--candidate-pool-size", "2"]);

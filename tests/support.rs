@@ -63,6 +63,34 @@ pub fn verify_clean(master: &Node) {
     assert!(stdout.contains("no findings"), "{stdout}");
 }
 
+/// Runs nodectl on `node`'s state directory: exit code, stdout, stderr.
+pub fn run(node: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = nodectl(node.dir(), args);
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Whether `ping` from `node` reaches every online node (what failed is
+/// printed).
+pub fn pings_all(node: &Node) -> bool {
+    let (code, out, err) = run(node, &["ping"]);
+    if code != Some(0) {
+        eprintln!("ping from {} failed:\n{out}{err}", node.name);
+    }
+    code == Some(0)
+}
+
+/// Polls `check` every 100 ms for at most `limit`.
+pub fn within(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 /// A node's state directory in a temp dir.
 pub struct Node {
     _tmp: tempfile::TempDir,

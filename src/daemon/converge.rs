@@ -35,24 +35,36 @@ use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
 use crate::wire::{NodeHealth, NodeInfo, Procedure, Reply};
 
+/// `mutex`'s guard, also when a thread panicked while holding it: the
+/// tables here stay usable (each write is a whole entry).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// The health of every node the loop has heartbeated, by uuid.
 #[derive(Debug, Default)]
 pub struct HealthTable(Mutex<BTreeMap<String, NodeHealth>>);
 
 impl HealthTable {
+    /// The names of the nodes whose last heartbeat was answered.
+    fn reachable(&self) -> std::collections::BTreeSet<String> {
+        locked(&self.0)
+            .values()
+            .filter(|h| h.reachable)
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// A copy of every node's health.
     pub fn snapshot(&self) -> Vec<NodeHealth> {
-        match self.0.lock() {
-            Ok(table) => table.values().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
-        }
+        locked(&self.0).values().cloned().collect()
     }
 
     fn update(&self, uuid: &str, f: impl FnOnce(&mut NodeHealth)) {
-        let mut table = match self.0.lock() {
-            Ok(table) => table,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = locked(&self.0);
         if let Some(entry) = table.get_mut(uuid) {
             f(entry);
         }
@@ -60,10 +72,7 @@ impl HealthTable {
 
     /// Keeps exactly the nodes of `config` that the loop watches.
     fn track(&self, nodes: &[NodeRecord]) {
-        let mut table = match self.0.lock() {
-            Ok(table) => table,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = locked(&self.0);
         table.retain(|uuid, _| nodes.iter().any(|n| n.uuid == *uuid));
         for n in nodes {
             table.entry(n.uuid.clone()).or_insert_with(|| NodeHealth {
@@ -80,20 +89,14 @@ impl HealthTable {
 
     /// Forgets what `name` said of its server certificate's expiry.
     fn forget_expiry(&self, name: &str) {
-        let mut table = match self.0.lock() {
-            Ok(table) => table,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut table = locked(&self.0);
         for h in table.values_mut().filter(|h| h.name == name) {
             h.server_cert_expires = 0;
         }
     }
 
     fn forget_all(&self) {
-        match self.0.lock() {
-            Ok(mut table) => table.clear(),
-            Err(poisoned) => poisoned.into_inner().clear(),
-        }
+        locked(&self.0).clear()
     }
 }
 
@@ -145,18 +148,12 @@ impl Converger {
     }
 
     fn joining(&self) -> Vec<String> {
-        match self.joining.lock() {
-            Ok(set) => set.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
-        }
+        locked(&self.joining).iter().cloned().collect()
     }
 
     /// Marks `node` as joining until the returned guard is dropped.
     pub fn join_in_flight(&self, node: &str) -> JoinInFlight<'_> {
-        match self.joining.lock() {
-            Ok(mut set) => set.insert(node.to_owned()),
-            Err(poisoned) => poisoned.into_inner().insert(node.to_owned()),
-        };
+        locked(&self.joining).insert(node.to_owned());
         JoinInFlight {
             converger: self,
             node: node.to_owned(),
@@ -173,10 +170,7 @@ pub struct JoinInFlight<'a> {
 
 impl Drop for JoinInFlight<'_> {
     fn drop(&mut self) {
-        match self.converger.joining.lock() {
-            Ok(mut set) => set.remove(&self.node),
-            Err(poisoned) => poisoned.into_inner().remove(&self.node),
-        };
+        locked(&self.converger.joining).remove(&self.node);
     }
 }
 
@@ -233,10 +227,7 @@ pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<Vec<(String, St
 }
 
 fn clear(pool: &Pool) {
-    match pool.lock() {
-        Ok(mut p) => p.clear(),
-        Err(poisoned) => poisoned.into_inner().clear(),
-    }
+    locked(pool).clear()
 }
 
 /// What a node of a role should hold, as this round's reference.
@@ -342,10 +333,7 @@ async fn heartbeat(
     wanted: &Wanted,
     node: &NodeRecord,
 ) -> Result<(u64, Box<NodeInfo>)> {
-    let taken = match pool.lock() {
-        Ok(mut p) => p.remove(&node.uuid),
-        Err(poisoned) => poisoned.into_inner().remove(&node.uuid),
-    };
+    let taken = locked(pool).remove(&node.uuid);
     // A kept connection may have ended meanwhile (the node restarted or
     // timed it out, or closed it because this node's client certificate
     // was renewed and left the map): one new connection is tried then.
@@ -372,9 +360,7 @@ async fn heartbeat(
         other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
     };
     let serial = bring_current(state, &mut conn, wanted, node, &info).await?;
-    if let Ok(mut p) = pool.lock() {
-        p.insert(node.uuid.clone(), conn);
-    }
+    locked(pool).insert(node.uuid.clone(), conn);
     Ok((serial, info))
 }
 
@@ -451,13 +437,7 @@ async fn renew_due(daemon: &Daemon) -> Result<()> {
     let now = crate::core::time::now();
     let third = i64::try_from(config.cert_lifetime().as_secs() / 3).unwrap_or(i64::MAX);
     let due = |expires: i64| expires > 0 && expires - now <= third;
-    let reachable: std::collections::BTreeSet<String> = daemon
-        .health
-        .snapshot()
-        .into_iter()
-        .filter(|h| h.reachable)
-        .map(|h| h.name)
-        .collect();
+    let reachable = daemon.health.reachable();
     // Also a node whose certificate was renewed away: a renewal step failed
     // while it could not be reached, so it keeps no valid entry (an empty
     // digest) until it is renewed again, now that it answers.
@@ -512,23 +492,45 @@ async fn renew_due(daemon: &Daemon) -> Result<()> {
         tracing::warn!(%node, "automatic renewal incomplete: {why}");
     }
     // The audit trail, once the lock is free again (recording takes it).
-    let result = match (&outcome, failed.is_complete()) {
+    audit(
+        state,
+        "renew client certificate",
+        &clients,
+        &outcome,
+        &failed,
+    )
+    .await;
+    audit(
+        state,
+        "renew server certificate",
+        &servers,
+        &outcome,
+        &failed,
+    )
+    .await;
+    outcome
+}
+
+/// One audit entry with actor `noded` per node of `names` for what the
+/// loop did: `ok`, `partial` (some node was not done) or the error.
+async fn audit(
+    state: &StateDir,
+    action: &str,
+    names: &[String],
+    outcome: &Result<()>,
+    failed: &cluster::PushOutcome,
+) {
+    let result = match (outcome, failed.is_complete()) {
         (Err(e), _) => format!("error: {e}"),
         (Ok(()), true) => "ok".to_owned(),
         (Ok(()), false) => format!("partial: {} node(s) not done", failed.unreachable.len()),
     };
-    for (what, names) in [
-        ("client certificate", &clients),
-        ("server certificate", &servers),
-    ] {
-        for name in names {
-            let entry = AuditEntry::now("noded", &format!("renew {what}"), name, &result);
-            if let Err(e) = cluster::audit::record(state, entry).await {
-                tracing::warn!("audit trail: {e}");
-            }
+    for name in names {
+        let entry = AuditEntry::now("noded", action, name, &result);
+        if let Err(e) = cluster::audit::record(state, entry).await {
+            tracing::warn!("audit trail: {e}");
         }
     }
-    outcome
 }
 
 /// During a CA rotation's reissue or rollback phase, a reachable node that
@@ -538,13 +540,7 @@ async fn renew_due(daemon: &Daemon) -> Result<()> {
 async fn bring_to_ca_phase(daemon: &Daemon) -> Result<()> {
     let state = &daemon.state;
     let config = cluster::load_config(state)?;
-    let reachable = daemon
-        .health
-        .snapshot()
-        .into_iter()
-        .filter(|h| h.reachable)
-        .map(|h| h.name)
-        .collect();
+    let reachable = daemon.health.reachable();
     let behind = ca_rotation::behind_phase(&config, &daemon.identity.name, &reachable);
     if behind.is_empty() {
         return Ok(());
@@ -562,18 +558,8 @@ async fn bring_to_ca_phase(daemon: &Daemon) -> Result<()> {
         (phase, outcome)
     };
     super::runtime::reload_certificates(daemon);
-    let result = match (&outcome, failed.is_complete()) {
-        (Err(e), _) => format!("error: {e}"),
-        (Ok(()), true) => "ok".to_owned(),
-        (Ok(()), false) => format!("partial: {} node(s) not done", failed.unreachable.len()),
-    };
-    for name in &behind {
-        let action = format!("reissue certificates (CA rotation, {phase} phase)");
-        let entry = AuditEntry::now("noded", &action, name, &result);
-        if let Err(e) = cluster::audit::record(state, entry).await {
-            tracing::warn!("audit trail: {e}");
-        }
-    }
+    let action = format!("reissue certificates (CA rotation, {phase} phase)");
+    audit(state, &action, &behind, &outcome, &failed).await;
     outcome
 }
 

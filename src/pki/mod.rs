@@ -500,19 +500,7 @@ pub fn load_certs_from_pem(pem: &str) -> Result<CertificateDer<'static>> {
 
 /// Every certificate of PEM text (none is an error), DER.
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Pem {
-            path: "(received)".into(),
-            reason: format!("broken PEM: {e}"),
-        })?;
-    if certs.is_empty() {
-        return Err(Error::Pem {
-            path: "(received)".into(),
-            reason: "no certificate found".into(),
-        });
-    }
-    Ok(certs)
+    parse_certs(pem.as_bytes(), Path::new("(received)"))
 }
 
 /// Whether `cert` carries `key`'s public key.
@@ -603,16 +591,20 @@ pub fn chains_to_for(
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = crate::state::read_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(&crate::state::read_file(path)?, path)
+}
+
+/// Every certificate of PEM bytes (none is an error naming `source`).
+fn parse_certs(pem: &[u8], source: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Pem {
-            path: path.to_path_buf(),
+            path: source.to_path_buf(),
             reason: format!("broken PEM: {e}"),
         })?;
     if certs.is_empty() {
         return Err(Error::Pem {
-            path: path.to_path_buf(),
+            path: source.to_path_buf(),
             reason: "no certificate found (expected a PEM `CERTIFICATE` block)".into(),
         });
     }
