@@ -199,12 +199,27 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Make this master candidate the master (run on the candidate).
+    /// Make this master candidate (or NODE) the master by a Raft leadership
+    /// transfer (run on a candidate); refused when the target is behind or
+    /// no majority of voters answers.
     MasterFailover {
-        /// Wait for the cluster lock instead of failing when it is taken.
-        #[arg(long)]
+        /// The candidate to make the master (default: this node).
+        #[arg(long, value_name = "NODE")]
+        to: Option<String>,
+        /// Accepted for compatibility; a transfer takes no lock.
+        #[arg(long, hide = true)]
         wait: bool,
     },
+    /// When a majority of voters is lost for good: make this candidate the
+    /// only voter and the master, in a new term (run on a candidate).
+    /// Prints what may be lost; the lost voters become regular nodes and
+    /// rejoin by promotion. Refused while a majority answers.
+    Recover {
+        /// Required: this sets Raft's majority rule aside.
+        #[arg(long, required = true)]
+        force: bool,
+    },
+
     /// The cluster at a glance (run on the master or a candidate): the
     /// master, the CA rotation phase, each node's health as the master's
     /// heartbeats saw it (reachable, last heartbeat, serial) and its
@@ -329,7 +344,11 @@ fn audited(command: &Command) -> Option<(String, String)> {
             (None, None) => None,
         },
         Command::Remove { node, .. } => entry("remove", node),
-        Command::MasterFailover { .. } => entry("master-failover", "-"),
+        Command::MasterFailover { to, .. } => {
+            entry("master-failover", to.as_deref().unwrap_or("-"))
+        }
+        Command::Recover { .. } => None,
+
         Command::RenewCrypto(r) => {
             let mut what = Vec::new();
             for (set, name) in [
@@ -645,7 +664,11 @@ pub async fn run_nodectl(args: NodectlArgs) -> Result<Outcome> {
             )),
         },
         Command::Remove { node, wait } => ctl::lifecycle::remove(&state, &node, wait).await,
-        Command::MasterFailover { wait } => ctl::lifecycle::master_failover(&state, wait).await,
+        Command::MasterFailover { to, wait: _ } => {
+            ctl::lifecycle::master_failover(&state, to.as_deref()).await
+        }
+        Command::Recover { force: _ } => ctl::lifecycle::recover(&state).await,
+
         Command::Status { json } => ctl::status::status(&state, json).await,
         Command::Verify { json } => ctl::verify::verify(&state, json).await,
         Command::RenewCrypto(r) => {

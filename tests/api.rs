@@ -34,6 +34,15 @@ pub fn add_user(master: &Node, dir: &Path, name: &str, role: &str) -> (PathBuf, 
     )
 }
 
+/// Waits until `node`'s API at `port` admits the user of `cert` (the API
+/// reads its users from the config the daemon just committed).
+fn admitted(node: &Node, port: u16, cert: &Path, key: &Path) {
+    let ok = within(Duration::from_secs(10), || {
+        api_curl(node, port, Some((cert, key)), "GET", "/v1/status", None).0 == "200"
+    });
+    assert!(ok, "the API does not admit {}", cert.display());
+}
+
 fn json_of(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -47,6 +56,7 @@ fn user_identity(cert: &Path, key: &Path) -> Identity {
 fn users_are_added_listed_and_revoked_in_the_config() {
     use std::os::unix::fs::PermissionsExt;
     let m = init_master("m");
+    let _d = Daemon::start(&m, &[]);
     let ids = tempfile::tempdir().unwrap();
     let (cert, key) = add_user(&m, ids.path(), "ann", "operator");
     assert_eq!(
@@ -225,17 +235,19 @@ impl ApiCluster {
     fn start_with(init_args: &[&str]) -> ApiCluster {
         let m = init_master_with("m", init_args);
         let ids = tempfile::tempdir().unwrap();
-        for role in ["readonly", "operator", "admin"] {
-            add_user(&m, ids.path(), role, role);
-        }
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
+        // Users are committed through the daemon's Raft: it runs first.
         let daemon = Daemon::start(&m, &["--api-listen", &listen]);
         assert!(
             daemon.wait_log("remote API on", Duration::from_secs(10)),
             "{}",
             daemon.log()
         );
+        for role in ["readonly", "operator", "admin"] {
+            let (cert, key) = add_user(&m, ids.path(), role, role);
+            admitted(&m, port, &cert, &key);
+        }
         ApiCluster {
             m,
             _daemon: daemon,
@@ -845,7 +857,6 @@ fn certificates_are_renewed_over_the_api() {
 fn a_request_that_outlives_the_timeout_is_a_503() {
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
     let ids = tempfile::tempdir().unwrap();
-    let (cert, key) = add_user(&m, ids.path(), "admin", "admin");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(&m, &["--api-listen", &listen, "--request-timeout", "1"]);
@@ -854,6 +865,8 @@ fn a_request_that_outlives_the_timeout_is_a_503() {
         "{}",
         daemon.log()
     );
+    let (cert, key) = add_user(&m, ids.path(), "admin", "admin");
+    admitted(&m, port, &cert, &key);
     let (x, dx) = join_and_start(&m, "x", &[]);
     // x's address takes TCP connections and never speaks TLS: a call to it
     // waits for the client's connect timeout (10 s).
@@ -884,7 +897,6 @@ fn a_request_that_outlives_the_timeout_is_a_503() {
 fn a_user_with_eight_requests_in_flight_gets_a_429() {
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
     let ids = tempfile::tempdir().unwrap();
-    let (cert, key) = add_user(&m, ids.path(), "ro", "readonly");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(&m, &["--api-listen", &listen]);
@@ -893,6 +905,8 @@ fn a_user_with_eight_requests_in_flight_gets_a_429() {
         "{}",
         daemon.log()
     );
+    let (cert, key) = add_user(&m, ids.path(), "ro", "readonly");
+    admitted(&m, port, &cert, &key);
     let (x, dx) = join_and_start(&m, "x", &[]);
     drop(dx);
     // verify waits for x's TLS handshake until the connect timeout (10 s).

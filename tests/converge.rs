@@ -269,13 +269,14 @@ fn a_master_killed_during_heartbeats_comes_back_clean() {
         let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
         (a, _da) = join_and_start(&m, "a", &[]);
         (b, db) = join_and_start(&m, "b", &[]);
+        // b misses a change while the master is being killed again and
+        // again (the changes are committed through the master's daemon).
+        drop(db);
+        let out = nodectl(m.dir(), &["modify", "a", "--offline=yes"]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        let out = nodectl(m.dir(), &["modify", "a", "--offline=no"]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     }
-    // b misses a change while the master is being killed again and again.
-    drop(db);
-    let out = nodectl(m.dir(), &["modify", "a", "--offline=yes"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    let out = nodectl(m.dir(), &["modify", "a", "--offline=no"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let _db = Daemon::start(&b, &[]);
     for round in 0..4u64 {
         let mut dm = Daemon::start(&m, &["--heartbeat", "1"]);
@@ -358,110 +359,6 @@ fn a_frozen_node_does_not_hold_up_the_others() {
         listed(&m, "c")
     );
     verify_clean(&m);
-}
-
-/// Installs nftables when `nft` is missing (once per test run); false when
-/// it cannot be had and this is not root, where the partition tests are
-/// skipped. As root (CI) a missing nftables fails them.
-fn have_nft() -> bool {
-    use std::process::{Command, Stdio};
-    use std::sync::OnceLock;
-    static HAVE: OnceLock<bool> = OnceLock::new();
-    let found = || {
-        Command::new("nft")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    *HAVE.get_or_init(|| {
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !found() && !apt(&["install", "-y", "-q", "nftables"]) {
-            // The package lists may be missing (a fresh container).
-            let _ = apt(&["update", "-q"]) && apt(&["install", "-y", "-q", "nftables"]);
-        }
-        if found() {
-            return true;
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| text(&o.stdout).trim() == "0");
-        assert!(!root, "nftables is missing and apt-get could not install it");
-        eprintln!("*** SKIPPED: the partition tests need nftables (nft), which is missing and cannot be installed without root ***");
-        false
-    })
-}
-
-/// A table of nftables rules that drop packets on loopback, deleted when
-/// dropped (even when the test fails).
-struct Partition {
-    table: String,
-}
-
-impl Partition {
-    /// Drops the packets going to `node`'s listening address and, with
-    /// `both_ways`, those it sends from it.
-    ///
-    /// On loopback every client's source address is 127.0.0.1 (the route's
-    /// preferred source), whatever the address its node listens on, so the
-    /// rules are keyed on the node's address and port. Nothing but the
-    /// master talks to the node during these tests: that is the partition
-    /// between them.
-    fn new(case: &str, node: &Node, both_ways: bool) -> Partition {
-        let (ip, port) = node.address.rsplit_once(':').unwrap();
-        assert!(ip.starts_with("127."), "{ip} is not a loopback address");
-        let table = format!("noded_test_{}_{case}", std::process::id());
-        let mut rules = format!("ip daddr {ip} tcp dport {port} drop\n");
-        if both_ways {
-            rules.push_str(&format!("ip saddr {ip} tcp sport {port} drop\n"));
-        }
-        let script = format!(
-            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\n{rules} }}\n}}\n"
-        );
-        // The guard exists before the table does: a half-made one goes too.
-        let partition = Partition { table };
-        let out = nft(&["-f", "-"], &script);
-        assert!(
-            out.status.success(),
-            "nft -f: {}{script}",
-            text(&out.stderr)
-        );
-        partition
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        let out = nft(&["delete", "table", "ip", &self.table], "");
-        if !out.status.success() && !std::thread::panicking() {
-            panic!("nft delete table {}: {}", self.table, text(&out.stderr));
-        }
-    }
-}
-
-/// Runs `nft ARGS` with `input` on its stdin.
-fn nft(args: &[&str], input: &str) -> std::process::Output {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// The master (127.0.0.2) cut off from b (127.0.0.4) by dropped packets:

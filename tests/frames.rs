@@ -178,7 +178,11 @@ async fn write_ssconf_is_serial_checked() {
         })
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("older than the serial 5"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is older than the (term 0, serial 5) this node holds"),
+        "{err}"
+    );
 
     set.serial = 6;
     set.cluster_name = "othercluster".into();

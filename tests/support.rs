@@ -662,3 +662,131 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Installs nftables when `nft` is missing (once per test run); false when
+/// it cannot be had and this is not root, where the partition tests are
+/// skipped. As root (CI) a missing nftables fails them.
+pub fn have_nft() -> bool {
+    use std::process::{Command, Stdio};
+    use std::sync::OnceLock;
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    let found = || {
+        Command::new("nft")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    *HAVE.get_or_init(|| {
+        let apt = |args: &[&str]| {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !found() && !apt(&["install", "-y", "-q", "nftables"]) {
+            // The package lists may be missing (a fresh container).
+            let _ = apt(&["update", "-q"]) && apt(&["install", "-y", "-q", "nftables"]);
+        }
+        if found() {
+            return true;
+        }
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| text(&o.stdout).trim() == "0");
+        assert!(!root, "nftables is missing and apt-get could not install it");
+        eprintln!("*** SKIPPED: the partition tests need nftables (nft), which is missing and cannot be installed without root ***");
+        false
+    })
+}
+
+/// A table of nftables rules that drop packets on loopback, deleted when
+/// dropped (even when the test fails).
+pub struct Partition {
+    table: String,
+}
+
+impl Partition {
+    /// Drops the packets going to `node`'s listening address and, with
+    /// `both_ways`, those it sends from it.
+    ///
+    /// On loopback every client's source address is 127.0.0.1 (the route's
+    /// preferred source), whatever the address its node listens on, so the
+    /// rules are keyed on the node's address and port. Nothing but the
+    /// master talks to the node during these tests: that is the partition
+    /// between them.
+    pub fn new(case: &str, node: &Node, both_ways: bool) -> Partition {
+        let (ip, port) = node.address.rsplit_once(':').unwrap();
+        assert!(ip.starts_with("127."), "{ip} is not a loopback address");
+        let table = format!("noded_test_{}_{case}", std::process::id());
+        let mut rules = format!("ip daddr {ip} tcp dport {port} drop\n");
+        if both_ways {
+            rules.push_str(&format!("ip saddr {ip} tcp sport {port} drop\n"));
+        }
+        let script = format!(
+            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\n{rules} }}\n}}\n"
+        );
+        // The guard exists before the table does: a half-made one goes too.
+        let partition = Partition { table };
+        let out = nft(&["-f", "-"], &script);
+        assert!(
+            out.status.success(),
+            "nft -f: {}{script}",
+            text(&out.stderr)
+        );
+        partition
+    }
+}
+
+impl Partition {
+    /// Drops every packet from and to `node`'s address (its daemon's and
+    /// its nodectl's: a node's connections leave from its own address).
+    pub fn isolate(case: &str, node: &Node) -> Partition {
+        let (ip, _) = node.address.rsplit_once(':').unwrap();
+        assert!(
+            ip.starts_with("127.") && ip != "127.0.0.1",
+            "{ip} is not a node's own loopback address"
+        );
+        let table = format!("noded_test_{}_{case}", std::process::id());
+        let script = format!(
+            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\nip saddr {ip} drop\nip daddr {ip} drop\n }}\n}}\n"
+        );
+        let partition = Partition { table };
+        let out = nft(&["-f", "-"], &script);
+        assert!(
+            out.status.success(),
+            "nft -f: {}{script}",
+            text(&out.stderr)
+        );
+        partition
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let out = nft(&["delete", "table", "ip", &self.table], "");
+        if !out.status.success() && !std::thread::panicking() {
+            panic!("nft delete table {}: {}", self.table, text(&out.stderr));
+        }
+    }
+}
+
+/// Runs `nft ARGS` with `input` on its stdin.
+pub fn nft(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}

@@ -14,6 +14,7 @@ mod api;
 mod authorization;
 mod ca_rotation;
 mod cli;
+mod consensus;
 mod converge;
 mod crash;
 mod flood;

@@ -7,7 +7,8 @@ use noded::cli::NodedArgs;
 
 fn main() -> ExitCode {
     let args = NodedArgs::parse();
-    noded::logging::init(args.global.log_format, "info");
+    // openraft narrates every vote and append at info: its warnings only.
+    noded::logging::init(args.global.log_format, "info,openraft=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

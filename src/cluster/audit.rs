@@ -17,7 +17,7 @@ use crate::state::StateDir;
 
 use super::lock::ClusterLock;
 use super::push::{push, PushItems, PushOutcome};
-use super::store::{load_config, master_config, save_config};
+use super::store::{load_config, master_config};
 
 /// One entry as `nodectl audit --json` and `GET /v1/audit` show it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -83,7 +83,9 @@ pub async fn record(state: &StateDir, entry: AuditEntry) -> Result<PushOutcome> 
     let _lock = lock(state, true, "audit").await?;
     let mut config = master_config(state)?;
     append(&mut config.audit, entry);
-    save_config(state, &config)?;
+    // A committed entry of its own that keeps the serial: the trail is not
+    // part of ssconf, so the nodes have nothing new to take.
+    config.term = super::raft::propose_locally(state, config.serial, &config).await?;
     let client = RpcClient::from_state(state)?;
     let skip: Vec<&str> = {
         let me = state.load_identity()?;

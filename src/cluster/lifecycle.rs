@@ -127,8 +127,14 @@ struct Master<'a> {
 }
 
 impl<'a> Master<'a> {
-    fn open(state: &StateDir, wait: bool, what: &str, talk: Narration<'a>) -> Result<Master<'a>> {
+    async fn open(
+        state: &StateDir,
+        wait: bool,
+        what: &str,
+        talk: Narration<'a>,
+    ) -> Result<Master<'a>> {
         cluster::master_config(state)?;
+        cluster::raft::ensure_leader_locally(state).await?;
         let lock = ClusterLock::acquire(state, wait, what)?;
         // Re-read under the lock: another command may have just changed it.
         let config = cluster::master_config(state)?;
@@ -193,6 +199,7 @@ impl<'a> Master<'a> {
         crate::state::ssh::check_public(&public)?;
         let record = find_mut(&mut self.config, name)?;
         record.role = NodeRole::Candidate;
+        record.candidate_since = crate::core::time::now();
         record.ssh_public_key = Some(public);
         match self.commit(PushItems::ALL, &[]).await {
             Ok(push) => Ok(push),
@@ -295,7 +302,7 @@ pub async fn set_candidate(
     wait: bool,
     talk: Narration<'_>,
 ) -> Result<PushOutcome> {
-    let mut master = Master::open(state, wait, &format!("modify {name}"), talk)?;
+    let mut master = Master::open(state, wait, &format!("modify {name}"), talk).await?;
     let node = find(&master.config, name)?.clone();
     if yes {
         if node.role == NodeRole::Master {
@@ -350,7 +357,7 @@ pub async fn set_offline(
     wait: bool,
     talk: Narration<'_>,
 ) -> Result<PushOutcome> {
-    let mut master = Master::open(state, wait, &format!("modify {name}"), talk)?;
+    let mut master = Master::open(state, wait, &format!("modify {name}"), talk).await?;
     let node = find(&master.config, name)?.clone();
     match offline_step(&node, yes) {
         OfflineStep::ResendState => {
@@ -612,7 +619,7 @@ pub async fn remove(
     wait: bool,
     talk: Narration<'_>,
 ) -> Result<PushOutcome> {
-    let mut master = Master::open(state, wait, &format!("remove {name}"), talk)?;
+    let mut master = Master::open(state, wait, &format!("remove {name}"), talk).await?;
     let node = find(&master.config, name)?.clone();
     if node.role == NodeRole::Master {
         return Err(Error::Invalid(format!(
@@ -639,10 +646,13 @@ pub async fn remove(
     Ok(push)
 }
 
-/// `nodectl master-failover`, on a master candidate.
+/// `nodectl master-failover [--to NODE]`, on a master candidate: a Raft
+/// leadership transfer to NODE (this node by default). The leader checks
+/// the target is a voter whose log is complete; the new leader then
+/// commits the config that names it the master and pushes it (SPEC §10.2).
 pub async fn master_failover(
     state: &StateDir,
-    wait: bool,
+    to: Option<&str>,
     talk: Narration<'_>,
 ) -> Result<PushOutcome> {
     state.check_initialised()?;
@@ -652,61 +662,64 @@ pub async fn master_failover(
             "this node is not a master candidate (it holds no config.json); run master-failover on a master candidate".into(),
         ));
     }
-    let _lock = ClusterLock::acquire(state, wait, "master-failover")?;
-    let mut config = cluster::load_config(state)?;
-    let me = config
-        .nodes
-        .iter()
-        .find(|n| n.uuid == identity.uuid)
-        .cloned()
-        .ok_or_else(|| Error::Invalid("this node is not in its own cluster config".into()))?;
-    match me.role {
-        NodeRole::Master => {
-            talk.say(&format!("{} is already the master", me.name));
-            return Ok(PushOutcome::default());
-        }
-        NodeRole::Regular => {
-            return Err(Error::Invalid(
-                "this node is not a master candidate; promote it first".into(),
-            ))
-        }
-        NodeRole::Candidate => {}
-    }
-    let old = config.master()?.name.clone();
-    for node in &mut config.nodes {
-        if node.role == NodeRole::Master {
-            node.role = NodeRole::Candidate;
-        }
-        if node.uuid == identity.uuid {
-            node.role = NodeRole::Master;
-            node.offline = false;
-        }
-    }
-    // The others first: a failover no other node took would leave this
-    // node claiming the mastership alone.
-    config.serial += 1;
-    let client = RpcClient::from_state(state)?;
-    let push = cluster::push(&client, &config, PushItems::ALL, &[&me.name], talk.on_step).await?;
-    let others = config
-        .online_nodes()
-        .filter(|n| n.uuid != identity.uuid)
-        .count();
-    if others > 0 && push.unreachable.len() == others {
-        for (node, why) in &push.unreachable {
-            talk.warn(&format!("{node} not updated: {why}"));
-        }
+    let config = cluster::load_config(state)?;
+    let target = to.unwrap_or(&identity.name).to_owned();
+    let record = find(&config, &target)?;
+    if record.role == NodeRole::Regular {
         return Err(Error::Invalid(format!(
-            "no other node took the failover; {} is NOT the master, {old} still is (nothing changed here)",
-            me.name
+            "{target} is not a master candidate; promote it first"
         )));
     }
-    cluster::save_config(state, &config)?;
-    cluster::apply_locally(state, &config, PushItems::ALL)?;
-    talk.say(&format!(
-        "{} is the master now (serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
-        me.name, config.serial
+    let old = config.master()?.name.clone();
+    if old == target && cluster::raft::leader_locally(state).await?.as_deref() == Some(&target) {
+        talk.say(&format!("{target} is already the master"));
+        return Ok(PushOutcome::default());
+    }
+    cluster::raft::transfer_locally(state, to).await?;
+    // The new leader commits the config that names it; wait to see it here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = cluster::load_config(state)?;
+        if now.master().map(|m| m.name == target).unwrap_or(false) {
+            talk.say(&format!(
+                "{target} is the master now (term {}, serial {}); {old} is a master candidate. Join tokens made on {old} are no longer valid.",
+                now.term, now.serial
+            ));
+            return Ok(PushOutcome::default());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Invalid(format!(
+                "{target} leads Raft but its config change did not reach this node within 10s; see `nodectl status`"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `nodectl recover --force`, on a master candidate, when a majority of
+/// voters is lost for good: this node becomes the only voter and the
+/// master. Says what may be lost: changes the lost voters committed after
+/// the serial this node held.
+pub async fn recover(state: &StateDir, talk: Narration<'_>) -> Result<PushOutcome> {
+    state.check_initialised()?;
+    if !state.config_json().exists() {
+        return Err(Error::Invalid(
+            "this node is not a master candidate (it holds no config.json); run recover on a master candidate".into(),
+        ));
+    }
+    let (term, serial, held, lost, unreachable) = cluster::raft::recover_locally(state).await?;
+    let me = state.load_identity()?.name;
+    talk.warn(&format!(
+        "RECOVERED BY FORCE: {me} is the only voter and the master (term {term}, serial {serial}). Any change committed after serial {held} by the voters lost ({}) is LOST.",
+        if lost.is_empty() { "none".to_owned() } else { lost.join(", ") }
     ));
-    Ok(push)
+    if !lost.is_empty() {
+        talk.say(&format!(
+            "{} are regular nodes now; once repaired, each rejoins by promotion: nodectl modify NODE --master-candidate=yes",
+            lost.join(", ")
+        ));
+    }
+    Ok(PushOutcome { unreachable })
 }
 
 #[cfg(test)]
@@ -727,6 +740,7 @@ mod tests {
             ssh_public_key: None,
             server_digest: String::new(),
             next_server_digest: None,
+            candidate_since: 0,
         }
     }
 
@@ -744,6 +758,7 @@ mod tests {
             users: Vec::new(),
             audit: Vec::new(),
             ca_rotation: None,
+            term: 0,
         }
     }
 

@@ -48,6 +48,7 @@ pub fn health_by_name(
             reachable: true,
             last_seen: now(),
             serial: config.serial,
+            term: config.term,
             client_cert_expires: 0,
             server_cert_expires: 0,
             error: None,
@@ -79,9 +80,8 @@ pub fn node_rows(config: &ClusterConfig, health: &BTreeMap<String, NodeHealth>) 
         .collect()
 }
 
-/// `status --json` and `GET /v1/status` (SPEC §2.2). Until the config is
-/// replicated through Raft, `term` is 0, the only voter is the master and
-/// `commit_index` is the config's serial.
+/// `status --json` and `GET /v1/status` (SPEC §2.2): `term`, `commit_index`
+/// (the last log index applied) and `voters` as this node's Raft sees them.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub cluster: String,
@@ -131,6 +131,7 @@ pub struct NodeStatus {
 pub fn status(
     config: &ClusterConfig,
     health: &BTreeMap<String, NodeHealth>,
+    raft: Option<&crate::wire::RaftInfo>,
 ) -> crate::core::Result<Status> {
     let mut nodes: Vec<NodeStatus> = config
         .nodes
@@ -144,7 +145,7 @@ pub fn status(
                 reachable: h.map(|h| h.reachable),
                 last_seen: seen.map(|h| rfc3339(h.last_seen)),
                 serial: seen.map(|h| h.serial),
-                term: 0,
+                term: seen.map(|h| h.term).unwrap_or(0),
                 client_cert_expires: rfc3339(n.cert_expires),
                 server_cert_expires: h
                     .filter(|h| h.server_cert_expires > 0)
@@ -156,10 +157,10 @@ pub fn status(
     let master = config.master()?.name.clone();
     Ok(Status {
         cluster: config.cluster_name.clone(),
-        voters: vec![master.clone()],
+        voters: raft.map(|r| r.voters.clone()).unwrap_or_default(),
         master,
-        term: 0,
-        commit_index: config.serial,
+        term: raft.map(|r| r.term).unwrap_or(config.term),
+        commit_index: raft.map(|r| r.applied_index).unwrap_or(0),
         ca_rotation: CaRotation {
             phase: crate::cluster::ca_rotation::phase_of(config).to_owned(),
             paused: config.ca_rotation.as_ref().is_some_and(|r| r.complete),

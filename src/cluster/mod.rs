@@ -5,10 +5,12 @@
 
 pub mod audit;
 pub mod ca_rotation;
+pub mod failover;
 pub mod lifecycle;
 pub mod listing;
 pub mod lock;
 pub mod push;
+pub mod raft;
 pub mod renew;
 pub mod renewal;
 pub mod store;

@@ -13,8 +13,6 @@ use crate::state::config::{ClusterConfig, NodeRecord};
 use crate::state::{self, StateDir};
 use crate::wire::{Procedure, Reply};
 
-use super::store::save_config;
-
 /// What a push carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushItems {
@@ -138,8 +136,9 @@ pub async fn push(
     Ok(outcome)
 }
 
-/// Bumps the serial, saves the config, applies it locally and pushes it to
-/// every other online node.
+/// Bumps the serial, commits the config through Raft (this node's daemon
+/// proposes it; it is pushed only once a majority of voters stored it),
+/// applies it locally and pushes it to every other online node.
 pub async fn commit(
     state: &StateDir,
     client: &RpcClient,
@@ -148,8 +147,15 @@ pub async fn commit(
     skip: &[&str],
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
+    let base = config.serial;
     config.serial += 1;
-    save_config(state, config)?;
+    match super::raft::propose_locally(state, base, config).await {
+        Ok(term) => config.term = term,
+        Err(e) => {
+            config.serial = base;
+            return Err(e);
+        }
+    }
     apply_locally(state, config, items)?;
     let me = state.load_identity()?.name;
     let mut skip: Vec<&str> = skip.to_vec();

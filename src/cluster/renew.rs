@@ -205,6 +205,7 @@ mod tests {
             ssh_public_key: None,
             server_digest: String::new(),
             next_server_digest: None,
+            candidate_since: 0,
         }
     }
 
@@ -301,6 +302,7 @@ mod tests {
             users: Vec::new(),
             audit: Vec::new(),
             ca_rotation: None,
+            term: 0,
         }
     }
 

@@ -76,6 +76,7 @@ pub async fn renew(
     talk: Narration<'_>,
 ) -> Result<PushOutcome> {
     cluster::master_config(state)?;
+    cluster::raft::ensure_leader_locally(state).await?;
     let _lock = ClusterLock::acquire(state, wait, "renew-crypto")?;
     let mut config = cluster::master_config(state)?;
     let mut unreachable = PushOutcome::default();

@@ -160,6 +160,7 @@ pub async fn add(
     on_done: &(dyn Fn() + Sync),
 ) -> Result<AddedUser> {
     master_config(state)?;
+    super::raft::ensure_leader_locally(state).await?;
     let _lock = lock(state, wait, &format!("user add {}", user.name)).await?;
     let mut config = master_config(state)?;
     let (record, cert_pem, key) = sign_user(state, &mut config, user)?;
@@ -188,6 +189,7 @@ pub async fn revoke(
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
     master_config(state)?;
+    super::raft::ensure_leader_locally(state).await?;
     let _lock = lock(state, wait, &format!("user revoke {name}")).await?;
     let mut config = master_config(state)?;
     revoke_user(&mut config, name)?;

@@ -88,6 +88,9 @@ pub enum Code {
     CertUnreadable,
     MapEntryNotCandidate,
     MapEntryUnknown,
+    RaftBehind,
+    RaftDisagrees,
+    RaftNoMajority,
     RegularUsesCandidateCert,
     RoleFileForbidden,
     RoleFileMissing,
@@ -102,7 +105,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, in order.
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 27] = [
         Code::AuthorizedKeysDiffer,
         Code::AuthorizedKeysUnreadable,
         Code::CandidateDigestMismatch,
@@ -117,6 +120,9 @@ impl Code {
         Code::CertUnreadable,
         Code::MapEntryNotCandidate,
         Code::MapEntryUnknown,
+        Code::RaftBehind,
+        Code::RaftDisagrees,
+        Code::RaftNoMajority,
         Code::RegularUsesCandidateCert,
         Code::RoleFileForbidden,
         Code::RoleFileMissing,
@@ -145,6 +151,9 @@ impl Code {
             Code::CertUnreadable => "CERT_UNREADABLE",
             Code::MapEntryNotCandidate => "MAP_ENTRY_NOT_CANDIDATE",
             Code::MapEntryUnknown => "MAP_ENTRY_UNKNOWN",
+            Code::RaftBehind => "RAFT_BEHIND",
+            Code::RaftDisagrees => "RAFT_DISAGREES",
+            Code::RaftNoMajority => "RAFT_NO_MAJORITY",
             Code::RegularUsesCandidateCert => "REGULAR_USES_CANDIDATE_CERT",
             Code::RoleFileForbidden => "ROLE_FILE_FORBIDDEN",
             Code::RoleFileMissing => "ROLE_FILE_MISSING",
@@ -266,7 +275,100 @@ fn check(
     check_stale_temp_files(&mut findings, &answers);
     check_cluster_certificates(&mut findings, local, now);
     check_ca_rotation(&mut findings, config, local);
+    check_raft(&mut findings, config, &answers);
     findings.into_sorted()
+}
+
+/// How far behind the leader's log a member may be before it is reported.
+const RAFT_BEHIND: u64 = 100;
+
+/// Raft as the master and the candidates see it (SPEC §7): a majority of
+/// the voters answers and agrees that the master leads in its term; no
+/// candidate believes in another leader; no member's log is far behind.
+fn check_raft(findings: &mut Findings, config: &ClusterConfig, answers: &[Answer<'_>]) {
+    let Ok(master) = config.master() else {
+        return;
+    };
+    let Some(lead) = answers
+        .iter()
+        .find(|(n, _)| n.uuid == master.uuid)
+        .and_then(|(_, i)| i.raft.as_ref())
+    else {
+        // The master did not answer (reported), or runs no Raft (a version
+        // from before it): nothing to compare with.
+        return;
+    };
+    let raft_of = |name: &str| {
+        answers
+            .iter()
+            .find(|(n, _)| n.name == name)
+            .map(|(_, i)| i.raft.as_ref())
+    };
+    let agrees = |r: &crate::wire::RaftInfo| {
+        r.leader.as_deref() == Some(master.name.as_str()) && r.term == lead.term
+    };
+    let agreeing = lead
+        .voters
+        .iter()
+        .filter(|v| matches!(raft_of(v), Some(Some(r)) if agrees(r)))
+        .count();
+    if agreeing <= lead.voters.len() / 2 {
+        findings.add(
+            Severity::Error,
+            &master.name,
+            Code::RaftNoMajority,
+            format!(
+                "{agreeing} of {} voters ({}) answer and agree that {} leads in term {}",
+                lead.voters.len(),
+                lead.voters.join(", "),
+                master.name,
+                lead.term
+            ),
+            "start noded on the voters that did not answer; with a majority lost for good: nodectl recover --force on a candidate".into(),
+        );
+    }
+    for (node, info) in answers.iter().filter(|(n, _)| n.role.is_candidate()) {
+        let r = match &info.raft {
+            None => {
+                findings.add(
+                    Severity::Error,
+                    &node.name,
+                    Code::RaftDisagrees,
+                    format!("{} is a master candidate but runs no Raft", node.name),
+                    format!("restart noded on {}", node.name),
+                );
+                continue;
+            }
+            Some(r) => r,
+        };
+        if !agrees(r) {
+            findings.add(
+                Severity::Error,
+                &node.name,
+                Code::RaftDisagrees,
+                format!(
+                    "{} believes the leader is {} in term {} (the master is {}, term {})",
+                    node.name,
+                    r.leader.as_deref().unwrap_or("unknown"),
+                    r.term,
+                    master.name,
+                    lead.term
+                ),
+                "wait an election timeout and run verify again; if it stays, see `nodectl status` on both".into(),
+            );
+        } else if r.applied_index + RAFT_BEHIND < lead.last_log_index {
+            findings.add(
+                Severity::Warning,
+                &node.name,
+                Code::RaftBehind,
+                format!(
+                    "{}'s Raft log is behind: applied {} of {}",
+                    node.name, r.applied_index, lead.last_log_index
+                ),
+                format!("check {}'s disk and its link to {}", node.name, master.name),
+            );
+        }
+    }
 }
 
 /// A CA rotation left under way (paused, or held by a node): a warning on
@@ -823,8 +925,20 @@ pub async fn findings(
     let config = cluster::load_config(state)?;
     let local = local_view(state)?;
     let client = RpcClient::from_state(state)?;
-    let infos = gather(&client, &config, on_done).await;
+    let mut infos = gather(&client, &config, on_done).await;
     let mut findings = check(&config, &local, &infos, crate::core::time::now());
+    // Raft's views converge within a heartbeat or two (a node that just
+    // joined or came back has not heard from the leader yet): ask once
+    // more before reporting them.
+    let raft_codes = [Code::RaftDisagrees, Code::RaftNoMajority];
+    if findings.iter().any(|f| raft_codes.contains(&f.code)) {
+        tokio::time::sleep(std::time::Duration::from_millis(
+            2 * cluster::raft::ELECTION_MAX_MS,
+        ))
+        .await;
+        infos = gather(&client, &config, &|| {}).await;
+        findings = check(&config, &local, &infos, crate::core::time::now());
+    }
     findings.extend(check_key_store(state, &config, &local.name));
     Ok((findings, infos.len()))
 }
@@ -902,6 +1016,7 @@ mod tests {
                         .then(|| format!("ssh-ed25519 AAAAkey-of-{name} root@{name}")),
                     server_digest: server_digest_of(name),
                     next_server_digest: None,
+                    candidate_since: 0,
                 })
                 .collect();
             let config = ClusterConfig {
@@ -917,6 +1032,7 @@ mod tests {
                 users: Vec::new(),
                 audit: Vec::new(),
                 ca_rotation: None,
+                term: 0,
             };
             let ssconf = config.to_ssconf().unwrap();
             let local = LocalView {
@@ -943,6 +1059,8 @@ mod tests {
                         client_digest_sha1: String::new(),
                         client_cert_expires: 0,
                         ssconf_serial: config.serial,
+                        ssconf_term: config.term,
+                        raft: None,
                         role_files: RoleFiles {
                             ca_key: candidate,
                             config: candidate,
@@ -974,6 +1092,25 @@ mod tests {
             self.infos.get_mut(name).unwrap().as_mut().unwrap()
         }
 
+        /// m and a run Raft, both voters, m leading in term 3.
+        fn with_raft(&mut self) {
+            for name in ["m", "a"] {
+                self.info(name).raft = Some(crate::wire::RaftInfo {
+                    state: if name == "m" { "leader" } else { "follower" }.into(),
+                    term: 3,
+                    leader: Some("m".into()),
+                    last_log_index: 500,
+                    applied_index: 500,
+                    voters: vec!["a".into(), "m".into()],
+                    learners: Vec::new(),
+                });
+            }
+        }
+
+        fn raft(&mut self, name: &str) -> &mut crate::wire::RaftInfo {
+            self.info(name).raft.as_mut().unwrap()
+        }
+
         /// The map with one more entry.
         fn add_map_entry(&mut self, uuid: &str) {
             let digest = DigestAlgorithm::Sha256.digest(self.ca.cert_der());
@@ -1001,6 +1138,33 @@ mod tests {
 
     const ROWS: &[Row] = &[
         ("a consistent cluster", |_| {}, &[]),
+        // Raft.
+        ("raft agrees", |f| f.with_raft(), &[]),
+        (
+            "a voter believes in another leader",
+            |f| {
+                f.with_raft();
+                f.raft("a").leader = Some("a".into());
+                f.raft("a").term = 4;
+            },
+            &[(E, "a", RaftDisagrees), (E, "m", RaftNoMajority)],
+        ),
+        (
+            "a candidate runs no raft",
+            |f| {
+                f.with_raft();
+                f.info("a").raft = None;
+            },
+            &[(E, "a", RaftDisagrees), (E, "m", RaftNoMajority)],
+        ),
+        (
+            "a member far behind",
+            |f| {
+                f.with_raft();
+                f.raft("a").applied_index = 2;
+            },
+            &[(W, "a", RaftBehind)],
+        ),
         // The candidate map.
         (
             "map entry for a regular node",

@@ -76,6 +76,7 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         next_digest: None,
         server_digest: DigestAlgorithm::Sha256.digest(&server_der).to_string(),
         next_server_digest: None,
+        candidate_since: crate::core::time::now(),
     };
     let config = first_config(opts, &ca, &master);
     let identity = NodeIdentity {
@@ -99,6 +100,9 @@ pub fn init(state: &StateDir, opts: &InitOptions) -> Result<Outcome> {
         ssh_key_pair: Some((&ssh_private, &ssh_public)),
         authorized_keys: std::slice::from_ref(&ssh_public),
     })?;
+    // The Raft state: its daemon makes this node the only voter when it
+    // first starts.
+    state::create_dir(&state.raft_dir(), 0o700)?;
     say_initialised(state, opts, &ca, store.describe(), &master.digest);
     Ok(Outcome::Success)
 }
@@ -157,5 +161,6 @@ fn first_config(
         users: Vec::new(),
         audit: Vec::new(),
         ca_rotation: None,
+        term: 0,
     }
 }

@@ -95,11 +95,20 @@ pub async fn remove(state: &StateDir, name: &str, wait: bool) -> Result<Outcome>
 }
 
 /// `nodectl master-failover`, on a master candidate.
-pub async fn master_failover(state: &StateDir, wait: bool) -> Result<Outcome> {
+pub async fn master_failover(state: &StateDir, to: Option<&str>) -> Result<Outcome> {
     let bar = bar(state);
     let step = || bar.step();
     let talk = narration(&step);
-    let push = lifecycle::master_failover(state, wait, talk).await?;
+    let push = lifecycle::master_failover(state, to, talk).await?;
+    Ok(outcome(&push))
+}
+
+/// `nodectl recover --force`, on a master candidate.
+pub async fn recover(state: &StateDir) -> Result<Outcome> {
+    let bar = bar(state);
+    let step = || bar.step();
+    let talk = narration(&step);
+    let push = lifecycle::recover(state, talk).await?;
     Ok(outcome(&push))
 }
 

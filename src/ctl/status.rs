@@ -1,9 +1,6 @@
 //! `nodectl status`: the cluster at a glance (SPEC §2.2), from the config
 //! of the master or a candidate and the health the master's daemon holds.
-//!
-//! Until the config is replicated through Raft, `term` is 0, the only
-//! voter is the master and `commit_index` is the config's serial: the
-//! fields are there, with what this version knows.
+//! Raft's term, commit index and voters are this node's daemon's view.
 
 use super::list::master_health;
 use super::output::{print_json, print_table};
@@ -23,16 +20,30 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
     }
     let config: ClusterConfig = state::read_json(&state.config_json())?;
     let health = master_health(state, &config).await;
-    let status = crate::cluster::listing::status(&config, &health)?;
+    let raft = crate::cluster::raft::status_locally(state)
+        .await
+        .ok()
+        .flatten();
+    let status = crate::cluster::listing::status(&config, &health, raft.as_ref())?;
     if json {
         print_json(&status)?;
         return Ok(Outcome::Success);
     }
     crate::say!(
-        "cluster {}: master {}, serial {}, CA rotation: {}",
+        "cluster {}: master {}, term {}, serial {}, voters {}{}; CA rotation: {}",
         status.cluster,
         status.master,
-        status.commit_index,
+        status.term,
+        config.serial,
+        if status.voters.is_empty() {
+            "unknown (this node's noded does not answer)".to_owned()
+        } else {
+            status.voters.join(", ")
+        },
+        match raft.as_ref().filter(|r| !r.learners.is_empty()) {
+            Some(r) => format!(", learners {}", r.learners.join(", ")),
+            None => String::new(),
+        },
         match (&status.ca_rotation.started, status.ca_rotation.paused) {
             (None, _) => status.ca_rotation.phase.clone(),
             (Some(since), false) => format!("{} (since {since})", status.ca_rotation.phase),
@@ -59,6 +70,11 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
                 n.serial
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "?".into()),
+                if n.serial.is_some() {
+                    n.term.to_string()
+                } else {
+                    "?".into()
+                },
                 n.client_cert_expires.clone(),
                 opt(&n.server_cert_expires),
             ]
@@ -71,6 +87,7 @@ pub async fn status(state: &StateDir, json: bool) -> Result<Outcome> {
             "REACHABLE",
             "LAST SEEN",
             "SERIAL",
+            "TERM",
             "CLIENT CERT EXPIRES",
             "SERVER CERT EXPIRES",
         ],

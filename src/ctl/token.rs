@@ -19,7 +19,10 @@ pub async fn token_create(
     json: bool,
     wait: bool,
 ) -> Result<Outcome> {
-    let created = cluster::tokens::create(state, ttl, master_candidate, wait);
+    let created = match cluster::raft::ensure_leader_if_running(state).await {
+        Ok(()) => cluster::tokens::create(state, ttl, master_candidate, wait),
+        Err(e) => Err(e),
+    };
     if let Some(result) = cluster::audit::result_of(&created) {
         let target = created.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
         let actor = cluster::audit::nodectl_actor(state);

@@ -80,6 +80,7 @@ impl HealthTable {
                 reachable: false,
                 last_seen: 0,
                 serial: 0,
+                term: 0,
                 client_cert_expires: 0,
                 server_cert_expires: 0,
                 error: None,
@@ -304,10 +305,11 @@ async fn round(
             behind.push((node.name.clone(), e.to_string()));
         }
         daemon.health.update(&node.uuid, |h| match result {
-            Ok((serial, info)) => {
+            Ok(((serial, term), info)) => {
                 h.reachable = true;
                 h.last_seen = now;
                 h.serial = serial;
+                h.term = term;
                 h.client_cert_expires = info.client_cert_expires;
                 h.server_cert_expires = info.server_cert_expires;
                 h.error = None;
@@ -332,7 +334,7 @@ async fn heartbeat(
     pool: &Pool,
     wanted: &Wanted,
     node: &NodeRecord,
-) -> Result<(u64, Box<NodeInfo>)> {
+) -> Result<((u64, u64), Box<NodeInfo>)> {
     let taken = locked(pool).remove(&node.uuid);
     // A kept connection may have ended meanwhile (the node restarted or
     // timed it out, or closed it because this node's client certificate
@@ -371,8 +373,9 @@ async fn bring_current(
     wanted: &Wanted,
     node: &NodeRecord,
     info: &NodeInfo,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut serial = info.ssconf_serial;
+    let mut term = info.ssconf_term;
     if info.ca_pem_sha256 != wanted.ca_pem_sha256 {
         // The master's bundle is the one of the CA rotation's phase (if one
         // is under way). Not while a command holds the cluster lock: a CA
@@ -403,6 +406,7 @@ async fn bring_current(
             conn.call(Procedure::WriteSsconf { files }).await?
         {
             serial = s;
+            term = wanted.config.term;
         }
     }
     let files = &info.role_files;
@@ -422,7 +426,7 @@ async fn bring_current(
         let keys = wanted.keys.clone();
         conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
     }
-    Ok(serial)
+    Ok((serial, term))
 }
 
 /// Automatic renewal (SPEC §8.1): the client and server certificates of

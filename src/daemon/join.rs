@@ -12,6 +12,7 @@ use ssconf::DigestAlgorithm;
 
 use super::handlers::failed;
 use super::server::Daemon;
+use crate::cluster::raft::RaftNode;
 use crate::cluster::{self, ClusterLock, PushItems};
 use crate::core::{chain, Error, Result};
 use crate::pki::{self, CertInfo, CertificateSigner};
@@ -38,6 +39,11 @@ fn new_record(req: &JoinRequest, candidate: bool) -> NodeRecord {
         next_digest: None,
         server_digest: String::new(),
         next_server_digest: None,
+        candidate_since: if candidate {
+            crate::core::time::now()
+        } else {
+            0
+        },
     }
 }
 
@@ -108,7 +114,7 @@ fn check_unique(
 ///
 /// The token is checked first and burned only when the node is added: a
 /// join refused for its name, address or CSR leaves the token usable.
-pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, u64)> {
+pub fn admit(state: &StateDir, raft: &RaftNode, req: &JoinRequest) -> Result<(JoinReply, u64)> {
     // The joiner checked these too, but a joiner may be modified.
     check_node_name(&req.node_name)?;
     check_address(&req.address)?;
@@ -161,6 +167,7 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, u64)> {
     });
     // The audit entry travels with the commit that adds the node.
     crate::state::users::append(&mut config.audit, join_entry(&req.node_name, candidate));
+    let base = config.serial;
     config.serial += 1;
     // Burn the token first: a crash after this loses a token, never reuses
     // one. It is remembered with the node's name, for a joiner that dies
@@ -168,7 +175,11 @@ pub fn admit(state: &StateDir, req: &JoinRequest) -> Result<(JoinReply, u64)> {
     tokens.prune(crate::core::time::now());
     tokens.burn_for(&token.id, &req.node_name);
     tokens.save(state)?;
-    cluster::save_config(state, &config)?;
+    // Committed through Raft (this runs on a blocking thread of the
+    // daemon's runtime, which may wait for it).
+    let (term, _) =
+        tokio::runtime::Handle::current().block_on(raft.propose(base, config.clone()))?;
+    config.term = term;
     cluster::apply_locally(state, &config, PushItems::ALL)?;
     // No CA key and no config here: a candidate fetches them over its own
     // admitted connection, once it holds its certificates.
@@ -239,8 +250,13 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     // From before the admission until this reply: no round reaches for the
     // joiner, whose daemon is not running yet.
     let _in_flight = daemon.converger.join_in_flight(&name);
+    let Some(raft) = daemon.raft.load_full() else {
+        return Err(failed(
+            "this node is not the master; join through the master's address",
+        ));
+    };
     let (mut join_reply, serial) =
-        tokio::task::spawn_blocking(move || super::join::admit(&state, &request))
+        tokio::task::spawn_blocking(move || super::join::admit(&state, &raft, &request))
             .await
             .map_err(|e| failed(format!("join task failed: {e}")))?
             .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;

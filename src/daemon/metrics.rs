@@ -718,6 +718,7 @@ mod tests {
             reachable: true,
             last_seen: ca_not_after - 86_400 - 3,
             serial: 4,
+            term: 0,
             client_cert_expires: 0,
             server_cert_expires: 0,
             error: None,

@@ -6,13 +6,15 @@
 //! [`handlers`] answer its procedures, one file per family; [`join`]
 //! admits new nodes on the master; [`reload`] keeps the candidate map
 //! current; [`budget`] bounds handshakes and connections; [`metrics`]
-//! serves the Prometheus endpoint; [`api`] serves the remote API.
+//! serves the Prometheus endpoint; [`api`] serves the remote API;
+//! [`consensus`] runs this node's Raft (master and candidates).
 
 use std::path::PathBuf;
 
 pub mod api;
 pub mod auth;
 pub mod budget;
+pub mod consensus;
 pub mod converge;
 pub mod handler;
 pub mod handlers;

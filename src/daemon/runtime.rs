@@ -202,6 +202,8 @@ pub async fn serve(opts: Options) -> Result<()> {
         .map(super::metrics::parse_address)
         .transpose()?;
     let (daemon, listener) = start(&opts).await?;
+    super::consensus::start(&daemon).await?;
+    let consensus = tokio::spawn(super::consensus::supervise(daemon.clone()));
     let local = listener
         .local_addr()
         .map_err(Error::io(daemon.state.root()))?;
@@ -263,13 +265,17 @@ pub async fn serve(opts: Options) -> Result<()> {
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
     };
-    server::run(listener, daemon, shutdown).await;
+    server::run(listener, daemon.clone(), shutdown).await;
+    if let Some(raft) = daemon.raft.load_full() {
+        raft.shutdown().await;
+    }
     let _ = stop_loop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), converge).await;
     if let Some(api) = api {
         let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     }
     reloader.abort();
+    consensus.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }

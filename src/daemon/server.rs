@@ -109,6 +109,13 @@ pub struct Daemon {
     pub health: super::converge::HealthTable,
     /// The convergence loop's connections and rounds.
     pub converger: super::converge::Converger,
+    /// This node's Raft, while it is the master or a candidate.
+    pub raft: arc_swap::ArcSwapOption<crate::cluster::raft::RaftNode>,
+    /// Wakes the task that starts Raft once this node holds the config.
+    pub raft_wanted: tokio::sync::Notify,
+    /// Told when this node commits a change: the API re-reads its users
+    /// at once rather than at its next poll.
+    pub config_changed: tokio::sync::Notify,
     /// Serialises ssconf writes (check serial, then write).
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
 }
@@ -142,6 +149,9 @@ impl Daemon {
             health: Default::default(),
             converger: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
+            raft: arc_swap::ArcSwapOption::empty(),
+            raft_wanted: tokio::sync::Notify::new(),
+            config_changed: tokio::sync::Notify::new(),
         };
         daemon.refresh_role();
         daemon.refresh_control_plane();
@@ -154,7 +164,8 @@ impl Daemon {
         self.denials.record(peer, denial);
     }
 
-    /// Re-reads who the master is from ssconf.
+    /// Re-reads who the master is from ssconf; a node running Raft is the
+    /// master only while it leads.
     pub fn refresh_role(&self) {
         let path = self
             .state
@@ -162,7 +173,8 @@ impl Daemon {
             .join(ssconf::SsconfKey::MasterNode.file_name());
         let master = std::fs::read_to_string(path)
             .map(|t| t.trim_end() == self.identity.name)
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && self.raft.load().as_ref().is_none_or(|raft| raft.leads());
         if self.is_master.swap(master, Ordering::AcqRel) != master {
             tracing::info!(
                 master,

@@ -42,6 +42,10 @@ pub struct RpcClient {
     /// The server certificates this client accepts, when its configuration
     /// checks them ([`RpcClient::from_state`]).
     recorded: Option<RecordedServers>,
+    /// The address connections leave from: the node's own (an IP literal
+    /// in its recorded address), so that a firewall rule on a node's
+    /// address holds for what it sends too; none: the kernel's choice.
+    source: Option<std::net::IpAddr>,
 }
 
 impl RpcClient {
@@ -53,6 +57,7 @@ impl RpcClient {
             call_timeout: Duration::from_secs(60),
             max_frame: wire::DEFAULT_MAX_FRAME,
             recorded: None,
+            source: None,
         }
     }
 
@@ -73,6 +78,12 @@ impl RpcClient {
         let recorded = RecordedServers::from_state(state)?;
         let mut client = Self::new(tls::client_config(&ca, recorded.clone(), chain, key)?);
         client.recorded = Some(recorded);
+        client.source = state
+            .load_identity()
+            .ok()
+            .and_then(|i| i.address.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
         Ok(client)
     }
 
@@ -115,7 +126,7 @@ impl RpcClient {
             .map_err(|e| unreachable(format!("node name {node:?}: {e}")))?;
         let connector = TlsConnector::from(self.config.clone());
         let connect = async {
-            let tcp = TcpStream::connect(address)
+            let tcp = connect_from(self.source, address)
                 .await
                 .map_err(|e| unreachable(format!("cannot connect to {address}: {e}")))?;
             let _ = tcp.set_nodelay(true);
@@ -142,6 +153,39 @@ impl RpcClient {
     }
 }
 
+/// A TCP connection to `address`, leaving from `source` when that address
+/// can be bound here (otherwise from wherever the kernel picks).
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    address: &str,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(address).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(address).await? {
+        if target.is_ipv4() != source.is_ipv4() {
+            continue;
+        }
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if socket.bind(std::net::SocketAddr::new(source, 0)).is_err() {
+            return TcpStream::connect(address).await;
+        }
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => TcpStream::connect(address).await,
+    }
+}
+
 /// One open connection to a node.
 #[derive(Debug)]
 pub struct Connection {
@@ -153,6 +197,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Bounds each further call on this connection by `timeout`.
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
     /// Sends one request and waits for its reply.
     pub async fn call(&mut self, procedure: Procedure) -> Result<Reply> {
         let id = self.next_id;

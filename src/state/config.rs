@@ -55,6 +55,10 @@ pub struct NodeRecord {
     /// accepted beside the old one until the node serves with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_server_digest: Option<String>,
+    /// When the node last became a master candidate, Unix seconds (0:
+    /// unknown): the longest-serving candidates are Raft's voters.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub candidate_since: i64,
     /// The node's SSH public key (master candidates only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
@@ -66,6 +70,10 @@ pub struct ClusterConfig {
     pub cluster_name: String,
     /// Bumped by every change; nodes refuse older ones.
     pub serial: u64,
+    /// The Raft term that committed this config (0 before Raft); with the
+    /// serial, what a node compares: a lower term is refused (fencing).
+    #[serde(default)]
+    pub term: u64,
     /// How many master candidates (the master included) the cluster keeps.
     pub candidate_pool_size: u32,
     /// Digest algorithm of the candidate map.
@@ -180,6 +188,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
 impl ClusterConfig {
     /// How long a node certificate the master signs now is valid.
     pub fn cert_lifetime(&self) -> std::time::Duration {
@@ -245,6 +257,7 @@ impl ClusterConfig {
             offline_nodes: names(&|n| n.offline),
             master_candidates: names(&|n| n.role.is_candidate() && !n.offline),
             master_candidates_certs: CandidateMap::from_entries(entries),
+            term: self.term,
             serial: self.serial,
         })
     }

@@ -134,6 +134,10 @@ impl StateDir {
     pub fn tokens_json(&self) -> PathBuf {
         self.root.join("tokens.json")
     }
+    /// The Raft log, vote and snapshot (SPEC §3), mode 0700.
+    pub fn raft_dir(&self) -> PathBuf {
+        self.root.join("raft")
+    }
     pub fn ssconf_dir(&self) -> PathBuf {
         self.root.join("ssconf")
     }

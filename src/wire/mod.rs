@@ -86,6 +86,56 @@ pub enum Procedure {
     /// On the master: each node's health as the convergence loop last saw
     /// it.
     Health,
+    /// A Raft message between the master and the candidates (SPEC §10.1).
+    Raft {
+        call: RaftCall,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// From this node's nodectl (or a task of its daemon) to its daemon:
+    /// commit `config_json`, made from the config at `base_serial`.
+    Propose {
+        base_serial: u64,
+        config_json: String,
+    },
+    /// This node's view of Raft.
+    RaftStatus,
+    /// From this node's nodectl to its daemon: make `to` (this node when
+    /// `None`) the master by a leadership transfer.
+    TransferLeadership { to: Option<String> },
+    /// From this node's nodectl to its daemon, before a change touches any
+    /// node: confirm with a majority of voters that this node leads.
+    ConfirmLeadership,
+    /// From this node's nodectl to its daemon: `recover --force`.
+    Recover,
+}
+
+/// The kinds of [`Procedure::Raft`] messages. The body is JSON of
+/// openraft's request; the reply's body JSON of its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftCall {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    /// To the leader: stop heartbeats so that the voter in the body (its
+    /// Raft id) can take over.
+    StepDown,
+    /// To a voter: start an election now.
+    Elect,
+}
+
+/// A node's view of Raft (master and candidates only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftInfo {
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub state: String,
+    pub term: u64,
+    /// The leader's name, if known.
+    pub leader: Option<String>,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
 }
 
 /// What a joining node sends.
@@ -120,7 +170,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 24;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -143,6 +193,12 @@ impl Procedure {
             Procedure::PrepareServerKey => "prepare-server-key",
             Procedure::FetchCandidateFiles => "fetch-candidate-files",
             Procedure::Health => "health",
+            Procedure::Raft { .. } => "raft",
+            Procedure::Propose { .. } => "propose",
+            Procedure::RaftStatus => "raft-status",
+            Procedure::TransferLeadership { .. } => "transfer-leadership",
+            Procedure::ConfirmLeadership => "confirm-leadership",
+            Procedure::Recover => "recover",
         }
     }
 }
@@ -170,6 +226,10 @@ pub struct NodeInfo {
     pub client_cert_expires: i64,
     /// Serial of the ssconf set the node holds (0 if none).
     pub ssconf_serial: u64,
+    /// Raft term of the ssconf set the node holds (0 if none).
+    pub ssconf_term: u64,
+    /// The node's view of Raft (master and candidates).
+    pub raft: Option<RaftInfo>,
     pub role_files: RoleFiles,
     pub version: String,
     /// `client.pem` as it is on disk now.
@@ -200,6 +260,8 @@ pub struct NodeHealth {
     pub last_seen: i64,
     /// The ssconf serial the node reported then.
     pub serial: u64,
+    /// The Raft term of that ssconf.
+    pub term: u64,
     /// `notAfter` of the node's client and server certificates as it
     /// reported them, Unix seconds (0: unknown).
     pub client_cert_expires: i64,
@@ -232,6 +294,29 @@ pub enum Reply {
     CandidateFiles {
         ca_key: Option<Secret>,
         config_json: String,
+    },
+    /// A Raft message's answer (JSON).
+    Raft {
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// A change committed at `term`, log `index`, as config `serial`.
+    Committed {
+        term: u64,
+        index: u64,
+        serial: u64,
+    },
+    /// This node's Raft, `None` when it runs none.
+    RaftStatus(Option<Box<RaftInfo>>),
+    /// `recover --force` done: the new term and serial, the serial this
+    /// node held before, the voters given up, and the nodes the new state
+    /// did not reach yet.
+    Recovered {
+        term: u64,
+        serial: u64,
+        held_serial: u64,
+        lost: Vec<String>,
+        unreachable: Vec<(String, String)>,
     },
 }
 

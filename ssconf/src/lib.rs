@@ -51,9 +51,15 @@ pub enum SsconfError {
     /// A set with the serial on disk but different content was offered.
     #[error("ssconf serial {serial} is already held with different content; the master must bump the serial")]
     Conflict { serial: u64 },
-    /// A set with an older serial than the one on disk was offered.
-    #[error("ssconf serial {offered} is older than the serial {current} this node holds; refusing to roll back")]
-    Rollback { current: u64, offered: u64 },
+    /// A set older than the one on disk was offered: a lower term (from a
+    /// deposed master), or the same term and a lower serial.
+    #[error("ssconf (term {offered_term}, serial {offered}) is older than the (term {current_term}, serial {current}) this node holds; refusing to roll back")]
+    Rollback {
+        current: u64,
+        current_term: u64,
+        offered: u64,
+        offered_term: u64,
+    },
 }
 
 /// Result alias for this crate.

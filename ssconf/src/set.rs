@@ -20,13 +20,16 @@ pub enum SsconfKey {
     MasterCandidates,
     MasterCandidatesCerts,
     NodeServerCerts,
+    /// The Raft term that committed the set (absent in sets written before
+    /// Raft, or by Ganeti: read as 0).
+    Term,
     Serial,
 }
 
 impl SsconfKey {
     /// Every key, in the order a write goes: `serial` last, so a set whose
     /// serial is on disk is complete.
-    pub const ALL: [SsconfKey; 10] = [
+    pub const ALL: [SsconfKey; 11] = [
         SsconfKey::ClusterName,
         SsconfKey::MasterNode,
         SsconfKey::NodeList,
@@ -36,6 +39,7 @@ impl SsconfKey {
         SsconfKey::MasterCandidates,
         SsconfKey::MasterCandidatesCerts,
         SsconfKey::NodeServerCerts,
+        SsconfKey::Term,
         SsconfKey::Serial,
     ];
 
@@ -51,6 +55,7 @@ impl SsconfKey {
             SsconfKey::MasterCandidates => "master_candidates",
             SsconfKey::MasterCandidatesCerts => "master_candidates_certs",
             SsconfKey::NodeServerCerts => "node_server_certs",
+            SsconfKey::Term => "term",
             SsconfKey::Serial => "serial",
         }
     }
@@ -87,6 +92,9 @@ pub struct Ssconf {
     /// node switching certificates), in the same format as the candidate
     /// map: what every RPC client checks that it reached the node it meant.
     pub node_server_certs: CandidateMap,
+    /// The Raft term of the commit that made the set: with the serial, the
+    /// set's version `(term, serial)`, compared in that order.
+    pub term: u64,
     /// Monotonically increasing version of the set.
     pub serial: u64,
 }
@@ -122,6 +130,7 @@ impl Ssconf {
             }
             SsconfKey::MasterCandidatesCerts => self.master_candidates_certs.render(),
             SsconfKey::NodeServerCerts => self.node_server_certs.render(),
+            SsconfKey::Term => format!("{}\n", self.term),
             SsconfKey::Serial => format!("{}\n", self.serial),
         }
     }
@@ -159,7 +168,7 @@ impl Ssconf {
         if let Some(missing) = SsconfKey::ALL
             .iter()
             .zip(seen)
-            .find_map(|(k, present)| (!present).then_some(*k))
+            .find_map(|(k, present)| (!present && *k != SsconfKey::Term).then_some(*k))
         {
             return Err(SsconfError::Missing {
                 path: dir.join(missing.file_name()),
@@ -217,6 +226,11 @@ impl Ssconf {
                 self.master_candidates_certs = CandidateMap::parse(text, path)?
             }
             SsconfKey::NodeServerCerts => self.node_server_certs = CandidateMap::parse(text, path)?,
+            SsconfKey::Term => {
+                self.term = single(text)?
+                    .parse()
+                    .map_err(|_| malformed(1, "term is not a non-negative integer"))?
+            }
             SsconfKey::Serial => {
                 self.serial = single(text)?
                     .parse()
@@ -231,10 +245,32 @@ impl Ssconf {
         let mut files = Vec::with_capacity(SsconfKey::ALL.len());
         for key in SsconfKey::ALL {
             let name = key.file_name();
-            let text = read_bounded(&dir.join(&name))?;
+            let text = match read_bounded(&dir.join(&name)) {
+                Err(SsconfError::Missing { .. }) if key == SsconfKey::Term => continue,
+                read => read?,
+            };
             files.push((name, text));
         }
         Self::parse_files(&files, dir)
+    }
+
+    /// The version `(term, serial)` of the set stored in `dir`, or `None`
+    /// if there is none.
+    pub fn stored_version(dir: &Path) -> Result<Option<(u64, u64)>> {
+        let Some(serial) = Self::stored_serial(dir)? else {
+            return Ok(None);
+        };
+        let path = dir.join(SsconfKey::Term.file_name());
+        let term = match read_bounded(&path) {
+            Ok(text) => {
+                let mut set = Ssconf::default();
+                set.parse_key(SsconfKey::Term, &text, &path)?;
+                set.term
+            }
+            Err(SsconfError::Missing { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(Some((term, serial)))
     }
 
     /// The serial of the set stored in `dir`, or `None` if there is none.
@@ -268,18 +304,21 @@ impl Ssconf {
             .open(&lock_path)
             .map_err(io(lock_path.clone()))?;
         lock.lock().map_err(io(lock_path))?;
-        if let Some(current) = Self::stored_serial(dir)? {
-            if self.serial < current {
+        if let Some(current) = Self::stored_version(dir)? {
+            let offered = (self.term, self.serial);
+            if offered < current {
                 return Err(SsconfError::Rollback {
-                    current,
+                    current: current.1,
+                    current_term: current.0,
                     offered: self.serial,
+                    offered_term: self.term,
                 });
             }
-            // The same serial is a retried push only if it says the same.
-            if self.serial == current {
+            // The same version is a retried push only if it says the same.
+            if offered == current {
                 if let Ok(stored) = Self::load(dir) {
                     if stored != *self {
-                        return Err(SsconfError::Conflict { serial: current });
+                        return Err(SsconfError::Conflict { serial: current.1 });
                     }
                 }
             }
@@ -344,6 +383,7 @@ mod tests {
                 ("uuid-1", DigestAlgorithm::Sha256.digest(b"server 1")),
                 ("uuid-2", DigestAlgorithm::Sha256.digest(b"server 2")),
             ]),
+            term: 0,
             serial,
         }
     }
@@ -399,6 +439,46 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_term_is_refused_and_a_higher_one_wins_over_the_serial() -> Result<()> {
+        let dir = tmp()?;
+        let mut held = sample(9);
+        held.term = 3;
+        held.store(dir.path())?;
+        // A deposed master's set: a higher serial, an older term.
+        let mut deposed = sample(12);
+        deposed.term = 2;
+        assert!(matches!(
+            deposed.store(dir.path()),
+            Err(SsconfError::Rollback {
+                current: 9,
+                current_term: 3,
+                offered: 12,
+                offered_term: 2
+            })
+        ));
+        assert_eq!(Ssconf::stored_version(dir.path())?, Some((3, 9)));
+        // A newer term wins even with a lower serial (`recover --force`).
+        let mut recovered = sample(7);
+        recovered.term = 4;
+        recovered.store(dir.path())?;
+        assert_eq!(Ssconf::stored_version(dir.path())?, Some((4, 7)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_set_without_a_term_file_reads_as_term_0() -> Result<()> {
+        let dir = tmp()?;
+        sample(5).store(dir.path())?;
+        std::fs::remove_file(dir.path().join("ssconf_term")).map_err(|source| SsconfError::Io {
+            path: dir.path().into(),
+            source,
+        })?;
+        assert_eq!(Ssconf::load(dir.path())?, sample(5));
+        assert_eq!(Ssconf::stored_version(dir.path())?, Some((0, 5)));
+        Ok(())
+    }
+
+    #[test]
     fn rollback_is_refused_and_leaves_files_alone() -> Result<()> {
         let dir = tmp()?;
         sample(5).store(dir.path())?;
@@ -408,7 +488,8 @@ mod tests {
             old.store(dir.path()),
             Err(SsconfError::Rollback {
                 current: 5,
-                offered: 4
+                offered: 4,
+                ..
             })
         ));
         assert_eq!(Ssconf::load(dir.path())?, sample(5));

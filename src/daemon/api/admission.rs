@@ -171,6 +171,7 @@ pub async fn watch_config(
     state: StateDir,
     handle: Arc<AllowListHandle>,
     on_change: impl Fn(),
+    changed: &tokio::sync::Notify,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = stamp(&state);
@@ -178,6 +179,7 @@ pub async fn watch_config(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
+            _ = changed.notified() => {}
             _ = stop.changed() => return,
         }
         ticks = ticks.wrapping_add(1);

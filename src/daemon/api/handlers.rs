@@ -52,7 +52,12 @@ pub async fn nodes(State(api): Api) -> Result<Json<NodeList>, ApiError> {
 pub async fn status(State(api): Api) -> Result<Json<Status>, ApiError> {
     let config = config(&api)?;
     let health = health_by_name(&config, api.daemon.health.snapshot());
-    Ok(Json(crate::cluster::listing::status(&config, &health)?))
+    let raft = api.daemon.raft.load().as_ref().map(|n| n.info());
+    Ok(Json(crate::cluster::listing::status(
+        &config,
+        &health,
+        raft.as_ref(),
+    )?))
 }
 
 /// `{"findings": [...]}`, as `nodectl verify --json`.

@@ -68,12 +68,13 @@ pub async fn run(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::Re
             Err(e) => tracing::error!("API: keeping the current TLS configuration: {e}"),
         }
     };
-    let watcher = tokio::spawn(admission::watch_config(
-        daemon.state.clone(),
-        users.clone(),
-        reload,
-        stop.clone(),
-    ));
+    let watcher = {
+        let (daemon, users, stop) = (daemon.clone(), users.clone(), stop.clone());
+        tokio::spawn(async move {
+            let state = daemon.state.clone();
+            admission::watch_config(state, users, reload, &daemon.config_changed, stop).await
+        })
+    };
     let api = Arc::new(ApiState::new(daemon, users, port));
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {

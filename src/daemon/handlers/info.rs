@@ -15,10 +15,12 @@ pub async fn node_info(daemon: &Daemon) -> Result<Reply, RpcError> {
     let state = daemon.state.clone();
     let identity = daemon.identity.clone();
     let cert = daemon.client_cert.load_full();
-    let info =
-        tokio::task::spawn_blocking(move || super::roles::node_info(&state, &identity, &cert))
-            .await
-            .map_err(|e| failed(format!("node-info task failed: {e}")))?;
+    let raft = daemon.raft.load().as_ref().map(|n| n.info());
+    let info = tokio::task::spawn_blocking(move || {
+        super::roles::node_info(&state, &identity, &cert, raft)
+    })
+    .await
+    .map_err(|e| failed(format!("node-info task failed: {e}")))?;
     Ok(Reply::NodeInfo(Box::new(info)))
 }
 

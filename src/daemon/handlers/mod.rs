@@ -4,6 +4,7 @@
 //! Joins are answered by [`super::join`].
 
 use super::auth::Admission;
+use super::consensus;
 use super::server::Daemon;
 use crate::pki::pair::Pair;
 use crate::wire::{Procedure, Reply, RpcError, RpcErrorKind};
@@ -46,6 +47,39 @@ pub async fn dispatch(
         Procedure::GenerateSshKey => ssh::generate(daemon).await,
         Procedure::ReplaceSshKey => ssh::replace(daemon).await,
         Procedure::WriteAuthorizedKeys { keys } => ssh::write_authorized_keys(daemon, keys).await,
+        Procedure::Raft { call, body } => consensus::answer(daemon, call, body).await,
+        Procedure::RaftStatus => Ok(consensus::status(daemon)),
+        Procedure::Propose {
+            base_serial,
+            config_json,
+        } => {
+            own(daemon, caller)?;
+            consensus::propose(daemon, base_serial, config_json).await
+        }
+        Procedure::Recover => {
+            own(daemon, caller)?;
+            consensus::recover(daemon).await
+        }
+        Procedure::ConfirmLeadership => {
+            own(daemon, caller)?;
+            consensus::confirm(daemon).await
+        }
+        Procedure::TransferLeadership { to } => {
+            own(daemon, caller)?;
+            consensus::transfer(daemon, to).await
+        }
+    }
+}
+
+/// Refuses a caller other than this node itself (its nodectl, its tasks).
+fn own(daemon: &Daemon, caller: &Admission) -> Result<(), RpcError> {
+    if caller.uuid == daemon.identity.uuid {
+        Ok(())
+    } else {
+        Err(RpcError {
+            kind: RpcErrorKind::NotAuthorized,
+            message: "only this node's own nodectl may ask this".into(),
+        })
     }
 }
 

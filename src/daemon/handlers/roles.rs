@@ -15,7 +15,12 @@ use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET
 use crate::wire::{NodeInfo, Reply, RpcError};
 
 /// What this node reports about itself (`node-info`), read from disk now.
-pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFacts) -> NodeInfo {
+pub fn node_info(
+    state: &StateDir,
+    identity: &NodeIdentity,
+    cert: &ClientCertFacts,
+    raft: Option<crate::wire::RaftInfo>,
+) -> NodeInfo {
     let ssconf = Ssconf::load(&state.ssconf_dir());
     let ssconf_sha256 = match &ssconf {
         Ok(set) => Ok(fingerprint::ssconf_sha256(set)),
@@ -44,6 +49,8 @@ pub fn node_info(state: &StateDir, identity: &NodeIdentity, cert: &ClientCertFac
         client_digest_sha1: cert.sha1.to_string(),
         client_cert_expires: cert.expires,
         ssconf_serial: ssconf.as_ref().map(|s| s.serial).unwrap_or(0),
+        ssconf_term: ssconf.as_ref().map(|s| s.term).unwrap_or(0),
+        raft,
         role_files: state.role_files(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         client_cert_pem: std::fs::read_to_string(state.client_pem()).unwrap_or_default(),
@@ -177,6 +184,7 @@ pub async fn install(
     let state = daemon.state.clone();
     blocking(move || install_candidate_files(&state, ca_key.as_ref(), &config_json)).await?;
     tracing::info!("now holding the master-candidate files (CA key, config)");
+    daemon.raft_wanted.notify_one();
     Ok(Reply::Done)
 }
 
@@ -189,6 +197,9 @@ pub async fn remove(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
     }
     let state = daemon.state.clone();
     blocking(move || remove_candidate_files(&state)).await?;
+    super::super::consensus::stop(daemon)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
     tracing::info!("master-candidate files removed (CA key, config, SSH private key)");
     Ok(Reply::Done)
 }
