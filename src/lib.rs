@@ -19,10 +19,13 @@
 //! - [`rpc`]: the RPC client: connect, verify the server, call; a joining
 //!   node's pinned connection; [`rpc::fanout`] to many nodes at once.
 //! - [`cluster`]: the cluster as the master changes it: the lock, the
-//!   config store, commit and push, and `verify`'s checks.
+//!   config store, the config replicated by Raft ([`cluster::raft`]:
+//!   openraft's log, state machine and network), commit and push, a new
+//!   leader's take-over ([`cluster::failover`]), and `verify`'s checks.
 //! - [`daemon`]: `noded`: listener, handshake, connection handler, one
 //!   handler file per procedure family, authorization, map reload,
-//!   budgets, metrics, join admission, and the remote API
+//!   budgets, metrics, join admission, this node's Raft
+//!   ([`daemon::consensus`]), and the remote API
 //!   ([`daemon::api`]: HTTPS for users with roles, over the same rustls).
 //! - [`ctl`]: `nodectl`: one file per command, and its output.
 //! - [`cli`], [`man`], [`logging`]: the command lines of both binaries,
@@ -50,13 +53,17 @@
 //!
 //! 1. `nodectl` parses its arguments ([`cli`]) into a command and plain
 //!    options, and runs the command's file in [`ctl`].
-//! 2. A mutating command takes the [`cluster::ClusterLock`], loads the
-//!    config ([`cluster::store`]), changes it, and commits: the serial is
-//!    bumped, `config.json` saved, the local copies written, and the new
-//!    state pushed ([`cluster::push`]) to every other online node through
+//! 2. A mutating command confirms with its daemon that this node leads
+//!    (a majority of voters says so), takes the [`cluster::ClusterLock`],
+//!    loads the config ([`cluster::store`]), changes it, and commits: the
+//!    serial is bumped and the config proposed to the local daemon, whose
+//!    Raft commits it once a majority of voters stored it and applies it
+//!    (`config.json`); then the local copies are written and the new state
+//!    pushed ([`cluster::push`]) to every other online node through
 //!    [`rpc::fanout`], each connection verified by [`rpc::RpcClient`].
-//! 3. Each node's daemon checks what it is sent (cluster name, serial) and
-//!    writes it atomically; its map reload then admits or closes clients.
+//! 3. Each node's daemon checks what it is sent (cluster name, and a
+//!    `(term, serial)` not older than its own) and writes it atomically;
+//!    its map reload then admits or closes clients.
 //! 4. The command prints per-node lines and decides its exit code
 //!    ([`ctl::Outcome`]): 0, 1, or 3 when a node did not take the change.
 

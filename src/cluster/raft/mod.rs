@@ -267,7 +267,11 @@ impl RaftNode {
     }
 
     fn not_master(&self) -> Error {
+        let me = self.raft.metrics().borrow().current_leader == Some(self.id);
         match self.leader_name() {
+            Some(_) if me => Error::Invalid(
+                "this node is not the master right now (an election is under way); retry in a few seconds, or see `nodectl status`".into(),
+            ),
             Some(master) => Error::Invalid(format!(
                 "this node is not the master (master is {master}); run this on {master}"
             )),
