@@ -169,16 +169,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// `count` commits on the master's daemon, one after another, over one
-/// connection: each adds an audit entry (a whole-config entry, the serial
-/// kept), the smallest real change.
-fn commit_latency(rt: &tokio::runtime::Runtime, master: &Node, count: usize) -> Vec<Duration> {
+/// connection: each records an audit entry (a whole-config entry, the
+/// serial kept), the smallest real change. With `trail` the trail is first
+/// filled to that many entries; each commit then replaces the last entry,
+/// so the config keeps its size.
+fn commit_latency(
+    rt: &tokio::runtime::Runtime,
+    master: &Node,
+    count: usize,
+    trail: usize,
+) -> Vec<Duration> {
     let state = StateDir::new(&master.dir);
     rt.block_on(async {
         let client = RpcClient::from_state(&state).unwrap();
         let mut conn = client.connect(&master.name, &master.address).await.unwrap();
         let mut config = master.config().unwrap();
+        while config.audit.len() < trail {
+            config.audit.push(noded::state::users::AuditEntry::now(
+                "bench",
+                "fill",
+                &config.audit.len().to_string(),
+                "ok",
+            ));
+        }
         let mut times = Vec::with_capacity(count);
         for i in 0..count {
+            config.audit.pop();
             noded::state::users::append(
                 &mut config.audit,
                 noded::state::users::AuditEntry::now("bench", "commit", &i.to_string(), "ok"),
@@ -274,7 +290,7 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap();
         eprintln!("bench-raft: {voters} voters");
         let nodes = cluster(&dir, voters);
-        let mut times = commit_latency(&rt, &nodes[0], commits);
+        let mut times = commit_latency(&rt, &nodes[0], commits, 0);
         times.sort();
         println!(
             "| commit, {voters} voters | {} | {} | {} | {} |",
@@ -283,6 +299,19 @@ fn main() {
             ms(percentile(&times, 0.99)),
             ms(*times.last().unwrap())
         );
+        if voters == 3 {
+            // The trail at its cap: the whole config (about 1.3 MB of JSON)
+            // travels in every entry.
+            let mut times = commit_latency(&rt, &nodes[0], commits / 5, 10_000);
+            times.sort();
+            println!(
+                "| commit, {voters} voters, a full audit trail (10,000 entries) | {} | {} | {} | {} |",
+                times.len(),
+                ms(percentile(&times, 0.5)),
+                ms(percentile(&times, 0.99)),
+                ms(*times.last().unwrap())
+            );
+        }
         if voters == 3 {
             three = nodes;
         }

@@ -38,6 +38,13 @@ enum Line {
     Entry(Box<Entry<TypeConfig>>),
 }
 
+/// [`Line::Entry`] as written, borrowing the entry.
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum EntryLine<'a> {
+    Entry(&'a Entry<TypeConfig>),
+}
+
 /// What a log file holds: the last purged id, the entries, and how many
 /// of its bytes parsed.
 type ReadLog = (Option<LogId<NodeId>>, BTreeMap<u64, Entry<TypeConfig>>, u64);
@@ -161,7 +168,7 @@ impl LogStore {
         let mut inner = self.lock();
         let mut text = Vec::new();
         for entry in &entries {
-            serde_json::to_writer(&mut text, &Line::Entry(Box::new(entry.clone())))
+            serde_json::to_writer(&mut text, &EntryLine::Entry(entry))
                 .map_err(|e| Error::Invalid(format!("raft log entry: {e}")))?;
             text.push(b'\n');
         }
@@ -202,7 +209,7 @@ impl Inner {
             text.push(b'\n');
         }
         for entry in self.entries.values() {
-            serde_json::to_writer(&mut text, &Line::Entry(Box::new(entry.clone())))?;
+            serde_json::to_writer(&mut text, &EntryLine::Entry(entry))?;
             text.push(b'\n');
         }
         let path = log_path(&self.dir);
@@ -280,7 +287,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut text = Vec::new();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         for entry in &entries {
-            serde_json::to_writer(&mut text, &Line::Entry(Box::new(entry.clone())))
+            serde_json::to_writer(&mut text, &EntryLine::Entry(entry))
                 .map_err(|e| StorageIOError::write_logs(io(e)))?;
             text.push(b'\n');
         }

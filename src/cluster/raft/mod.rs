@@ -78,9 +78,13 @@ pub const MAX_VOTERS: usize = 5;
 /// Longest a change waits for a majority before it is given up.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Raft's heartbeat and election timeouts, in milliseconds.
-pub const HEARTBEAT_MS: u64 = 200;
-pub const ELECTION_MIN_MS: u64 = 1000;
-pub const ELECTION_MAX_MS: u64 = 2000;
+/// openraft counts a follower's timeout from the end of the leader's lease
+/// (`ELECTION_MAX_MS` after its last heartbeat), so a dead leader is
+/// replaced 1.8–2.4 s after its last heartbeat: 12 missed heartbeats at
+/// least, which a loaded machine does not miss by accident.
+pub const HEARTBEAT_MS: u64 = 150;
+pub const ELECTION_MIN_MS: u64 = 600;
+pub const ELECTION_MAX_MS: u64 = 1200;
 
 /// The Raft id of the node with `uuid`: its first 64 bits (uuids are
 /// random v4; a name of any other form is hashed).
@@ -150,6 +154,7 @@ fn raft_config() -> Result<openraft::Config> {
         election_timeout_max: ELECTION_MAX_MS,
         install_snapshot_timeout: 5_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(64),
+        max_payload_entries: 32,
         max_in_snapshot_log_to_keep: 16,
         ..Default::default()
     }
@@ -222,13 +227,35 @@ impl RaftNode {
         self.machine.applied()
     }
 
-    /// Whether this node leads, and a majority acknowledged it lately.
+    /// Whether this node leads, and a majority acknowledged it lately
+    /// (within three leases: a leader cut off from the others stops acting
+    /// as the master soon after they elect another; it commits nothing
+    /// meanwhile, and what it pushes carries its old term).
     pub fn leads(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
+        let single = m.membership_config.membership().voter_ids().count() == 1;
         m.state == ServerState::Leader
             && m.current_leader == Some(self.id)
-            && m.millis_since_quorum_ack
-                .is_some_and(|ms| ms <= ELECTION_MAX_MS)
+            && (single
+                || m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms <= 3 * ELECTION_MAX_MS))
+    }
+
+    /// Before a change is checked against the config applied here: this
+    /// node leads and has applied every entry committed before its term
+    /// (it applied one of its own term). Otherwise a majority is asked
+    /// and the state machine waited for ([`Self::confirm_leadership`]).
+    async fn ensure_current(&self) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        let current = m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term);
+        if current {
+            Ok(())
+        } else {
+            self.confirm_leadership().await
+        }
     }
 
     /// The leader's name, if known.
@@ -348,8 +375,8 @@ impl RaftNode {
     /// log index it was committed at.
     pub async fn propose(&self, base_serial: u64, mut config: ClusterConfig) -> Result<(u64, u64)> {
         let _one = self.proposing.lock().await;
-        self.confirm_leadership().await?;
-        let held = machine::held_version(&self.state)?;
+        self.ensure_current().await?;
+        let held = *self.machine.applied().borrow();
         if held.1 != base_serial {
             return Err(Error::Invalid(format!(
                 "the cluster config changed meanwhile (serial {} here, the change was made from {base_serial}); run the command again",
@@ -362,10 +389,12 @@ impl RaftNode {
                 held.1
             )));
         }
-        // A master that cannot write its own config must not commit one.
+        // A master that cannot write its own config (a read-only or
+        // immutable state directory) must not commit one. A full disk shows
+        // when the entry is applied (the reply says so).
         let probe = self.state.root().join(".raft-probe");
-        ssconf::atomic::write_atomic(&probe, b"", crate::state::MODE_SECRET)
-            .and_then(|()| ssconf::atomic::remove_durable(&probe))
+        std::fs::File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
             .map_err(|e| {
                 Error::Invalid(format!(
                     "this node cannot write its state directory ({e}); nothing was changed"

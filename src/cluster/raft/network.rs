@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,6 +24,10 @@ use crate::state::StateDir;
 use crate::wire::{Procedure, RaftCall, Reply};
 
 type NodeId = u64;
+
+/// The most bytes of entries sent in one message, well under the 16 MiB
+/// frame limit.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Makes one [`PeerLink`] per peer openraft replicates to.
 #[derive(Debug, Clone)]
@@ -93,6 +98,14 @@ pub async fn exchange(
     }
 }
 
+/// A request's body (JSON).
+fn encode<Req: Serialize, E: std::error::Error>(
+    request: &Req,
+) -> Result<Vec<u8>, RPCError<NodeId, Peer, RaftError<NodeId, E>>> {
+    serde_json::to_vec(request)
+        .map_err(|e| RPCError::Network(NetworkError::new(&LinkError(e.to_string()))))
+}
+
 impl PeerLink {
     async fn send<Req, Resp, E>(
         &mut self,
@@ -105,8 +118,20 @@ impl PeerLink {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| RPCError::Network(NetworkError::new(&LinkError(e.to_string()))))?;
+        let body = encode(request)?;
+        self.send_body(call, body, option).await
+    }
+
+    async fn send_body<Resp, E>(
+        &mut self,
+        call: RaftCall,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Peer, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer = exchange(
             &self.state,
             &mut self.conn,
@@ -136,7 +161,17 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
-        self.send(RaftCall::AppendEntries, &rpc, &option).await
+        let body = encode(&rpc)?;
+        // Each entry holds a whole config: a batch of large ones must not
+        // outgrow a frame. openraft sends fewer entries after this answer.
+        let entries = rpc.entries.len() as u64;
+        if entries > 1 && body.len() > MAX_BATCH_BYTES {
+            let hint = (entries * MAX_BATCH_BYTES as u64 / body.len() as u64).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send_body(RaftCall::AppendEntries, body, &option).await
     }
 
     async fn install_snapshot(
