@@ -99,11 +99,8 @@ pub async fn exchange(
 }
 
 /// A request's body (JSON).
-fn encode<Req: Serialize, E: std::error::Error>(
-    request: &Req,
-) -> Result<Vec<u8>, RPCError<NodeId, Peer, RaftError<NodeId, E>>> {
-    serde_json::to_vec(request)
-        .map_err(|e| RPCError::Network(NetworkError::new(&LinkError(e.to_string()))))
+fn encode<Req: Serialize>(request: &Req) -> Result<Vec<u8>, NetworkError> {
+    serde_json::to_vec(request).map_err(|e| NetworkError::new(&LinkError(e.to_string())))
 }
 
 impl PeerLink {
@@ -118,7 +115,7 @@ impl PeerLink {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = encode(request)?;
+        let body = encode(request).map_err(RPCError::Network)?;
         self.send_body(call, body, option).await
     }
 
@@ -161,7 +158,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
-        let body = encode(&rpc)?;
+        let body = encode(&rpc).map_err(RPCError::Network)?;
         // Each entry holds a whole config: a batch of large ones must not
         // outgrow a frame. openraft sends fewer entries after this answer.
         let entries = rpc.entries.len() as u64;
