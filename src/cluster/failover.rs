@@ -14,7 +14,6 @@ use crate::state::StateDir;
 /// Makes the config name this node, the Raft leader, the master (if it does
 /// not yet), and the membership follow the config.
 pub async fn take_over(state: &StateDir, node: &RaftNode) -> Result<()> {
-    node.confirm_leadership().await?;
     let identity = state.load_identity()?;
     let config = cluster::load_config(state)?;
     let me = config
@@ -25,6 +24,10 @@ pub async fn take_over(state: &StateDir, node: &RaftNode) -> Result<()> {
     if me.role == NodeRole::Master {
         return node.reconcile_membership(&config).await;
     }
+    // The config read above may predate entries committed before this
+    // term: read it again once a majority confirmed and they are applied.
+    node.confirm_leadership().await?;
+    let config = cluster::load_config(state)?;
     let old = config.master().map(|m| m.name.clone()).unwrap_or_default();
     let mut next = config.clone();
     for n in &mut next.nodes {

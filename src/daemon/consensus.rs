@@ -303,14 +303,14 @@ fn drop_stale_tokens(daemon: &Daemon) {
 
 /// Follows this node's leadership: refreshes whether it is the master, and
 /// once it leads, makes the config say so and keeps the membership to
-/// what the config asks (after each applied change, and every 5 s while
-/// it differs: a new candidate's daemon may start later than its join).
+/// what the config asks (after each applied change, and every 5 s until
+/// it does: a new candidate's daemon may start later than its join).
 async fn watch_leadership(daemon: Arc<Daemon>, node: RaftNode) {
     let mut metrics = node.raft.metrics();
     let mut applied = node.applied();
     let mut leading = false;
     let mut settled = false;
-    let mut last_try = tokio::time::Instant::now();
+    let mut last_try: Option<tokio::time::Instant> = None;
     loop {
         let changed = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
         if matches!(changed, Ok(Err(_))) {
@@ -330,18 +330,23 @@ async fn watch_leadership(daemon: Arc<Daemon>, node: RaftNode) {
             );
             leading = leads;
             settled = false;
+            last_try = None;
         }
         if !leads {
             drop_stale_tokens(&daemon);
             continue;
         }
         let config_changed = applied.has_changed().unwrap_or(false);
-        let retry = last_try.elapsed() >= Duration::from_secs(5);
-        if settled && !config_changed && !retry {
+        // Settled: the membership is what the applied config asks, until
+        // the next change. Unsettled (just elected, or a member that did
+        // not answer): at once, then every 5 s.
+        let due = config_changed
+            || (!settled && last_try.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)));
+        if !due {
             continue;
         }
         applied.borrow_and_update();
-        last_try = tokio::time::Instant::now();
+        last_try = Some(tokio::time::Instant::now());
         match crate::cluster::failover::take_over(&daemon.state, &node).await {
             Ok(()) => settled = true,
             Err(e) => tracing::warn!("bringing raft's membership to the config: {e}; retrying"),
