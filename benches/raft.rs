@@ -264,7 +264,7 @@ fn main() {
     let commits: usize = std::env::var("BENCH_RAFT_COMMITS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+        .unwrap_or(1000);
     let trials: usize = std::env::var("BENCH_RAFT_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())

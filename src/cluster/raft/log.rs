@@ -56,7 +56,13 @@ struct Inner {
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
+    /// Entries purged since the file was last rewritten: still in it,
+    /// before a `purged` line.
+    dead: usize,
 }
+
+/// Purged entries a log file may still hold before it is rewritten.
+const DEAD_BEFORE_REWRITE: usize = 512;
 
 /// The log and the vote: openraft's [`RaftLogStorage`]. Clones share the
 /// same log (one is the reader openraft asks for).
@@ -100,7 +106,11 @@ fn read_log(path: &Path) -> Result<ReadLog> {
         number += 1;
         let complete = line.ends_with('\n');
         match serde_json::from_str::<Line>(line.trim_end()) {
-            Ok(Line::Purged(id)) if complete => purged = Some(id),
+            Ok(Line::Purged(id)) if complete => {
+                // The entries up to it came before it in the file.
+                entries.retain(|index, _| *index > id.index);
+                purged = Some(id);
+            }
             Ok(Line::Entry(entry)) if complete => {
                 entries.insert(entry.get_log_id().index, *entry);
             }
@@ -154,6 +164,7 @@ impl LogStore {
                 entries,
                 last_purged,
                 vote,
+                dead: 0,
             })),
         })
     }
@@ -214,6 +225,7 @@ impl Inner {
         }
         let path = log_path(&self.dir);
         ssconf::atomic::write_atomic(&path, &text, 0o600)?;
+        self.dead = 0;
         let mut file = OpenOptions::new().append(true).read(true).open(&path)?;
         file.seek(SeekFrom::End(0))?;
         self.file = file;
@@ -322,12 +334,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         log_id: LogId<NodeId>,
     ) -> std::result::Result<(), StorageError<NodeId>> {
+        // A `purged` line appended, the file rewritten only once it holds
+        // many purged entries: a purge follows every snapshot, and a
+        // rewrite each time would hold up the commits around it.
         let mut inner = self.lock();
+        let before = inner.entries.len();
         inner.last_purged = Some(log_id);
         inner.entries.retain(|index, _| *index > log_id.index);
-        inner
-            .rewrite()
-            .map_err(|e| StorageIOError::write_logs(io(e)).into())
+        inner.dead += before - inner.entries.len();
+        let written = if inner.dead > DEAD_BEFORE_REWRITE {
+            inner.rewrite()
+        } else {
+            let mut line = serde_json::to_vec(&Line::Purged(log_id)).map_err(std::io::Error::other);
+            if let Ok(bytes) = &mut line {
+                bytes.push(b'\n');
+            }
+            line.and_then(|bytes| {
+                inner.file.write_all(&bytes)?;
+                inner.file.sync_data()
+            })
+        };
+        written.map_err(|e| StorageIOError::write_logs(io(e)).into())
     }
 }
 
@@ -386,25 +413,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn truncate_and_purge_rewrite_the_file() {
+    async fn truncate_rewrites_the_file_and_purge_appends_to_it() {
+        let purged = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
         let dir = tempfile::tempdir().unwrap();
         let mut store = LogStore::open(dir.path()).unwrap();
         let entries = (1..=5).map(|i| entry(1, i)).collect();
         store.force(entries, Vote::new(1, 1)).unwrap();
-        store
-            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
-            .await
-            .unwrap();
+        store.truncate(purged(4)).await.unwrap();
         assert_eq!(ids(&store), [1, 2, 3]);
-        store
-            .purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
-            .await
-            .unwrap();
-        let again = LogStore::open(dir.path()).unwrap();
-        assert_eq!(ids(&again), [3]);
+        store.purge(purged(2)).await.unwrap();
+        // Appended after the purge, then read back: the purged ones stay out.
+        store.force(vec![entry(1, 4)], Vote::new(1, 1)).unwrap();
+        let mut again = LogStore::open(dir.path()).unwrap();
+        assert_eq!(ids(&again), [3, 4]);
         assert_eq!(again.lock().last_purged.map(|l| l.index), Some(2));
-        let mut again = again;
         let state = again.get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+    }
+
+    #[tokio::test]
+    async fn many_purged_entries_make_the_file_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        let count = DEAD_BEFORE_REWRITE as u64 + 10;
+        let entries = (1..=count).map(|i| entry(1, i)).collect();
+        store.force(entries, Vote::new(1, 1)).unwrap();
+        let long = std::fs::metadata(log_path(dir.path())).unwrap().len();
+        let upto = LogId::new(CommittedLeaderId::new(1, 1), count - 1);
+        store.purge(upto).await.unwrap();
+        let short = std::fs::metadata(log_path(dir.path())).unwrap().len();
+        assert!(short * 100 < long, "{short} of {long} bytes");
+        assert_eq!(ids(&LogStore::open(dir.path()).unwrap()), [count]);
     }
 }

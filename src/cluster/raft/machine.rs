@@ -49,6 +49,8 @@ struct Inner {
 pub struct ConfigMachine {
     inner: Arc<Mutex<Inner>>,
     applied: Arc<watch::Sender<(u64, u64)>>,
+    /// One write of `raft/snapshot.json` at a time.
+    snapshot_write: Arc<Mutex<()>>,
 }
 
 fn io(e: impl std::fmt::Display) -> AnyError {
@@ -94,6 +96,7 @@ impl ConfigMachine {
                 snapshots: 0,
             })),
             applied: Arc::new(applied),
+            snapshot_write: Arc::new(Mutex::new(())),
         })
     }
 
@@ -124,26 +127,35 @@ impl RaftSnapshotBuilder<TypeConfig> for ConfigMachine {
     async fn build_snapshot(
         &mut self,
     ) -> std::result::Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let mut inner = self.lock();
-        let config_json = std::fs::read_to_string(inner.state.config_json())
-            .map_err(|e| StorageIOError::read_state_machine(io(e)))?;
-        inner.snapshots += 1;
-        let snapshot_id = match inner.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, inner.snapshots),
-            None => format!("0-0-{}", inner.snapshots),
+        // The state is read under the machine's lock, the snapshot written
+        // outside it (under its own): applying goes on meanwhile.
+        let (config_json, meta, state) = {
+            let mut inner = self.lock();
+            let config_json = std::fs::read_to_string(inner.state.config_json())
+                .map_err(|e| StorageIOError::read_state_machine(io(e)))?;
+            inner.snapshots += 1;
+            let snapshot_id = match inner.last_applied {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, inner.snapshots),
+                None => format!("0-0-{}", inner.snapshots),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+                snapshot_id,
+            };
+            (config_json, meta, inner.state.clone())
         };
-        let meta = SnapshotMeta {
-            last_log_id: inner.last_applied,
-            last_membership: inner.membership.clone(),
-            snapshot_id,
-        };
+        let _writing = self
+            .snapshot_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let stored = StoredSnapshot {
             meta: meta.clone(),
             config_json: config_json.clone(),
         };
         let bytes =
             serde_json::to_vec(&stored).map_err(|e| StorageIOError::write_snapshot(None, io(e)))?;
-        ssconf::atomic::write_atomic(&snapshot_path(&inner.state), &bytes, MODE_SECRET)
+        ssconf::atomic::write_atomic(&snapshot_path(&state), &bytes, MODE_SECRET)
             .map_err(|e| StorageIOError::write_snapshot(None, io(e)))?;
         Ok(Snapshot {
             meta,
@@ -226,6 +238,10 @@ impl RaftStateMachine<TypeConfig> for ConfigMachine {
         let config: ClusterConfig = serde_json::from_str(&config_json)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
         let mut inner = self.lock();
+        let _writing = self
+            .snapshot_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.offer(&mut inner, &config)
             .map_err(|e| StorageIOError::write_state_machine(io(e)))?;
         let stored = StoredSnapshot {
