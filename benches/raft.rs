@@ -253,6 +253,18 @@ fn failover(nodes: &mut [Node], trials: usize) -> Vec<Duration> {
     times
 }
 
+/// One row of the table: `what`, then n, p50, p99 and max of `times`.
+fn row(what: &str, times: &mut [Duration]) {
+    times.sort();
+    println!(
+        "| {what} | {} | {} | {} | {} |",
+        times.len(),
+        ms(percentile(times, 0.5)),
+        ms(percentile(times, 0.99)),
+        ms(*times.last().unwrap())
+    );
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
@@ -290,25 +302,11 @@ fn main() {
         eprintln!("bench-raft: {voters} voters");
         let nodes = cluster(&dir, voters);
         let mut times = commit_latency(&rt, &nodes[0], commits, 0);
-        times.sort();
-        println!(
-            "| commit, {voters} voters | {} | {} | {} | {} |",
-            times.len(),
-            ms(percentile(&times, 0.5)),
-            ms(percentile(&times, 0.99)),
-            ms(*times.last().unwrap())
-        );
+        row(&format!("commit, {voters} voters"), &mut times);
         if voters == 3 {
             let mut nodes = nodes;
             let mut times = failover(&mut nodes, trials);
-            times.sort();
-            println!(
-                "| failover, 3 voters | {} | {} | {} | {} |",
-                times.len(),
-                ms(percentile(&times, 0.5)),
-                ms(percentile(&times, 0.99)),
-                ms(*times.last().unwrap())
-            );
+            row("failover, 3 voters", &mut times);
             // The trail at its cap: the whole config (about 1.3 MB of JSON)
             // travels in every entry.
             let master = nodes
@@ -316,23 +314,12 @@ fn main() {
                 .position(|n| n.name == nodes[0].master())
                 .unwrap();
             let mut times = commit_latency(&rt, &nodes[master], commits / 5, 10_000);
-            times.sort();
-            println!(
-                "| commit, {voters} voters, a full audit trail (10,000 entries) | {} | {} | {} | {} |",
-                times.len(),
-                ms(percentile(&times, 0.5)),
-                ms(percentile(&times, 0.99)),
-                ms(*times.last().unwrap())
+            row(
+                "commit, 3 voters, a full audit trail (10,000 entries)",
+                &mut times,
             );
             let mut times = failover(&mut nodes, trials.div_ceil(4));
-            times.sort();
-            println!(
-                "| failover, 3 voters, a full audit trail | {} | {} | {} | {} |",
-                times.len(),
-                ms(percentile(&times, 0.5)),
-                ms(percentile(&times, 0.99)),
-                ms(*times.last().unwrap())
-            );
+            row("failover, 3 voters, a full audit trail", &mut times);
         }
     }
 }

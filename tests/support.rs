@@ -713,47 +713,40 @@ impl Partition {
     /// Drops the packets going to `node`'s listening address and, with
     /// `both_ways`, those it sends from it.
     ///
-    /// On loopback every client's source address is 127.0.0.1 (the route's
-    /// preferred source), whatever the address its node listens on, so the
-    /// rules are keyed on the node's address and port. Nothing but the
-    /// master talks to the node during these tests: that is the partition
-    /// between them.
+    /// Keyed on the node's address and port: other nodes on the same
+    /// loopback address (other tests) are not cut. Nothing but the master
+    /// talks to the node during these tests: that is the partition between
+    /// them.
     pub fn new(case: &str, node: &Node, both_ways: bool) -> Partition {
         let (ip, port) = node.address.rsplit_once(':').unwrap();
         assert!(ip.starts_with("127."), "{ip} is not a loopback address");
-        let table = format!("noded_test_{}_{case}", std::process::id());
         let mut rules = format!("ip daddr {ip} tcp dport {port} drop\n");
         if both_ways {
             rules.push_str(&format!("ip saddr {ip} tcp sport {port} drop\n"));
         }
-        let script = format!(
-            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\n{rules} }}\n}}\n"
-        );
-        // The guard exists before the table does: a half-made one goes too.
-        let partition = Partition { table };
-        let out = nft(&["-f", "-"], &script);
-        assert!(
-            out.status.success(),
-            "nft -f: {}{script}",
-            text(&out.stderr)
-        );
-        partition
+        Self::with_rules(case, &rules)
     }
-}
 
-impl Partition {
     /// Drops every packet from and to `node`'s address (its daemon's and
     /// its nodectl's: a node's connections leave from its own address).
+    /// The address must be the test's own.
     pub fn isolate(case: &str, node: &Node) -> Partition {
         let (ip, _) = node.address.rsplit_once(':').unwrap();
         assert!(
             ip.starts_with("127.") && ip != "127.0.0.1",
             "{ip} is not a node's own loopback address"
         );
+        Self::with_rules(case, &format!("ip saddr {ip} drop\nip daddr {ip} drop\n"))
+    }
+
+    /// A table of the test's own (named after this process and `case`)
+    /// with `rules` in its output chain.
+    fn with_rules(case: &str, rules: &str) -> Partition {
         let table = format!("noded_test_{}_{case}", std::process::id());
         let script = format!(
-            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\nip saddr {ip} drop\nip daddr {ip} drop\n }}\n}}\n"
+            "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\n{rules} }}\n}}\n"
         );
+        // The guard exists before the table does: a half-made one goes too.
         let partition = Partition { table };
         let out = nft(&["-f", "-"], &script);
         assert!(
