@@ -364,7 +364,7 @@ fn a_partitioned_master_is_replaced() {
     // Addresses of this test alone: every packet from and to m's is
     // dropped, whatever the port.
     let c = Three::at(["127.0.0.22", "127.0.0.23", "127.0.0.24", "127.0.0.25"]);
-    let partition = Partition::isolate("consensus", c.node("m"));
+    let partition = Partition::isolate("consensus_both", c.node("m"));
     let elected = within(ELECTED, || {
         let new = master_of(c.node("d"));
         new != "m" && master_of(c.node("a")) == new
@@ -504,7 +504,7 @@ fn randomized_faults_lose_no_acknowledged_change() {
                     }
                     None => {
                         let v = voters[dice.roll(3) as usize];
-                        Some(Partition::isolate("random", c.node(v)))
+                        Some(Partition::isolate("consensus_random", c.node(v)))
                     }
                 };
             }
@@ -592,7 +592,7 @@ fn a_master_cut_off_one_way_stays_the_only_master() {
     let c = Three::at(["127.0.0.42", "127.0.0.43", "127.0.0.44", "127.0.0.45"]);
     let term = term_of(c.node("d"));
     {
-        let _partition = Partition::new("oneway", c.node("m"), false);
+        let _partition = Partition::new("consensus_oneway", c.node("m"), false);
         std::thread::sleep(Duration::from_secs(6));
         for name in ["a", "b", "d"] {
             assert_eq!(master_of(c.node(name)), "m", "{name}");

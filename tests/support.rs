@@ -739,10 +739,14 @@ impl Partition {
         Self::with_rules(case, &format!("ip saddr {ip} drop\nip daddr {ip} drop\n"))
     }
 
-    /// A table of the test's own (named after this process and `case`)
-    /// with `rules` in its output chain.
+    /// A table of the test's own (named after this process, `case` and a
+    /// number no other partition of this process has: tests run at once,
+    /// and one's table going must not take another's rules with it) with
+    /// `rules` in its output chain.
     fn with_rules(case: &str, rules: &str) -> Partition {
-        let table = format!("noded_test_{}_{case}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let table = format!("noded_test_{}_{case}_{n}", std::process::id());
         let script = format!(
             "table ip {table} {{\n chain out {{\n type filter hook output priority 0; policy accept;\n{rules} }}\n}}\n"
         );
