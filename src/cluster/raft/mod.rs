@@ -647,15 +647,6 @@ pub fn force_recovery(
     Ok(config)
 }
 
-/// The name of the node the config records with Raft id `id`.
-pub fn name_of(config: &ClusterConfig, id: u64) -> Option<String> {
-    config
-        .nodes
-        .iter()
-        .find(|n| node_id(&n.uuid) == id)
-        .map(|n| n.name.clone())
-}
-
 /// Calls `procedure` on this node's own daemon; its refusal is returned
 /// as it is (not master, no majority, changed meanwhile).
 async fn local_call(state: &StateDir, procedure: Procedure) -> Result<crate::wire::Reply> {
