@@ -2,9 +2,6 @@
 //! step, verify gathering and ping goes through [`fan_out`].
 
 use std::future::Future;
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
 
 use crate::core::Result;
 
@@ -27,23 +24,29 @@ where
     F: Fn(N) -> Fut,
     Fut: Future<Output = Result<T>> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    // Each item's future is made only when it may start: a push's payload
+    // (an ssconf set, a config) is cloned `concurrency` times, not once
+    // per node.
+    let limit = concurrency.max(1);
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, target) in targets.iter().cloned().enumerate() {
-        let limit = limit.clone();
-        let fut = op(target.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            (i, target, fut.await)
-        });
-    }
     let mut out = Vec::with_capacity(targets.len());
-    while let Some(joined) = tasks.join_next().await {
+    let mut joined_one = |joined: Option<std::result::Result<_, tokio::task::JoinError>>| {
         on_done();
         match joined {
-            Ok(r) => out.push(r),
-            Err(e) => tracing::error!("fan-out task failed: {e}"),
+            Some(Ok(r)) => out.push(r),
+            Some(Err(e)) => tracing::error!("fan-out task failed: {e}"),
+            None => {}
         }
+    };
+    for (i, target) in targets.iter().cloned().enumerate() {
+        if tasks.len() >= limit {
+            joined_one(tasks.join_next().await);
+        }
+        let fut = op(target.clone());
+        tasks.spawn(async move { (i, target, fut.await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined_one(Some(joined));
     }
     out.sort_by_key(|(i, _, _)| *i);
     out.into_iter().map(|(_, n, r)| (n, r)).collect()
@@ -55,6 +58,7 @@ pub fn quiet() {}
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
