@@ -272,15 +272,7 @@ impl<'a> Run<'a> {
         failed: &mut PushOutcome,
         talk: Narration<'_>,
     ) -> Result<()> {
-        let pushed = cluster::commit(
-            self.state,
-            &self.client()?,
-            config,
-            PushItems::ALL,
-            &[],
-            talk.on_step,
-        )
-        .await?;
+        let pushed = cluster::commit(self.state, config, PushItems::ALL, talk.on_step).await?;
         failed.unreachable.extend(pushed.unreachable);
         Ok(())
     }
@@ -581,8 +573,7 @@ pub async fn bring_to_phase(
         }
     }
     failed.unreachable.extend(step.unreachable);
-    let client = RpcClient::from_state(state)?;
-    let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[], talk.on_step).await?;
+    let pushed = cluster::commit(state, config, PushItems::ALL, talk.on_step).await?;
     failed.unreachable.extend(pushed.unreachable);
     Ok(())
 }

@@ -147,17 +147,9 @@ impl<'a> Master<'a> {
         })
     }
 
-    async fn commit(&mut self, items: PushItems, skip: &[&str]) -> Result<PushOutcome> {
+    async fn commit(&mut self, items: PushItems) -> Result<PushOutcome> {
         let step = self.talk.on_step;
-        cluster::commit(
-            &self.state,
-            &self.client,
-            &mut self.config,
-            items,
-            skip,
-            step,
-        )
-        .await
+        cluster::commit(&self.state, &mut self.config, items, step).await
     }
 
     /// Makes `name` a master candidate: CA key and config to it, its own SSH
@@ -201,7 +193,7 @@ impl<'a> Master<'a> {
         record.role = NodeRole::Candidate;
         record.candidate_since = crate::core::time::now();
         record.ssh_public_key = Some(public);
-        match self.commit(PushItems::ALL, &[]).await {
+        match self.commit(PushItems::ALL).await {
             Ok(push) => Ok(push),
             // Not committed: the node is still recorded as regular, so it
             // must not keep what it was given.
@@ -228,14 +220,11 @@ impl<'a> Master<'a> {
         record.role = NodeRole::Regular;
         record.ssh_public_key = None;
         let mut result = self
-            .commit(
-                PushItems {
-                    ssconf: true,
-                    config: true,
-                    authorized_keys: false,
-                },
-                &[],
-            )
+            .commit(PushItems {
+                ssconf: true,
+                config: true,
+                authorized_keys: false,
+            })
             .await?;
         if !node.offline {
             if let Err(e) =
@@ -259,8 +248,7 @@ impl<'a> Master<'a> {
             authorized_keys: true,
         };
         cluster::apply_locally(&self.state, &self.config, items)?;
-        let me = self.state.load_identity()?.name;
-        cluster::push(&self.client, &self.config, items, &[&me], self.talk.on_step).await
+        cluster::distribute(&self.state, self.config.serial, self.talk.on_step).await
     }
 
     /// Applies the pool-size rule to `name` leaving the candidates.
@@ -307,7 +295,7 @@ pub async fn set_candidate(
     if yes {
         if node.role == NodeRole::Master {
             // Nothing to promote; send everyone the state again.
-            let push = master.commit(PushItems::ALL, &[]).await?;
+            let push = master.commit(PushItems::ALL).await?;
             master
                 .talk
                 .say(&format!("{name} is the master; cluster state sent again"));
@@ -333,7 +321,7 @@ pub async fn set_candidate(
                     push.unreachable.push((name.to_owned(), e.to_string()));
                 }
             }
-            let sent = master.commit(PushItems::ALL, &[]).await?;
+            let sent = master.commit(PushItems::ALL).await?;
             push.unreachable.extend(sent.unreachable);
             master.talk.say(&format!("{name} is a regular node; candidate files removed, state sent again"));
             Ok(push)
@@ -362,7 +350,7 @@ pub async fn set_offline(
     match offline_step(&node, yes) {
         OfflineStep::ResendState => {
             // The master is online by definition: send everyone the state.
-            let push = master.commit(PushItems::ALL, &[]).await?;
+            let push = master.commit(PushItems::ALL).await?;
             master.talk.say(&format!("{name} is the master; cluster state sent again"));
             Ok(push)
         }
@@ -429,7 +417,7 @@ impl Master<'_> {
             PushOutcome::default()
         };
         find_mut(&mut self.config, name)?.offline = true;
-        let others = self.commit(PushItems::ALL, &[name]).await?;
+        let others = self.commit(PushItems::ALL).await?;
         push.unreachable.extend(others.unreachable);
         match cluster::call(&self.client, node, Procedure::RemoveCandidateFiles).await {
             Ok(_) => {}
@@ -462,7 +450,7 @@ impl Master<'_> {
             if let Err(e) = removed {
                 push.unreachable.push((name.to_owned(), e.to_string()));
             }
-            let done = self.commit(PushItems::ALL, &[]).await?;
+            let done = self.commit(PushItems::ALL).await?;
             push.unreachable.extend(done.unreachable);
         }
         // Its ca.pem as every node's (after a CA rotation it missed, it still
@@ -630,7 +618,7 @@ pub async fn remove(
         master.keep_pool(name, false, false).await?;
     }
     master.config.nodes.retain(|n| n.name != name);
-    let mut push = master.commit(PushItems::ALL, &[]).await?;
+    let mut push = master.commit(PushItems::ALL).await?;
     if !node.offline {
         if let Err(e) = cluster::call(&master.client, &node, Procedure::RemoveCandidateFiles).await
         {

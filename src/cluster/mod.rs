@@ -20,5 +20,7 @@ pub mod users;
 pub mod verify;
 
 pub use lock::ClusterLock;
-pub use push::{apply_locally, call, candidate_ssh_keys, commit, push, PushItems, PushOutcome};
+pub use push::{
+    apply_locally, call, candidate_ssh_keys, commit, distribute, push, PushItems, PushOutcome,
+};
 pub use store::{load_config, master_config, save_config};

@@ -1,5 +1,8 @@
-//! Commit and push: the master bumps the serial, saves the config, applies
-//! it locally, then pushes the new state to every other online node.
+//! Commit and push: the master bumps the serial, commits the config,
+//! applies it locally, then its daemon brings every other online node up
+//! to date ([`distribute`]); [`push`] sends a state to every node over
+//! connections of its own (after a failover or a recovery, when the new
+//! master's loop holds no connection yet).
 //!
 //! What goes where (SPEC §3): the full config to master candidates, ssconf
 //! and the managed authorized_keys block to every online node. A node that
@@ -137,14 +140,13 @@ pub async fn push(
 }
 
 /// Bumps the serial, commits the config through Raft (this node's daemon
-/// proposes it; it is pushed only once a majority of voters stored it),
-/// applies it locally and pushes it to every other online node.
+/// proposes it; it is distributed only once a majority of voters stored
+/// it), applies it locally and has this node's daemon bring every other
+/// online node up to date ([`distribute`]).
 pub async fn commit(
     state: &StateDir,
-    client: &RpcClient,
     config: &mut ClusterConfig,
     items: PushItems,
-    skip: &[&str],
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
     let base = config.serial;
@@ -157,10 +159,36 @@ pub async fn commit(
         }
     }
     apply_locally(state, config, items)?;
-    let me = state.load_identity()?.name;
-    let mut skip: Vec<&str> = skip.to_vec();
-    skip.push(&me);
-    push(client, config, items, &skip, on_done).await
+    distribute(state, config.serial, on_done).await
+}
+
+/// Has this node's daemon, the master, bring every other online node to
+/// config `serial` (or later) in a round of its convergence loop: over the
+/// loop's kept connections (no TLS handshake per node and command) and as
+/// a patch of the ssconf each node holds. Whatever of the config a node's
+/// role needs and it lacks is sent (ssconf, authorized_keys, for a
+/// candidate the config). `on_done` is called once per node reached or
+/// not, when the round is over.
+pub async fn distribute(
+    state: &StateDir,
+    serial: u64,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<PushOutcome> {
+    match super::raft::local_call(state, Procedure::Distribute { serial }).await? {
+        Reply::Distributed { nodes, behind, .. } => {
+            for _ in 0..nodes {
+                on_done();
+            }
+            let mut outcome = PushOutcome {
+                unreachable: behind,
+            };
+            outcome.unreachable.sort();
+            Ok(outcome)
+        }
+        other => Err(Error::Invalid(format!(
+            "unexpected reply to distribute: {other:?}"
+        ))),
+    }
 }
 
 /// Calls one procedure on one node.

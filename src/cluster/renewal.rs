@@ -150,15 +150,7 @@ impl<'a> Renewal<'a> {
 
     /// Commits `config` and pushes it to every other online node.
     async fn commit(&self, config: &mut ClusterConfig, talk: Narration<'_>) -> Result<PushOutcome> {
-        cluster::commit(
-            self.state,
-            &self.client,
-            config,
-            PushItems::ALL,
-            &[],
-            talk.on_step,
-        )
-        .await
+        cluster::commit(self.state, config, PushItems::ALL, talk.on_step).await
     }
 
     /// Prepare and sign: every node in `nodes` makes a key and a CSR, the
@@ -300,17 +292,7 @@ impl<'a> Renewal<'a> {
         for (name, cert) in switched {
             record_outcome(node_mut(config, name)?, &cert.settled());
         }
-        // The master may have switched: it pushes with its new certificate.
-        let client = RpcClient::from_state(self.state)?;
-        let done = cluster::commit(
-            self.state,
-            &client,
-            config,
-            PushItems::ALL,
-            &[],
-            talk.on_step,
-        )
-        .await?;
+        let done = cluster::commit(self.state, config, PushItems::ALL, talk.on_step).await?;
         failed.unreachable.extend(done.unreachable);
         Ok(())
     }
@@ -408,8 +390,7 @@ pub async fn server_certificates(
         }
     }
     // Every client accepts the old and the new certificate of each node.
-    let overlap =
-        cluster::commit(state, &client, config, PushItems::ALL, &[], talk.on_step).await?;
+    let overlap = cluster::commit(state, config, PushItems::ALL, talk.on_step).await?;
     failed.unreachable.extend(overlap.unreachable);
     // A client reads the recorded certificates when it starts: one that
     // started just before this commit knows only the old ones. Give it the
@@ -446,7 +427,7 @@ pub async fn server_certificates(
         }
     }
     tokio::time::sleep(SWITCH_GRACE).await;
-    let done = cluster::commit(state, &client, config, PushItems::ALL, &[], talk.on_step).await?;
+    let done = cluster::commit(state, config, PushItems::ALL, talk.on_step).await?;
     failed.unreachable.extend(done.unreachable);
     Ok(())
 }
@@ -498,7 +479,7 @@ async fn ssh_keys(
             )),
         }
     }
-    let pushed = cluster::commit(state, &client, config, PushItems::ALL, &[], talk.on_step).await?;
+    let pushed = cluster::commit(state, config, PushItems::ALL, talk.on_step).await?;
     failed.unreachable.extend(pushed.unreachable);
     Ok(())
 }

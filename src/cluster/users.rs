@@ -6,7 +6,6 @@ use ssconf::DigestAlgorithm;
 
 use crate::core::{Error, Result};
 use crate::pki::{self, keystore, CertInfo, CertificateSigner, LeafRole, NodeKey};
-use crate::rpc::RpcClient;
 use crate::state::config::{check_name, ClusterConfig};
 use crate::state::users::{append, AuditEntry, UserRecord, UserRole};
 use crate::state::StateDir;
@@ -153,7 +152,6 @@ pub fn revoke_user(config: &mut ClusterConfig, name: &str) -> Result<()> {
 /// user and the audit entry, commits.
 pub async fn add(
     state: &StateDir,
-    client: &RpcClient,
     actor: &str,
     user: &NewUser,
     wait: bool,
@@ -169,7 +167,7 @@ pub async fn add(
         &mut config.audit,
         AuditEntry::now(actor, "user-add", &user.name, &result),
     );
-    let push = commit(state, client, &mut config, PushItems::ALL, &[], on_done).await?;
+    let push = commit(state, &mut config, PushItems::ALL, on_done).await?;
     Ok(AddedUser {
         record,
         cert_pem,
@@ -182,7 +180,6 @@ pub async fn add(
 /// entry, committed.
 pub async fn revoke(
     state: &StateDir,
-    client: &RpcClient,
     actor: &str,
     name: &str,
     wait: bool,
@@ -197,7 +194,7 @@ pub async fn revoke(
         &mut config.audit,
         AuditEntry::now(actor, "user-revoke", name, "ok"),
     );
-    commit(state, client, &mut config, PushItems::ALL, &[], on_done).await
+    commit(state, &mut config, PushItems::ALL, on_done).await
 }
 
 /// The users this node's config records (master or candidate).

@@ -9,7 +9,6 @@ use crate::cluster::audit::nodectl_actor;
 use crate::cluster::users::{self, NewUser, UserList, UserRow};
 use crate::core::time::rfc3339;
 use crate::core::{Error, Result};
-use crate::rpc::RpcClient;
 use crate::state::users::UserRole;
 use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
 
@@ -39,7 +38,6 @@ pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome
         None => None,
     };
     users::check_ttl(opts.ttl)?;
-    let client = RpcClient::from_state(state)?;
     let others = crate::cluster::load_config(state)
         .map(|c| c.online_nodes().count().saturating_sub(1))
         .unwrap_or(0);
@@ -51,7 +49,7 @@ pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome
         ttl: opts.ttl,
     };
     let actor = nodectl_actor(state);
-    let added = users::add(state, &client, &actor, &new, opts.wait, &|| bar.step()).await?;
+    let added = users::add(state, &actor, &new, opts.wait, &|| bar.step()).await?;
     drop(bar);
     match &opts.out {
         Some(dir) => write_identity(dir, &opts.name, &added.cert_pem, added.key.as_ref())?,
@@ -113,17 +111,8 @@ pub fn user_list(state: &StateDir, json: bool) -> Result<Outcome> {
 
 /// `nodectl user revoke NAME`.
 pub async fn user_revoke(state: &StateDir, name: &str, wait: bool) -> Result<Outcome> {
-    let client = RpcClient::from_state(state)?;
     let actor = nodectl_actor(state);
-    let push = users::revoke(
-        state,
-        &client,
-        &actor,
-        name,
-        wait,
-        &crate::rpc::fanout::quiet,
-    )
-    .await?;
+    let push = users::revoke(state, &actor, name, wait, &crate::rpc::fanout::quiet).await?;
     crate::say!("user {name} revoked");
     push.report();
     Ok(if push.is_complete() {

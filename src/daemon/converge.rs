@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::handlers::failed;
 use super::server::Daemon;
 use crate::cluster::lifecycle::Narration;
 use crate::cluster::{self, ca_rotation, renewal, ClusterLock};
@@ -33,7 +34,7 @@ use crate::rpc::{Connection, RpcClient};
 use crate::state::config::{ClusterConfig, NodeRecord};
 use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
-use crate::wire::{NodeHealth, NodeInfo, Procedure, Reply};
+use crate::wire::{patch, NodeHealth, NodeInfo, Procedure, Reply, RpcError, SsconfPatch};
 
 /// `mutex`'s guard, also when a thread panicked while holding it: the
 /// tables here stay usable (each write is a whole entry).
@@ -109,15 +110,24 @@ type Pool = Arc<Mutex<HashMap<String, Connection>>>;
 /// interval: a TLS handshake and a few calls on a loaded machine.
 const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
 
-/// What the loop keeps between rounds, shared with the join handler, which
-/// distributes a join through a round ([`round_now`]): the persistent
+/// How many of the last sets sent are kept to patch from.
+const SETS_KEPT: usize = 8;
+
+/// What the loop keeps between rounds, shared with the handlers that
+/// distribute a change through a round ([`round_now`]): the persistent
 /// connections, and one round at a time.
 #[derive(Debug)]
 pub struct Converger {
     pool: Pool,
     /// One round at a time; holds the config serial the last round sent
     /// and the nodes it could not bring up to date.
-    rounds: tokio::sync::Mutex<LastRound>,
+    rounds: tokio::sync::Mutex<RoundOutcome>,
+    /// The last [`SETS_KEPT`] ssconf sets rounds sent, by SHA-256, newest
+    /// last: a node that holds one of them is sent what changed since.
+    sent: Mutex<std::collections::VecDeque<(String, Arc<Vec<(String, String)>>)>>,
+    /// Asks the loop for a round now (a join was committed): joins that
+    /// come together share it.
+    wake: tokio::sync::Notify,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
     /// Nodes admitted whose join has not been answered yet: their daemon
@@ -125,18 +135,22 @@ pub struct Converger {
     joining: Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// What the last round did.
-#[derive(Debug, Default)]
-struct LastRound {
-    serial: u64,
-    behind: Vec<(String, String)>,
+/// What a round did: the config serial it sent, to how many nodes, and
+/// the nodes it could not bring up to date, with why.
+#[derive(Debug, Default, Clone)]
+pub struct RoundOutcome {
+    pub serial: u64,
+    pub nodes: u64,
+    pub behind: Vec<(String, String)>,
 }
 
 impl Default for Converger {
     fn default() -> Self {
         Converger {
             pool: Pool::default(),
-            rounds: tokio::sync::Mutex::new(LastRound::default()),
+            rounds: tokio::sync::Mutex::new(RoundOutcome::default()),
+            sent: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
             joining: Mutex::default(),
         }
@@ -150,6 +164,34 @@ impl Converger {
 
     fn joining(&self) -> Vec<String> {
         locked(&self.joining).iter().cloned().collect()
+    }
+
+    /// Asks the loop for a round as soon as the one under way (if any) is
+    /// done, instead of at the next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The patches from each kept set but `wanted` to `wanted`, by the
+    /// kept set's SHA-256; then keeps `wanted`.
+    fn patches_to(
+        &self,
+        sha256: &str,
+        files: &Arc<Vec<(String, String)>>,
+    ) -> HashMap<String, Arc<Vec<SsconfPatch>>> {
+        let mut sent = locked(&self.sent);
+        let patches = sent
+            .iter()
+            .filter(|(sha, _)| sha != sha256)
+            .map(|(sha, old)| (sha.clone(), Arc::new(patch::diff(old, files))))
+            .collect();
+        if !sent.iter().any(|(sha, _)| sha == sha256) {
+            sent.push_back((sha256.to_owned(), files.clone()));
+            while sent.len() > SETS_KEPT {
+                sent.pop_front();
+            }
+        }
+        patches
     }
 
     /// Marks `node` as joining until the returned guard is dropped.
@@ -185,6 +227,7 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = daemon.converger.wake.notified() => {}
             _ = stop.changed() => return,
         }
         if !daemon.is_master.load(Ordering::Acquire) {
@@ -206,25 +249,45 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
 }
 
 /// A round over the loop's persistent connections that sent a config of
-/// at least serial `at_least`: the last round's outcome if it did (joins
+/// at least serial `at_least`: the last round's outcome if it did (changes
 /// that arrive together share one round), else a new one, after the one
-/// under way. Nodes whose join is being answered are left out. Returns the
-/// nodes that were not brought up to date, with why. The join handler
-/// distributes a new node this way: no node pays a new TLS handshake.
-pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<Vec<(String, String)>> {
+/// under way. Nodes whose join is being answered are left out. The
+/// commands distribute their changes this way ([`distribute`]): no node
+/// pays a new TLS handshake, and a node is sent only what changed.
+pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
     let converger = &daemon.converger;
     let mut last = converger.rounds.lock().await;
     if at_least > 0 && last.serial >= at_least {
-        return Ok(last.behind.clone());
+        return Ok(last.clone());
     }
     let joining = converger.joining();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
-    let (serial, behind) = round(daemon, &converger.pool, converger.bound(), &skip).await?;
-    *last = LastRound {
-        serial,
-        behind: behind.clone(),
-    };
-    Ok(behind)
+    *last = round(daemon, &converger.pool, converger.bound(), &skip).await?;
+    Ok(last.clone())
+}
+
+/// `distribute`: on the master, a round that brings every online node to
+/// config `serial` or later; answers with the nodes it did not reach.
+pub async fn distribute(daemon: &Daemon, serial: u64) -> Result<Reply, RpcError> {
+    if !daemon.is_master.load(Ordering::Acquire) {
+        return Err(failed(
+            "this node is not the master; the change is distributed by the master",
+        ));
+    }
+    let outcome = round_now(daemon, serial)
+        .await
+        .map_err(|e| failed(format!("distributing config {serial}: {e}")))?;
+    if outcome.serial < serial {
+        return Err(failed(format!(
+            "this node applied config {} only, not yet {serial}; run the command again",
+            outcome.serial
+        )));
+    }
+    Ok(Reply::Distributed {
+        serial: outcome.serial,
+        nodes: outcome.nodes,
+        behind: outcome.behind,
+    })
 }
 
 fn clear(pool: &Pool) {
@@ -235,8 +298,10 @@ fn clear(pool: &Pool) {
 #[derive(Debug, Clone)]
 struct Wanted {
     config: Arc<ClusterConfig>,
-    ssconf_files: Vec<(String, String)>,
+    ssconf_files: Arc<Vec<(String, String)>>,
     ssconf_sha256: String,
+    /// What changed since each set a node may hold, by its SHA-256.
+    patches: HashMap<String, Arc<Vec<SsconfPatch>>>,
     config_json: String,
     keys: Vec<String>,
     ca_pem: String,
@@ -249,9 +314,12 @@ impl Wanted {
         let config = cluster::load_config(state)?;
         let set = config.to_ssconf()?;
         let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
+        let ssconf_files = Arc::new(set.render());
+        let ssconf_sha256 = fingerprint::ssconf_sha256(&set);
         Ok(Wanted {
-            ssconf_files: set.render(),
-            ssconf_sha256: fingerprint::ssconf_sha256(&set),
+            patches: daemon.converger.patches_to(&ssconf_sha256, &ssconf_files),
+            ssconf_files,
+            ssconf_sha256,
             config_json: String::from_utf8_lossy(&crate::state::to_json(&config)?).into_owned(),
             keys: cluster::candidate_ssh_keys(&config),
             ca_pem_sha256: crate::core::hex::sha256_hex(ca_pem.as_bytes()),
@@ -262,14 +330,13 @@ impl Wanted {
 }
 
 /// One heartbeat of every online node but this one and those in `skip`,
-/// each given `bound` to answer and be brought up to date. Returns the
-/// serial of the config it sent, and the nodes that were not, with why.
+/// each given `bound` to answer and be brought up to date.
 async fn round(
     daemon: &Daemon,
     pool: &Pool,
     bound: Duration,
     skip: &[&str],
-) -> Result<(u64, Vec<(String, String)>)> {
+) -> Result<RoundOutcome> {
     let wanted = Arc::new(Wanted::load(daemon)?);
     let client = RpcClient::from_state(&daemon.state)?;
     client.trust_servers(&wanted.config.to_ssconf()?);
@@ -323,7 +390,11 @@ async fn round(
             }
         });
     }
-    Ok((wanted.config.serial, behind))
+    Ok(RoundOutcome {
+        serial: wanted.config.serial,
+        nodes: nodes.len() as u64,
+        behind,
+    })
 }
 
 /// Asks `node` for its state and brings it up to date; returns the serial
@@ -401,10 +472,7 @@ async fn bring_current(
             let config_json = wanted.config_json.clone();
             conn.call(Procedure::WriteConfig { config_json }).await?;
         }
-        let files = wanted.ssconf_files.clone();
-        if let Reply::SsconfWritten { serial: s } =
-            conn.call(Procedure::WriteSsconf { files }).await?
-        {
+        if let Reply::SsconfWritten { serial: s } = send_ssconf(conn, wanted, node, info).await? {
             serial = s;
             term = wanted.config.term;
         }
@@ -427,6 +495,34 @@ async fn bring_current(
         conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
     }
     Ok((serial, term))
+}
+
+/// Sends `node` the current ssconf set: what changed since the set it
+/// holds when that is one of the last sent, else (or when the node refuses
+/// the patch) the whole set.
+async fn send_ssconf(
+    conn: &mut Connection,
+    wanted: &Wanted,
+    node: &NodeRecord,
+    info: &NodeInfo,
+) -> Result<Reply> {
+    let held = info.ssconf_sha256.as_deref().ok();
+    if let Some(patches) = held.and_then(|sha| wanted.patches.get(sha)) {
+        let patch = Procedure::PatchSsconf {
+            base_sha256: held.unwrap_or_default().to_owned(),
+            patches: patches.as_ref().clone(),
+            sha256: wanted.ssconf_sha256.clone(),
+        };
+        match conn.call(patch).await {
+            Ok(reply) => return Ok(reply),
+            Err(e @ Error::Remote { .. }) => {
+                tracing::debug!(node = %node.name, "ssconf patch refused, sending the whole set: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let files = wanted.ssconf_files.as_ref().clone();
+    conn.call(Procedure::WriteSsconf { files }).await
 }
 
 /// Automatic renewal (SPEC §8.1): the client and server certificates of

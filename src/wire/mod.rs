@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::core::Secret;
 
 mod codec;
+pub mod patch;
 pub use crate::core::FrameError;
 pub use codec::*;
+pub use patch::SsconfPatch;
 
 /// The envelope version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -108,6 +110,19 @@ pub enum Procedure {
     ConfirmLeadership,
     /// From this node's nodectl to its daemon: `recover --force`.
     Recover,
+    /// Replace the node's ssconf set by the one `patches` make of the set
+    /// whose SHA-256 is `base_sha256`; refused unless the node holds that
+    /// set and the result's SHA-256 is `sha256` (then the sender sends the
+    /// whole set), or when older than what it holds.
+    PatchSsconf {
+        base_sha256: String,
+        patches: Vec<SsconfPatch>,
+        sha256: String,
+    },
+    /// From this node's nodectl to its master daemon, after a commit: bring
+    /// every online node to config `serial` (or later) through the
+    /// convergence loop's kept connections, and say which did not take it.
+    Distribute { serial: u64 },
 }
 
 /// The kinds of [`Procedure::Raft`] messages. The body is JSON of
@@ -170,7 +185,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 26;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -199,6 +214,8 @@ impl Procedure {
             Procedure::TransferLeadership { .. } => "transfer-leadership",
             Procedure::ConfirmLeadership => "confirm-leadership",
             Procedure::Recover => "recover",
+            Procedure::PatchSsconf { .. } => "patch-ssconf",
+            Procedure::Distribute { .. } => "distribute",
         }
     }
 }
@@ -317,6 +334,13 @@ pub enum Reply {
         held_serial: u64,
         lost: Vec<String>,
         unreachable: Vec<(String, String)>,
+    },
+    /// A round of the convergence loop sent config `serial` to `nodes`
+    /// online nodes; those in `behind` did not take it, with why.
+    Distributed {
+        serial: u64,
+        nodes: u64,
+        behind: Vec<(String, String)>,
     },
 }
 

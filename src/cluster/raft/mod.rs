@@ -649,7 +649,10 @@ pub fn force_recovery(
 
 /// Calls `procedure` on this node's own daemon; its refusal is returned
 /// as it is (not master, no majority, changed meanwhile).
-async fn local_call(state: &StateDir, procedure: Procedure) -> Result<crate::wire::Reply> {
+pub(crate) async fn local_call(
+    state: &StateDir,
+    procedure: Procedure,
+) -> Result<crate::wire::Reply> {
     let identity = state.load_identity()?;
     let client = RpcClient::from_state(state)?;
     let mut conn = client

@@ -18,7 +18,6 @@ use crate::cluster::users::{self, NewUser, UserList, UserRow};
 use crate::cluster::{load_config, ttl};
 use crate::core::time::{now, rfc3339};
 use crate::rpc::fanout::quiet;
-use crate::rpc::RpcClient;
 use crate::state::config::ClusterConfig;
 use crate::state::users::{AuditEntry, UserRole};
 
@@ -228,12 +227,9 @@ pub async fn add_user(
     };
     // In a task of its own: a client that leaves does not cut the commit.
     let (state, actor) = (api.daemon.state.clone(), actor(&caller));
-    let added = tokio::spawn(async move {
-        let client = RpcClient::from_state(&state)?;
-        users::add(&state, &client, &actor, &new, false, &quiet).await
-    })
-    .await
-    .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
+    let added = tokio::spawn(async move { users::add(&state, &actor, &new, false, &quiet).await })
+        .await
+        .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
     Ok((
         StatusCode::CREATED,
         Json(UserCreated {
@@ -261,11 +257,8 @@ pub async fn revoke_user(
     Path(name): Path<String>,
 ) -> Result<Json<UserRevoked>, ApiError> {
     let (state, actor, user) = (api.daemon.state.clone(), actor(&caller), name.clone());
-    tokio::spawn(async move {
-        let client = RpcClient::from_state(&state)?;
-        users::revoke(&state, &client, &actor, &user, false, &quiet).await
-    })
-    .await
-    .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
+    tokio::spawn(async move { users::revoke(&state, &actor, &user, false, &quiet).await })
+        .await
+        .map_err(|e| crate::Error::Invalid(format!("user task failed: {e}")))??;
     Ok(Json(UserRevoked { revoked: name }))
 }

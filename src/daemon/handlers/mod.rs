@@ -26,6 +26,11 @@ pub async fn dispatch(
         Procedure::NodeInfo => info::node_info(daemon).await,
         Procedure::Echo { payload } => Ok(info::echo(&payload)),
         Procedure::WriteSsconf { files } => ssconf::write(daemon, files).await,
+        Procedure::PatchSsconf {
+            base_sha256,
+            patches,
+            sha256,
+        } => ssconf::patch(daemon, base_sha256, patches, sha256).await,
         Procedure::Join(request) => super::join::handle_join(daemon, request).await,
         Procedure::WriteConfig { config_json } => roles::write(daemon, config_json).await,
         Procedure::InstallCandidateFiles {
@@ -67,6 +72,10 @@ pub async fn dispatch(
         Procedure::TransferLeadership { to } => {
             own(daemon, caller)?;
             consensus::transfer(daemon, to).await
+        }
+        Procedure::Distribute { serial } => {
+            own(daemon, caller)?;
+            super::converge::distribute(daemon, serial).await
         }
     }
 }

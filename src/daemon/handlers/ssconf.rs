@@ -1,18 +1,61 @@
-//! `write-ssconf`: a new ssconf set, refused when it is for another cluster
-//! or older than the one held (the `ssconf` crate checks the serial).
+//! `write-ssconf` and `patch-ssconf`: a new ssconf set, whole or as what
+//! changed since the set this node holds; refused when it is for another
+//! cluster or older than the one held (the `ssconf` crate checks the
+//! serial).
+
+use std::path::Path;
 
 use ssconf::Ssconf;
 
 use super::super::server::Daemon;
 use super::failed;
-use crate::wire::{Reply, RpcError};
+use crate::state::fingerprint;
+use crate::wire::{patch, Reply, RpcError, SsconfPatch};
 
 pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Reply, RpcError> {
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
     let set = Ssconf::parse_files(&files, &dir).map_err(|e| failed(e.to_string()))?;
+    store(daemon, set).await
+}
+
+/// The set `patches` make of the one held here, which must be the set
+/// whose SHA-256 is `base_sha256`; stored only if it is exactly the set
+/// whose SHA-256 is `sha256`.
+pub async fn patch(
+    daemon: &Daemon,
+    base_sha256: String,
+    patches: Vec<SsconfPatch>,
+    sha256: String,
+) -> Result<Reply, RpcError> {
+    let _guard = daemon.ssconf_write.lock().await;
+    let dir = daemon.state.ssconf_dir();
+    let set = tokio::task::spawn_blocking(move || rebuild(&dir, &base_sha256, &patches, &sha256))
+        .await
+        .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
+        .map_err(failed)?;
+    store(daemon, set).await
+}
+
+/// The held set with `patches` applied, checked against both digests.
+fn rebuild(dir: &Path, base: &str, patches: &[SsconfPatch], want: &str) -> Result<Ssconf, String> {
+    let held = Ssconf::load(dir).map_err(|e| format!("no ssconf to patch: {e}"))?;
+    if fingerprint::ssconf_sha256(&held) != base {
+        return Err("the ssconf held here is not the patch's base; send the whole set".into());
+    }
+    let files = patch::apply(&held.render(), patches)
+        .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
+    let set = Ssconf::parse_files(&files, dir).map_err(|e| e.to_string())?;
+    if fingerprint::ssconf_sha256(&set) != want {
+        return Err("the patched ssconf is not the sender's; send the whole set".into());
+    }
+    Ok(set)
+}
+
+/// Stores `set` (under the caller's `ssconf_write` guard) and publishes it.
+async fn store(daemon: &Daemon, set: Ssconf) -> Result<Reply, RpcError> {
     let serial = set.serial;
-    let write_dir = dir.clone();
+    let write_dir = daemon.state.ssconf_dir();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let name_file = write_dir.join(ssconf::SsconfKey::ClusterName.file_name());
         match std::fs::read_to_string(&name_file) {
