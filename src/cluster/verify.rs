@@ -924,6 +924,15 @@ pub async fn findings(
     }
     let config = cluster::load_config(state)?;
     let local = local_view(state)?;
+    // A change the master committed (a join) may still be on its way to
+    // the regular nodes in a round of its loop: on the master, wait for
+    // that round (at once when there is none). A node it did not reach is
+    // then reported below like any other.
+    if cluster::raft::leader_locally(state).await.ok().flatten() == Some(local.name.clone()) {
+        if let Err(e) = cluster::distribute(state, config.serial, &|| {}).await {
+            tracing::debug!("verify: no round before gathering: {e}");
+        }
+    }
     let client = RpcClient::from_state(state)?;
     let mut infos = gather(&client, &config, on_done).await;
     let mut findings = check(&config, &local, &infos, crate::core::time::now());

@@ -262,8 +262,34 @@ pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
     }
     let joining = converger.joining();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
-    *last = round(daemon, &converger.pool, converger.bound(), &skip).await?;
+    *last = round(
+        daemon,
+        &converger.pool,
+        converger.bound(),
+        &skip,
+        Reach::All,
+    )
+    .await?;
     Ok(last.clone())
+}
+
+/// A round over the online master candidates only, beside whatever round
+/// is under way (a candidate in both may pay a new connection): what a
+/// join waits for, so that every node that may call the new node knows
+/// it when the join returns. The regular nodes, which call no one, get it
+/// from the next whole round ([`Converger::wake`]).
+pub async fn candidates_round(daemon: &Daemon) -> Result<RoundOutcome> {
+    let converger = &daemon.converger;
+    let joining = converger.joining();
+    let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
+    round(
+        daemon,
+        &converger.pool,
+        converger.bound(),
+        &skip,
+        Reach::Candidates,
+    )
+    .await
 }
 
 /// `distribute`: on the master, a round that brings every online node to
@@ -329,13 +355,23 @@ impl Wanted {
     }
 }
 
-/// One heartbeat of every online node but this one and those in `skip`,
-/// each given `bound` to answer and be brought up to date.
+/// Which nodes a round reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Every online node.
+    All,
+    /// The online master candidates only: the nodes that may call others.
+    Candidates,
+}
+
+/// One heartbeat of every online node of `reach` but this one and those in
+/// `skip`, each given `bound` to answer and be brought up to date.
 async fn round(
     daemon: &Daemon,
     pool: &Pool,
     bound: Duration,
     skip: &[&str],
+    reach: Reach,
 ) -> Result<RoundOutcome> {
     let wanted = Arc::new(Wanted::load(daemon)?);
     let client = RpcClient::from_state(&daemon.state)?;
@@ -344,9 +380,12 @@ async fn round(
         .config
         .online_nodes()
         .filter(|n| n.uuid != daemon.identity.uuid && !skip.contains(&n.name.as_str()))
+        .filter(|n| reach == Reach::All || n.role.is_candidate())
         .cloned()
         .collect();
-    daemon.health.track(&nodes);
+    if reach == Reach::All {
+        daemon.health.track(&nodes);
+    }
     let results = fan_out(&nodes, CONCURRENCY, &fanout::quiet, |node| {
         let (client, pool, wanted) = (client.clone(), pool.clone(), wanted.clone());
         let state = daemon.state.clone();

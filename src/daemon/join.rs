@@ -237,8 +237,9 @@ fn join_entry(node: &str, candidate: bool) -> crate::state::users::AuditEntry {
     crate::state::users::AuditEntry::now(&format!("join:{node}"), "join", node, result)
 }
 
-/// The master's side of a join: admit under the cluster lock, then ask the
-/// convergence loop to bring every other online node up to date.
+/// The master's side of a join: admit under the cluster lock, bring the
+/// master candidates up to date, and ask the convergence loop for a round
+/// for the others.
 pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply, RpcError> {
     if !daemon.is_master.load(Ordering::Acquire) {
         return Err(failed(
@@ -255,21 +256,26 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
             "this node is not the master; join through the master's address",
         ));
     };
-    let (join_reply, serial) =
+    let (mut join_reply, serial) =
         tokio::task::spawn_blocking(move || super::join::admit(&state, &raft, &request))
             .await
             .map_err(|e| failed(format!("join task failed: {e}")))?
             .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
     daemon.reload_ssconf().await;
-    // Committed: the candidates hold the node through Raft. The other
-    // nodes get it from the convergence loop's next round, asked for now
-    // and shared by the joins that come meanwhile, over its kept
-    // connections and as a patch of the set they hold; the joiner does not
-    // wait for it (a round over 1,000 nodes takes longer than a join).
-    tracing::debug!(
-        serial,
-        "join of {name} committed; asking the loop for a round"
-    );
+    // Committed. Before the reply, the candidates (every node that may
+    // call the new node) get its ssconf; the regular nodes, which call no
+    // one, get it from the loop's next round, asked for now and shared by
+    // the joins that come meanwhile. Both go over the loop's kept
+    // connections, as a patch of the set each node holds.
+    match super::converge::candidates_round(daemon).await {
+        Ok(outcome) => {
+            for (node, why) in &outcome.behind {
+                tracing::warn!(%node, "not updated after the join of {name}: {why}");
+            }
+            join_reply.unreachable = outcome.behind.into_iter().map(|(n, _)| n).collect();
+        }
+        Err(e) => tracing::error!("distributing the join of {name} (serial {serial}) failed: {e}"),
+    }
     daemon.converger.wake();
     Ok(Reply::Joined(Box::new(join_reply)))
 }

@@ -118,6 +118,8 @@ pub struct Daemon {
     pub config_changed: tokio::sync::Notify,
     /// Serialises ssconf writes (check serial, then write).
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
+    /// The ssconf set as last read, read again when a file changed.
+    pub ssconf: Arc<crate::state::ssconf_cache::SsconfCache>,
 }
 
 impl Daemon {
@@ -149,6 +151,7 @@ impl Daemon {
             health: Default::default(),
             converger: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
+            ssconf: Arc::default(),
             raft: arc_swap::ArcSwapOption::empty(),
             raft_wanted: tokio::sync::Notify::new(),
             config_changed: tokio::sync::Notify::new(),
@@ -201,14 +204,14 @@ impl Daemon {
     /// addresses: the lane only reserves handshake slots, it admits nobody.
     pub fn refresh_control_plane(&self) {
         let dir = self.state.ssconf_dir();
-        let set = match Ssconf::load(&dir) {
-            Ok(set) => set,
+        let set = match self.ssconf.load(&dir) {
+            Ok(held) => held,
             Err(e) => {
                 tracing::debug!("control-plane addresses unchanged: {e}");
                 return;
             }
         };
-        let (addresses, not_literal) = control_plane_addresses(&set);
+        let (addresses, not_literal) = control_plane_addresses(&set.set);
         for (node, address) in not_literal {
             tracing::warn!(
                 %node,

@@ -16,11 +16,17 @@ pub fn file_sha256(path: &Path) -> String {
 
 /// SHA-256 (hex) of a whole ssconf set, as `node-info` reports it.
 pub fn ssconf_sha256(set: &Ssconf) -> String {
+    files_sha256(&set.render())
+}
+
+/// SHA-256 (hex) of a set's `(file name, text)` pairs as
+/// [`Ssconf::render`] gives them: [`ssconf_sha256`] of the set they make.
+pub fn files_sha256(files: &[(String, String)]) -> String {
     let mut all = String::new();
-    for (name, text) in set.render() {
-        all.push_str(&name);
+    for (name, text) in files {
+        all.push_str(name);
         all.push('\0');
-        all.push_str(&text);
+        all.push_str(text);
         all.push('\0');
     }
     sha256_hex(all.as_bytes())

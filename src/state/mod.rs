@@ -9,6 +9,7 @@ use crate::wire::RoleFiles;
 
 pub mod config;
 pub mod fingerprint;
+pub mod ssconf_cache;
 pub mod ssh;
 pub mod token;
 pub mod users;

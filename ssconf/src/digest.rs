@@ -80,13 +80,23 @@ impl CertDigest {
 
 impl fmt::Display for CertDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.as_bytes().iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{byte:02X}")?;
+        // Built in one buffer and written once: a map or a node_server_certs
+        // of 1,000 lines is rendered on every change, and a `write!` per
+        // byte made that most of a node's work.
+        let nibble = |v: u8| if v < 10 { b'0' + v } else { b'A' + v - 10 };
+        let chars = self.as_bytes().iter().enumerate().flat_map(|(i, byte)| {
+            (i > 0)
+                .then_some(b':')
+                .into_iter()
+                .chain([nibble(byte >> 4), nibble(byte & 0x0f)])
+        });
+        let mut text = [0u8; 32 * 3];
+        let mut len = 0;
+        for (slot, c) in text.iter_mut().zip(chars) {
+            *slot = c;
+            len += 1;
         }
-        Ok(())
+        f.write_str(std::str::from_utf8(text.get(..len).unwrap_or_default()).unwrap_or_default())
     }
 }
 

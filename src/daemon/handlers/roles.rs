@@ -11,21 +11,25 @@ use super::{blocking, failed};
 use crate::core::{Error, Result, Secret};
 use crate::daemon::server::ClientCertFacts;
 use crate::state::config::ClusterConfig;
+use crate::state::ssconf_cache::HeldSsconf;
 use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::wire::{NodeInfo, Reply, RpcError};
 
-/// What this node reports about itself (`node-info`), read from disk now.
+/// What this node reports about itself (`node-info`), read from disk now
+/// (the ssconf set `ssconf` through the daemon's cache, which reads again
+/// what changed).
 pub fn node_info(
     state: &StateDir,
     identity: &NodeIdentity,
     cert: &ClientCertFacts,
     raft: Option<crate::wire::RaftInfo>,
+    ssconf: std::result::Result<std::sync::Arc<HeldSsconf>, ssconf::SsconfError>,
 ) -> NodeInfo {
-    let ssconf = Ssconf::load(&state.ssconf_dir());
     let ssconf_sha256 = match &ssconf {
-        Ok(set) => Ok(fingerprint::ssconf_sha256(set)),
+        Ok(held) => Ok(held.sha256.clone()),
         Err(e) => Err(e.to_string()),
     };
+    let ssconf = ssconf.as_ref().map(|held| &held.set);
     let server = crate::pki::load_certs(&state.server_pem())
         .ok()
         .and_then(|certs| certs.into_iter().next())

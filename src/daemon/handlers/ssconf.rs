@@ -10,6 +10,7 @@ use ssconf::Ssconf;
 use super::super::server::Daemon;
 use super::failed;
 use crate::state::fingerprint;
+use crate::state::ssconf_cache::HeldSsconf;
 use crate::wire::{patch, Reply, RpcError, SsconfPatch};
 
 pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Reply, RpcError> {
@@ -30,20 +31,31 @@ pub async fn patch(
 ) -> Result<Reply, RpcError> {
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
-    let set = tokio::task::spawn_blocking(move || rebuild(&dir, &base_sha256, &patches, &sha256))
-        .await
-        .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
-        .map_err(failed)?;
+    let cache = daemon.ssconf.clone();
+    let set = tokio::task::spawn_blocking(move || {
+        let held = cache
+            .load(&dir)
+            .map_err(|e| format!("no ssconf to patch: {e}"))?;
+        rebuild(&dir, &held, &base_sha256, &patches, &sha256)
+    })
+    .await
+    .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
+    .map_err(failed)?;
     store(daemon, set).await
 }
 
 /// The held set with `patches` applied, checked against both digests.
-fn rebuild(dir: &Path, base: &str, patches: &[SsconfPatch], want: &str) -> Result<Ssconf, String> {
-    let held = Ssconf::load(dir).map_err(|e| format!("no ssconf to patch: {e}"))?;
-    if fingerprint::ssconf_sha256(&held) != base {
+fn rebuild(
+    dir: &Path,
+    held: &HeldSsconf,
+    base: &str,
+    patches: &[SsconfPatch],
+    want: &str,
+) -> Result<Ssconf, String> {
+    if held.sha256 != base {
         return Err("the ssconf held here is not the patch's base; send the whole set".into());
     }
-    let files = patch::apply(&held.render(), patches)
+    let files = patch::apply(&held.files, patches)
         .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
     let set = Ssconf::parse_files(&files, dir).map_err(|e| e.to_string())?;
     if fingerprint::ssconf_sha256(&set) != want {
