@@ -448,3 +448,39 @@ fn a_certificate_renewed_away_is_renewed_once_the_node_is_back() {
     let out = nodectl(m.dir(), &["verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+#[test]
+fn a_change_reaches_a_node_as_a_patch_and_a_set_changed_by_hand_is_replaced_whole() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let _dm = Daemon::start(&m, &["--heartbeat", HEARTBEAT]);
+    let (b, db) = join_and_start(&m, "b", &[]);
+    let node_list =
+        |n: &Node| std::fs::read_to_string(n.state.ssconf_dir().join("ssconf_node_list")).unwrap();
+    // A join: b holds the set the loop sent it last, so it gets the lines
+    // that changed.
+    let (_c, _dc) = join_and_start(&m, "c", &[]);
+    assert!(
+        db.wait_log("ssconf updated from a patch", NOTICED),
+        "{}",
+        db.log()
+    );
+    assert!(within(NOTICED, || node_list(&b) == node_list(&m)));
+    assert_eq!(node_list(&b), "b\nc\nm\n");
+
+    // A set none the master sent (an older serial written back by hand,
+    // as a restored backup would): the next heartbeat sends the whole set.
+    let serial = b.state.ssconf_dir().join("ssconf_serial");
+    std::fs::write(&serial, "1\n").unwrap();
+    let ssconf = |n: &Node| ssconf::Ssconf::load(&n.state.ssconf_dir()).unwrap();
+    assert!(
+        within(NOTICED, || ssconf(&b) == ssconf(&m)),
+        "b keeps serial {}",
+        ssconf(&b).serial
+    );
+    assert!(
+        db.wait_log("ssconf updated serial", NOTICED),
+        "{}",
+        db.log()
+    );
+    verify_clean(&m);
+}

@@ -17,7 +17,7 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
     let set = Ssconf::parse_files(&files, &dir).map_err(|e| failed(e.to_string()))?;
-    store(daemon, set).await
+    store(daemon, set, "ssconf updated").await
 }
 
 /// The set `patches` make of the one held here, which must be the set
@@ -41,7 +41,7 @@ pub async fn patch(
     .await
     .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
     .map_err(failed)?;
-    store(daemon, set).await
+    store(daemon, set, "ssconf updated from a patch").await
 }
 
 /// The held set with `patches` applied, checked against both digests.
@@ -65,7 +65,7 @@ fn rebuild(
 }
 
 /// Stores `set` (under the caller's `ssconf_write` guard) and publishes it.
-async fn store(daemon: &Daemon, set: Ssconf) -> Result<Reply, RpcError> {
+async fn store(daemon: &Daemon, set: Ssconf, done: &'static str) -> Result<Reply, RpcError> {
     let serial = set.serial;
     let write_dir = daemon.state.ssconf_dir();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -87,7 +87,7 @@ async fn store(daemon: &Daemon, set: Ssconf) -> Result<Reply, RpcError> {
     .await
     .map_err(|e| failed(format!("write-ssconf task failed: {e}")))?
     .map_err(failed)?;
-    tracing::info!(serial, "ssconf updated");
+    tracing::info!(serial, "{done}");
     // Publish now rather than waiting for the watcher's debounce.
     daemon.reload_ssconf().await;
     Ok(Reply::SsconfWritten { serial })
