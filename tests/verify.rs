@@ -23,6 +23,10 @@ fn cluster() -> Cluster {
     let (a, da) = join_and_start(&m, "a", &[]);
     let (b, db) = join_and_start(&m, "b", &[]);
     let (c, dc) = join_and_start(&m, "c", &[]);
+    // The joins' round (the regular nodes get a join from the loop, after
+    // it returned) is over before a test changes a node by hand: verify
+    // waits for it.
+    verify_clean(&m);
     Cluster {
         m,
         a,
