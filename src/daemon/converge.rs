@@ -125,9 +125,6 @@ pub struct Converger {
     /// The last [`SETS_KEPT`] ssconf sets rounds sent, by SHA-256, newest
     /// last: a node that holds one of them is sent what changed since.
     sent: Mutex<std::collections::VecDeque<(String, Arc<Vec<(String, String)>>)>>,
-    /// Asks the loop for a round now (a join was committed): joins that
-    /// come together share it.
-    wake: tokio::sync::Notify,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
     /// Nodes admitted whose join has not been answered yet: their daemon
@@ -150,7 +147,6 @@ impl Default for Converger {
             pool: Pool::default(),
             rounds: tokio::sync::Mutex::new(RoundOutcome::default()),
             sent: Mutex::default(),
-            wake: tokio::sync::Notify::new(),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
             joining: Mutex::default(),
         }
@@ -164,12 +160,6 @@ impl Converger {
 
     fn joining(&self) -> Vec<String> {
         locked(&self.joining).iter().cloned().collect()
-    }
-
-    /// Asks the loop for a round as soon as the one under way (if any) is
-    /// done, instead of at the next tick.
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// The patches from each kept set but `wanted` to `wanted`, by the
@@ -227,7 +217,6 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = daemon.converger.wake.notified() => {}
             _ = stop.changed() => return,
         }
         if !daemon.is_master.load(Ordering::Acquire) {
@@ -277,7 +266,7 @@ pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
 /// is under way (a candidate in both may pay a new connection): what a
 /// join waits for, so that every node that may call the new node knows
 /// it when the join returns. The regular nodes, which call no one, get it
-/// from the next whole round ([`Converger::wake`]).
+/// from the loop's next heartbeat round.
 pub async fn candidates_round(daemon: &Daemon) -> Result<RoundOutcome> {
     let converger = &daemon.converger;
     let joining = converger.joining();

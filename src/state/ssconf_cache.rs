@@ -75,6 +75,15 @@ impl SsconfCache {
         Ok(held)
     }
 
+    /// Keeps `held` as the set in `dir`, which this process has just
+    /// written there: the next [`SsconfCache::load`] reads nothing unless a
+    /// file changes after this call. (An edit by hand between the write and
+    /// this call would go unseen until the next change of any file of the
+    /// set; the daemon's writes are serialised.)
+    pub fn seed(&self, dir: &Path, held: Arc<HeldSsconf>) {
+        *self.guard() = Some((stamps(dir), held));
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, Option<(Vec<Stamp>, Arc<HeldSsconf>)>> {
         match self.0.lock() {
             Ok(guard) => guard,

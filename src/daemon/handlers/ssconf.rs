@@ -17,7 +17,13 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
     let set = Ssconf::parse_files(&files, &dir).map_err(|e| failed(e.to_string()))?;
-    store(daemon, set, "ssconf updated").await
+    let files = set.render();
+    let held = HeldSsconf {
+        sha256: fingerprint::files_sha256(&files),
+        files,
+        set,
+    };
+    store(daemon, held, "ssconf updated").await
 }
 
 /// The set `patches` make of the one held here, which must be the set
@@ -51,24 +57,29 @@ fn rebuild(
     base: &str,
     patches: &[SsconfPatch],
     want: &str,
-) -> Result<Ssconf, String> {
+) -> Result<HeldSsconf, String> {
     if held.sha256 != base {
         return Err("the ssconf held here is not the patch's base; send the whole set".into());
     }
     let files = patch::apply(&held.files, patches)
         .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
     let set = Ssconf::parse_files(&files, dir).map_err(|e| e.to_string())?;
-    if fingerprint::ssconf_sha256(&set) != want {
+    let files = set.render();
+    let sha256 = fingerprint::files_sha256(&files);
+    if sha256 != want {
         return Err("the patched ssconf is not the sender's; send the whole set".into());
     }
-    Ok(set)
+    Ok(HeldSsconf { set, files, sha256 })
 }
 
-/// Stores `set` (under the caller's `ssconf_write` guard) and publishes it.
-async fn store(daemon: &Daemon, set: Ssconf, done: &'static str) -> Result<Reply, RpcError> {
-    let serial = set.serial;
+/// Stores `held` (under the caller's `ssconf_write` guard), keeps it as
+/// the set held, and publishes it.
+async fn store(daemon: &Daemon, held: HeldSsconf, done: &'static str) -> Result<Reply, RpcError> {
+    let serial = held.set.serial;
     let write_dir = daemon.state.ssconf_dir();
+    let cache = daemon.ssconf.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let set = &held.set;
         let name_file = write_dir.join(ssconf::SsconfKey::ClusterName.file_name());
         match std::fs::read_to_string(&name_file) {
             Ok(current) if current.trim_end() != set.cluster_name => {
@@ -82,7 +93,11 @@ async fn store(daemon: &Daemon, set: Ssconf, done: &'static str) -> Result<Reply
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", name_file.display())),
         }
-        set.store(&write_dir).map_err(|e| e.to_string())
+        set.store(&write_dir).map_err(|e| e.to_string())?;
+        // What was just written needs no reading back (the reload below
+        // would parse and hash the whole set again).
+        cache.seed(&write_dir, std::sync::Arc::new(held));
+        Ok(())
     })
     .await
     .map_err(|e| failed(format!("write-ssconf task failed: {e}")))?
