@@ -110,6 +110,9 @@ type Pool = Arc<Mutex<HashMap<String, Connection>>>;
 /// interval: a TLS handshake and a few calls on a loaded machine.
 const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
 
+/// A rendered ssconf set, `(file name, text)` per file.
+type SsconfFiles = Arc<Vec<(String, String)>>;
+
 /// How many of the last sets sent are kept to patch from.
 const SETS_KEPT: usize = 8;
 
@@ -124,7 +127,7 @@ pub struct Converger {
     rounds: tokio::sync::Mutex<RoundOutcome>,
     /// The last [`SETS_KEPT`] ssconf sets rounds sent, by SHA-256, newest
     /// last: a node that holds one of them is sent what changed since.
-    sent: Mutex<std::collections::VecDeque<(String, Arc<Vec<(String, String)>>)>>,
+    sent: Mutex<std::collections::VecDeque<(String, SsconfFiles)>>,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
     /// Nodes admitted whose join has not been answered yet: their daemon

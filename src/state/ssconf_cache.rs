@@ -134,6 +134,20 @@ mod tests {
             cache.load(dir.path()).unwrap().set.node_list,
             ["a", "b", "d"]
         );
+        // A set this process wrote and keeps: not read back, until a file
+        // changes.
+        let third = set(3, &["a"]);
+        third.store(dir.path()).unwrap();
+        let files = third.render();
+        let kept = Arc::new(HeldSsconf {
+            sha256: fingerprint::files_sha256(&files),
+            files,
+            set: third,
+        });
+        cache.seed(dir.path(), kept.clone());
+        assert!(Arc::ptr_eq(&kept, &cache.load(dir.path()).unwrap()));
+        set(4, &["a", "b"]).store(dir.path()).unwrap();
+        assert_eq!(cache.load(dir.path()).unwrap().set.serial, 4);
         // A file gone: the error, as reading the set gives it.
         std::fs::remove_file(&list).unwrap();
         assert!(cache.load(dir.path()).is_err());
