@@ -268,7 +268,15 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     // join of the interval (a round per join kept a 1,000-node cluster
     // busy with rounds while nodes joined). Both go over the loop's kept
     // connections, as a patch of the set each node holds.
-    match super::converge::candidates_round(daemon).await {
+    // A node that joins as a candidate enters the map, which every node
+    // admits by: that join waits for a whole round (joins as candidates
+    // are few, the pool's size).
+    let distributed = if join_reply.master_candidate {
+        super::converge::round_now(daemon, serial).await
+    } else {
+        super::converge::candidates_round(daemon).await
+    };
+    match distributed {
         Ok(outcome) => {
             for (node, why) in &outcome.behind {
                 tracing::warn!(%node, "not updated after the join of {name}: {why}");
