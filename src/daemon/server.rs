@@ -283,14 +283,18 @@ pub async fn run(
         let daemon = daemon.clone();
         let stop = stop_rx.clone();
         let done = done_tx.clone();
-        tokio::spawn(async move {
+        // Boxed: the connection's future (TLS state, handler, frame
+        // buffers) is several KiB, and tokio moves an unboxed future by
+        // value into its task cell and again at each change of stage; a
+        // box moves as one pointer.
+        tokio::spawn(Box::pin(async move {
             match handshake(&daemon, stream, peer, permit).await {
                 Handshake::Admitted(handler) => handler.run(stop).await,
                 Handshake::Anonymous(anonymous) => anonymous.serve().await,
                 Handshake::Denied => {}
             }
             drop(done);
-        });
+        }));
     }
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     let _ = stop_tx.send(true);
