@@ -357,6 +357,8 @@ async fn accept(
                 continue;
             }
         };
+        // On Linux the socket has the listener's TCP_NODELAY already.
+        #[cfg(not(target_os = "linux"))]
         let _ = stream.set_nodelay(true);
         let daemon = daemon.clone();
         let stop = stop.clone();
