@@ -32,7 +32,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use noded::daemon::auth::{authorize, CandidateVerifier};
+use noded::daemon::auth::{authorize, CandidateVerifier, PeerCertificate};
 use noded::daemon::reload::CandidateMapHandle;
 use noded::rpc::{Connection, RpcClient};
 use noded::state::StateDir;
@@ -886,7 +886,7 @@ fn bench_authz(state: &StateDir) -> BoxResult<()> {
             &format!("{prefix}.authorize_ns"),
             format!(
                 "{:.0}",
-                ns_per_op(|| authorize(Ok(()), &map, black_box(der)))
+                ns_per_op(|| authorize(Ok(()), &map, &PeerCertificate::new(black_box(der))))
             ),
         );
         big_map = Some(map);

@@ -33,7 +33,9 @@
 //!
 //! # How a request flows (daemon side)
 //!
-//! 1. [`daemon::server::run`] accepts a TCP connection, takes a handshake
+//! 1. [`daemon::server::run`] accepts a TCP connection (one accept thread
+//!    per core, each with its own listener on the same address and its own
+//!    current-thread runtime, which also serves the connection), takes a handshake
 //!    permit of its lane and source ([`daemon::budget`]; none free: closed
 //!    at once) and starts a handshake with the current TLS config (an
 //!    `ArcSwap`). Once admitted, the connection trades the permit for a

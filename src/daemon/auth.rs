@@ -114,32 +114,59 @@ pub enum Verdict {
     Denied(Denial),
 }
 
+/// A client's end-entity certificate with its SHA-256 digest, computed once
+/// per handshake: the chain-check cache is keyed by it and the candidate
+/// map's digests are SHA-256 unless the map came from Ganeti (SHA-1).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCertificate<'a> {
+    pub der: &'a [u8],
+    pub sha256: CertDigest,
+}
+
+impl<'a> PeerCertificate<'a> {
+    /// Hashes `der` (SHA-256) once.
+    pub fn new(der: &'a [u8]) -> Self {
+        PeerCertificate {
+            der,
+            sha256: DigestAlgorithm::Sha256.digest(der),
+        }
+    }
+
+    /// The certificate's digest with `algorithm`; hashes only for SHA-1.
+    pub fn digest(&self, algorithm: DigestAlgorithm) -> CertDigest {
+        match algorithm {
+            DigestAlgorithm::Sha256 => self.sha256,
+            other => other.digest(self.der),
+        }
+    }
+}
+
 /// The decision, given the chain check's result: chain first (a certificate
 /// we did not sign is refused whatever its digest), then the map.
 pub fn authorize(
     chain: Result<(), rustls::Error>,
     map: &CandidateMap,
-    end_entity: &[u8],
+    cert: &PeerCertificate<'_>,
 ) -> Verdict {
     let log_digest = || {
         let alg = map.algorithms().next().unwrap_or(DigestAlgorithm::Sha256);
-        Some(alg.digest(end_entity))
+        Some(cert.digest(alg))
     };
     if let Err(e) = chain {
         return Verdict::Denied(Denial {
             reason: DenialReason::Chain(e.to_string()),
-            subject: Some(crate::pki::subject_of(end_entity)),
+            subject: Some(crate::pki::subject_of(cert.der)),
             digest: log_digest(),
         });
     }
-    match map.lookup_der(end_entity) {
+    match map.lookup_by(|alg| cert.digest(alg)) {
         Some((uuid, digest)) => Verdict::Admitted(Admission {
             uuid: uuid.to_owned(),
             digest,
         }),
         None => Verdict::Denied(Denial {
             reason: DenialReason::NotInMap,
-            subject: Some(crate::pki::subject_of(end_entity)),
+            subject: Some(crate::pki::subject_of(cert.der)),
             digest: log_digest(),
         }),
     }
@@ -151,7 +178,7 @@ tokio::task_local! {
 }
 
 /// Client certificates whose chain to the CA verified, by the SHA-256 of
-/// their DER (and of the intermediates sent with them), with their
+/// their DER, each with the exact intermediates sent with it and its
 /// validity window.
 ///
 /// The cluster's clients are few and connect again and again with the same
@@ -159,59 +186,81 @@ tokio::task_local! {
 /// and a certificate parse, about a sixth of a handshake's CPU) gives the
 /// same answer every time, as long as the trust anchors are the same and
 /// the time is inside the certificate's validity. So a success is
-/// remembered: by exact DER (a re-encoded certificate is another entry),
-/// in the verifier of one TLS configuration (a CA change builds a new
-/// verifier, with an empty cache), and only with the validity re-checked
-/// at each use. Proof of possession (the client's CertificateVerify) and
-/// the map check still run on every handshake; a failure is never
+/// remembered: by exact DER (a re-encoded certificate is another entry;
+/// the intermediates are compared byte for byte), in the verifier of one
+/// TLS configuration (a CA change builds a new verifier, with an empty
+/// cache), and only with the validity re-checked at each use. The key is
+/// the digest the map check needs anyway, so a handshake hashes the
+/// certificate once. Proof of possession (the client's CertificateVerify)
+/// and the map check still run on every handshake; a failure is never
 /// remembered. Reads are one atomic load and a hash lookup; an insertion
 /// copies the map (a new certificate is rare), and the cache holds at most
 /// [`ChainCache::CAPACITY`] certificates, starting over when full.
 #[derive(Debug, Default)]
 struct ChainCache {
-    verified: arc_swap::ArcSwap<std::collections::HashMap<[u8; 32], (i64, i64)>>,
+    verified: arc_swap::ArcSwap<std::collections::HashMap<CertDigest, Vec<VerifiedChain>>>,
+}
+
+/// One chain that verified: the intermediates the client sent with the
+/// certificate (OpenSSL clients send their CA along) and the certificate's
+/// validity window.
+#[derive(Debug, Clone)]
+struct VerifiedChain {
+    intermediates: Vec<CertificateDer<'static>>,
+    not_before: i64,
+    not_after: i64,
 }
 
 impl ChainCache {
     const CAPACITY: usize = 4096;
+    /// Distinct sets of intermediates remembered per certificate.
+    const CHAINS_PER_CERTIFICATE: usize = 4;
 
-    /// The SHA-256 of the certificate and the intermediates sent with it
-    /// (OpenSSL clients send their CA along), each length-prefixed.
-    fn key(end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
-        use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        for der in std::iter::once(end_entity).chain(intermediates.iter().map(|c| c.as_ref())) {
-            hash.update((der.len() as u64).to_be_bytes());
-            hash.update(der);
-        }
-        hash.finalize().into()
-    }
-
-    /// Whether `key`'s chain verified before and `now` is in its validity.
-    fn holds(&self, key: &[u8; 32], now: UnixTime) -> bool {
+    /// Whether `cert` with exactly `intermediates` verified before and
+    /// `now` is in its validity.
+    fn holds(
+        &self,
+        cert: &PeerCertificate<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> bool {
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
         self.verified
             .load()
-            .get(key)
-            .is_some_and(|&(not_before, not_after)| not_before <= now && now <= not_after)
+            .get(&cert.sha256)
+            .is_some_and(|chains| {
+                chains.iter().any(|c| {
+                    c.intermediates.as_slice() == intermediates
+                        && c.not_before <= now
+                        && now <= c.not_after
+                })
+            })
     }
 
     /// Remembers a certificate whose chain just verified.
-    fn insert(&self, key: [u8; 32], end_entity: &[u8]) {
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else {
+    fn insert(&self, cert: &PeerCertificate<'_>, intermediates: &[CertificateDer<'_>]) {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.der) else {
             return;
         };
-        let validity = (
-            cert.validity().not_before.timestamp(),
-            cert.validity().not_after.timestamp(),
-        );
+        let chain = VerifiedChain {
+            intermediates: intermediates
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+            not_before: parsed.validity().not_before.timestamp(),
+            not_after: parsed.validity().not_after.timestamp(),
+        };
         self.verified.rcu(|current| {
             let mut next = if current.len() >= Self::CAPACITY {
                 std::collections::HashMap::new()
             } else {
                 (**current).clone()
             };
-            next.insert(key, validity);
+            let chains = next.entry(cert.sha256).or_default();
+            if chains.len() >= Self::CHAINS_PER_CERTIFICATE {
+                chains.clear();
+            }
+            chains.push(chain.clone());
             next
         });
     }
@@ -264,8 +313,8 @@ impl ClientCertVerifier for CandidateVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let key = ChainCache::key(end_entity, intermediates);
-        let chain = if self.chain_cache.holds(&key, now) {
+        let cert = PeerCertificate::new(end_entity);
+        let chain = if self.chain_cache.holds(&cert, intermediates, now) {
             Ok(())
         } else {
             let chain = self
@@ -273,12 +322,12 @@ impl ClientCertVerifier for CandidateVerifier {
                 .verify_client_cert(end_entity, intermediates, now)
                 .map(|_| ());
             if chain.is_ok() {
-                self.chain_cache.insert(key, end_entity);
+                self.chain_cache.insert(&cert, intermediates);
             }
             chain
         };
         let chain_error = chain.as_ref().err().cloned();
-        let verdict = authorize(chain, &self.map.load(), end_entity);
+        let verdict = authorize(chain, &self.map.load(), &cert);
         let result = match (&verdict, chain_error) {
             (Verdict::Admitted(_), _) => Ok(ClientCertVerified::assertion()),
             // Keep webpki's own error so the alert says what is wrong
@@ -437,7 +486,9 @@ mod tests {
         let v = verifier(&ca, map);
         let now = OffsetDateTime::now_utc();
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
-        assert!(v.chain_cache.holds(&ChainCache::key(&cert, &[]), at(now)));
+        assert!(v
+            .chain_cache
+            .holds(&PeerCertificate::new(&cert), &[], at(now)));
         // Remembered, and used again; with the CA sent along (as OpenSSL
         // clients do) it is another entry, checked and remembered too.
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
@@ -445,7 +496,12 @@ mod tests {
         assert!(v.verify_client_cert(&cert, &with_ca, at(now)).is_ok());
         assert!(v
             .chain_cache
-            .holds(&ChainCache::key(&cert, &with_ca), at(now)));
+            .holds(&PeerCertificate::new(&cert), &with_ca, at(now)));
+        // The same certificate with other intermediates is not remembered.
+        let other = [cert.clone()];
+        assert!(!v
+            .chain_cache
+            .holds(&PeerCertificate::new(&cert), &other, at(now)));
         let expired = v.verify_client_cert(&cert, &with_ca, at(now + TimeDuration::days(2)));
         assert!(expired.is_err(), "{expired:?}");
         // Past notAfter (or before notBefore) the cache does not answer:
@@ -479,6 +535,6 @@ mod tests {
         let new = CertificateAuthority::generate("c", 30).unwrap();
         let v = verifier(&new, map);
         assert!(v.verify_client_cert(&cert, &[], now).is_err());
-        assert!(!v.chain_cache.holds(&ChainCache::key(&cert, &[]), now));
+        assert!(!v.chain_cache.holds(&PeerCertificate::new(&cert), &[], now));
     }
 }

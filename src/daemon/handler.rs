@@ -51,6 +51,20 @@ enum Next {
     Frame(bytes::BytesMut),
     /// Close the connection.
     Close,
+    /// The peer reset the connection: nothing can be sent on it any more,
+    /// not even close_notify (`openssl s_time` resets every connection
+    /// right after its handshake).
+    Gone,
+}
+
+/// Whether a read failed because the peer is gone (reset or aborted).
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 impl Handler {
@@ -83,6 +97,7 @@ impl Handler {
             let payload = match self.next(&mut generation, &mut stop).await {
                 Next::Frame(payload) => payload,
                 Next::Close => break,
+                Next::Gone => return,
             };
             // The map may have changed while the frame arrived.
             if !self.daemon.map.load().contains(&self.admission.digest) {
@@ -147,6 +162,10 @@ impl Handler {
                 };
                 let _ = reply(&mut self.tls, 0, Err(error)).await;
                 Next::Close
+            }
+            Ok(Some(Err(FrameError::Io(e)))) if is_gone(&e) => {
+                tracing::debug!(peer = %self.peer, "connection ended: {e}");
+                Next::Gone
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(peer = %self.peer, "connection ended: {e}");

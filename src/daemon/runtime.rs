@@ -118,6 +118,56 @@ pub async fn bind(address: &str) -> Result<TcpListener> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// Binds `address` once per core, every socket with `SO_REUSEPORT`, for
+/// [`server::run`]'s accept threads: the kernel spreads incoming
+/// connections over them. A port given as 0 is chosen once, by the first
+/// socket.
+///
+/// `SO_REUSEPORT` would let a second daemon on the same address (same
+/// user) quietly share the connections, so the address is first bound
+/// without it: if anything listens there, that bind fails as a plain
+/// `bind` does.
+pub async fn bind_per_core(address: &str) -> Result<Vec<std::net::TcpListener>> {
+    let invalid = |reason: String| Error::Invalid(format!("cannot listen on {address}: {reason}"));
+    let io = |e: std::io::Error| invalid(e.to_string());
+    let mut addr: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .map_err(io)?
+        .next()
+        .ok_or_else(|| invalid("the name resolves to no address".into()))?;
+    let socket = |addr: SocketAddr, reuseport: bool| -> Result<TcpSocket> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(io)?;
+        socket.set_reuseaddr(true).map_err(io)?;
+        socket.set_reuseport(reuseport).map_err(io)?;
+        Ok(socket)
+    };
+    // The exclusive probe: fails with "address in use" like a plain bind,
+    // and picks the port when it is 0.
+    let probe = socket(addr, false)?;
+    probe.bind(addr).map_err(io)?;
+    addr = probe.local_addr().map_err(io)?;
+    drop(probe);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut listeners = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let socket = socket(addr, true)?;
+        // Linux gives every accepted socket the listener's TCP_NODELAY:
+        // one system call here instead of one per connection.
+        socket.set_nodelay(true).map_err(io)?;
+        socket.bind(addr).map_err(io)?;
+        let listener = socket.listen(LISTEN_BACKLOG).map_err(io)?;
+        // Taken out of this runtime's reactor: each accept thread
+        // registers its listener with its own.
+        listeners.push(listener.into_std().map_err(io)?);
+    }
+    Ok(listeners)
+}
+
 /// The role this node has according to its ssconf, for status lines.
 fn role_of(ssconf: Option<&Ssconf>, name: &str) -> &'static str {
     match ssconf {
@@ -145,7 +195,7 @@ fn initial_map(state: &StateDir) -> CandidateMapHandle {
 
 /// Loads the node's state and binds its listener: everything that can fail
 /// before the daemon serves.
-async fn start(opts: &Options) -> Result<(Arc<Daemon>, TcpListener)> {
+async fn start(opts: &Options) -> Result<(Arc<Daemon>, Vec<std::net::TcpListener>)> {
     let state = StateDir::new(&opts.state_dir);
     state.check_initialised()?;
     crate::pki::pair::recover_client_pair(&state)?;
@@ -163,7 +213,7 @@ async fn start(opts: &Options) -> Result<(Arc<Daemon>, TcpListener)> {
         .listen
         .clone()
         .unwrap_or_else(|| identity.address.clone());
-    let listener = bind(&address).await?;
+    let listeners = bind_per_core(&address).await?;
     let client_facts = load_client_facts(&state)?;
     let daemon = Daemon::new(
         state,
@@ -174,7 +224,7 @@ async fn start(opts: &Options) -> Result<(Arc<Daemon>, TcpListener)> {
         client_facts,
         is_master,
     );
-    Ok((Arc::new(daemon), listener))
+    Ok((Arc::new(daemon), listeners))
 }
 
 /// SIGHUP: ssconf (through the watcher's channel) and certificates reload.
@@ -201,10 +251,12 @@ pub async fn serve(opts: Options) -> Result<()> {
         .as_deref()
         .map(super::metrics::parse_address)
         .transpose()?;
-    let (daemon, listener) = start(&opts).await?;
+    let (daemon, listeners) = start(&opts).await?;
     super::consensus::start(&daemon).await?;
     let consensus = tokio::spawn(super::consensus::supervise(daemon.clone()));
-    let local = listener
+    let local = listeners
+        .first()
+        .ok_or_else(|| Error::Invalid("no listener".into()))?
         .local_addr()
         .map_err(Error::io(daemon.state.root()))?;
     let metrics = match metrics_addr {
@@ -265,7 +317,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
     };
-    server::run(listener, daemon.clone(), shutdown).await;
+    let served = server::run(listeners, daemon.clone(), shutdown).await;
     if let Some(raft) = daemon.raft.load_full() {
         raft.shutdown().await;
     }
@@ -280,6 +332,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         metrics.abort();
     }
     watcher.abort();
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

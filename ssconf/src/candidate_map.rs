@@ -120,8 +120,20 @@ impl CandidateMap {
     /// algorithm the map uses (one, except in a mixed map). Returns the
     /// matching uuid and digest.
     pub fn lookup_der(&self, der: &[u8]) -> Option<(&str, CertDigest)> {
+        self.lookup_by(|alg| alg.digest(der))
+    }
+
+    /// Looks a certificate up by its digests: `digest` gives the
+    /// certificate's digest with each algorithm the map uses (in the order
+    /// of [`algorithms`](Self::algorithms)), so a caller that already holds
+    /// one (the daemon hashes each client certificate once per handshake)
+    /// does not hash it again. Returns the matching uuid and digest.
+    pub fn lookup_by(
+        &self,
+        mut digest: impl FnMut(DigestAlgorithm) -> CertDigest,
+    ) -> Option<(&str, CertDigest)> {
         self.algorithms().find_map(|alg| {
-            let digest = alg.digest(der);
+            let digest = digest(alg);
             self.lookup(&digest).map(|uuid| (uuid, digest))
         })
     }
