@@ -114,7 +114,7 @@ const MIN_ANSWER_BOUND: Duration = Duration::from_secs(1);
 type SsconfFiles = Arc<Vec<(String, String)>>;
 
 /// How many of the last sets sent are kept to patch from.
-const SETS_KEPT: usize = 8;
+const SETS_KEPT: usize = 16;
 
 /// What the loop keeps between rounds, shared with the handlers that
 /// distribute a change through a round ([`round_now`]): the persistent
