@@ -60,12 +60,14 @@
 //!    loads the config ([`cluster::store`]), changes it, and commits: the
 //!    serial is bumped and the config proposed to the local daemon, whose
 //!    Raft commits it once a majority of voters stored it and applies it
-//!    (`config.json`); then the local copies are written and the new state
-//!    pushed ([`cluster::push`]) to every other online node through
-//!    [`rpc::fanout`], each connection verified by [`rpc::RpcClient`].
-//! 3. Each node's daemon checks what it is sent (cluster name, and a
-//!    `(term, serial)` not older than its own) and writes it atomically;
-//!    its map reload then admits or closes clients.
+//!    (`config.json`); then the local copies are written and the daemon
+//!    asked to distribute the change ([`cluster::distribute`]): a round of
+//!    its convergence loop (`daemon::converge`) over kept connections, each
+//!    verified by [`rpc::RpcClient`], that sends every other online node
+//!    what it lacks (an ssconf patch, [`wire::patch`]).
+//! 3. Each node's daemon checks what it is sent (cluster name, the patched
+//!    set's SHA-256, and a `(term, serial)` not older than its own) and
+//!    writes it atomically; its map reload then admits or closes clients.
 //! 4. The command prints per-node lines and decides its exit code
 //!    ([`ctl::Outcome`]): 0, 1, or 3 when a node did not take the change.
 
