@@ -130,6 +130,13 @@ pub struct Converger {
     sent: Mutex<std::collections::VecDeque<(String, SsconfFiles)>>,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
+    /// The loop's client, kept across rounds while this node's client
+    /// certificate and CA bundle stay the same (by the files' SHA-256). A
+    /// kept connection holds the client configuration it was made with,
+    /// and with it the recorded server certificates of every node: a new
+    /// client per round left one such table alive per round in which a
+    /// connection was made (hundreds, while a cluster grows).
+    client: Mutex<Option<(String, RpcClient)>>,
     /// Nodes admitted whose join has not been answered yet: their daemon
     /// is not running, so a round leaves them out.
     joining: Mutex<std::collections::BTreeSet<String>>,
@@ -152,6 +159,7 @@ impl Default for Converger {
             sent: Mutex::default(),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
             joining: Mutex::default(),
+            client: Mutex::default(),
         }
     }
 }
@@ -185,6 +193,24 @@ impl Converger {
             }
         }
         patches
+    }
+
+    /// The loop's client for this round (see [`Converger::client`]).
+    fn client(&self, state: &StateDir) -> Result<RpcClient> {
+        let key = format!(
+            "{} {}",
+            fingerprint::file_sha256(&state.client_pem()),
+            fingerprint::file_sha256(&state.ca_pem())
+        );
+        let mut kept = locked(&self.client);
+        if let Some((held, client)) = kept.as_ref() {
+            if *held == key {
+                return Ok(client.clone());
+            }
+        }
+        let client = RpcClient::from_state(state)?;
+        *kept = Some((key, client.clone()));
+        Ok(client)
     }
 
     /// Marks `node` as joining until the returned guard is dropped.
@@ -366,7 +392,13 @@ async fn round(
     reach: Reach,
 ) -> Result<RoundOutcome> {
     let wanted = Arc::new(Wanted::load(daemon)?);
-    let client = RpcClient::from_state(&daemon.state)?;
+    // Whole rounds, one at a time, share the kept client; a candidates'
+    // round may run beside one (with another config) and takes its own,
+    // so neither changes the servers the other trusts.
+    let client = match reach {
+        Reach::All => daemon.converger.client(&daemon.state)?,
+        Reach::Candidates => RpcClient::from_state(&daemon.state)?,
+    };
     client.trust_servers(&wanted.config.to_ssconf()?);
     let nodes: Vec<NodeRecord> = wanted
         .config
