@@ -173,18 +173,14 @@ impl Converger {
         locked(&self.joining).iter().cloned().collect()
     }
 
-    /// The patches from each kept set but `wanted` to `wanted`, by the
-    /// kept set's SHA-256; then keeps `wanted`.
-    fn patches_to(
-        &self,
-        sha256: &str,
-        files: &Arc<Vec<(String, String)>>,
-    ) -> HashMap<String, Arc<Vec<SsconfPatch>>> {
+    /// The kept sets other than `wanted` (to patch from, by SHA-256);
+    /// then keeps `wanted`.
+    fn bases_of(&self, sha256: &str, files: &SsconfFiles) -> Vec<(String, SsconfFiles)> {
         let mut sent = locked(&self.sent);
-        let patches = sent
+        let bases = sent
             .iter()
             .filter(|(sha, _)| sha != sha256)
-            .map(|(sha, old)| (sha.clone(), Arc::new(patch::diff(old, files))))
+            .cloned()
             .collect();
         if !sent.iter().any(|(sha, _)| sha == sha256) {
             sent.push_back((sha256.to_owned(), files.clone()));
@@ -192,7 +188,7 @@ impl Converger {
                 sent.pop_front();
             }
         }
-        patches
+        bases
     }
 
     /// The loop's client for this round (see [`Converger::client`]).
@@ -339,13 +335,17 @@ fn clear(pool: &Pool) {
 }
 
 /// What a node of a role should hold, as this round's reference.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Wanted {
     config: Arc<ClusterConfig>,
     ssconf_files: Arc<Vec<(String, String)>>,
     ssconf_sha256: String,
     /// What changed since each set a node may hold, by its SHA-256.
-    patches: HashMap<String, Arc<Vec<SsconfPatch>>>,
+    /// The kept sets a node may hold, by SHA-256: what it is sent is
+    /// worked out from them when a node holds one ([`Wanted::patch_from`]).
+    bases: Vec<(String, SsconfFiles)>,
+    /// The patches worked out so far in this round, by base.
+    patches: Mutex<HashMap<String, Arc<Vec<SsconfPatch>>>>,
     config_json: String,
     keys: Vec<String>,
     ca_pem: String,
@@ -353,6 +353,18 @@ struct Wanted {
 }
 
 impl Wanted {
+    /// The patches from the kept set whose SHA-256 is `base` to this
+    /// round's set, worked out once per round and base, and only for a
+    /// base some node holds (at rest, none: no node is behind).
+    fn patch_from(&self, base: &str) -> Option<Arc<Vec<SsconfPatch>>> {
+        let (_, old) = self.bases.iter().find(|(sha, _)| sha == base)?;
+        let mut patches = locked(&self.patches);
+        let patch = patches
+            .entry(base.to_owned())
+            .or_insert_with(|| Arc::new(patch::diff(old, &self.ssconf_files)));
+        Some(patch.clone())
+    }
+
     fn load(daemon: &Daemon) -> Result<Wanted> {
         let state = &daemon.state;
         let config = cluster::load_config(state)?;
@@ -361,7 +373,8 @@ impl Wanted {
         let ssconf_files = Arc::new(set.render());
         let ssconf_sha256 = fingerprint::ssconf_sha256(&set);
         Ok(Wanted {
-            patches: daemon.converger.patches_to(&ssconf_sha256, &ssconf_files),
+            bases: daemon.converger.bases_of(&ssconf_sha256, &ssconf_files),
+            patches: Mutex::default(),
             ssconf_files,
             ssconf_sha256,
             config_json: String::from_utf8_lossy(&crate::state::to_json(&config)?).into_owned(),
@@ -570,7 +583,7 @@ async fn send_ssconf(
     info: &NodeInfo,
 ) -> Result<Reply> {
     let held = info.ssconf_sha256.as_deref().ok();
-    if let Some(patches) = held.and_then(|sha| wanted.patches.get(sha)) {
+    if let Some(patches) = held.and_then(|sha| wanted.patch_from(sha)) {
         let patch = Procedure::PatchSsconf {
             base_sha256: held.unwrap_or_default().to_owned(),
             patches: patches.as_ref().clone(),
