@@ -8,7 +8,7 @@
 //! from the file) when the log is opened. The vote is one atomically
 //! written file. Entries are also kept in memory: the log stays short,
 //! because a snapshot of the state machine (the config) replaces it every
-//! few dozen entries.
+//! few entries.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -63,6 +63,16 @@ struct Inner {
 
 /// Purged entries a log file may still hold before it is rewritten.
 const DEAD_BEFORE_REWRITE: usize = 512;
+/// Length past which a log file holding any purged entry is rewritten:
+/// each entry is a whole config (~700 KB at 1,000 nodes), so a count alone
+/// would let the file grow to hundreds of MB, all parsed at the next start.
+const REWRITE_ABOVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether a log file of `length` bytes holding `dead` purged entries is
+/// rewritten rather than given a `purged` line.
+fn rewrite_due(dead: usize, length: u64) -> bool {
+    dead > DEAD_BEFORE_REWRITE || (dead > 0 && length > REWRITE_ABOVE_BYTES)
+}
 
 /// The log and the vote: openraft's [`RaftLogStorage`]. Clones share the
 /// same log (one is the reader openraft asks for).
@@ -342,7 +352,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         inner.last_purged = Some(log_id);
         inner.entries.retain(|index, _| *index > log_id.index);
         inner.dead += before - inner.entries.len();
-        let written = if inner.dead > DEAD_BEFORE_REWRITE {
+        let length = inner.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let written = if rewrite_due(inner.dead, length) {
             inner.rewrite()
         } else {
             let mut line = serde_json::to_vec(&Line::Purged(log_id)).map_err(std::io::Error::other);
@@ -367,6 +378,26 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Blank,
+        }
+    }
+
+    #[test]
+    fn a_purge_rewrites_the_file_after_many_entries_or_many_bytes() {
+        let mb = 1024 * 1024;
+        let rows: [(usize, u64, bool); 6] = [
+            (0, 0, false),
+            (1, mb, false),
+            (DEAD_BEFORE_REWRITE, mb, false),
+            (DEAD_BEFORE_REWRITE + 1, mb, true),
+            (1, REWRITE_ABOVE_BYTES + 1, true),
+            (0, REWRITE_ABOVE_BYTES + 1, false),
+        ];
+        for (dead, length, due) in rows {
+            assert_eq!(
+                rewrite_due(dead, length),
+                due,
+                "{dead} dead, {length} bytes"
+            );
         }
     }
 

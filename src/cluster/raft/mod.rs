@@ -35,10 +35,11 @@ use self::log::LogStore;
 use self::machine::ConfigMachine;
 use self::network::Links;
 
-/// One change: the whole config as it is to be.
+/// One change: the whole config as it is to be. Shared, not copied, when
+/// openraft clones an entry (for each follower it replicates to).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigChange {
-    pub config: ClusterConfig,
+    pub config: Arc<ClusterConfig>,
 }
 
 /// What applying an entry left: the `(term, serial)` of the config held,
@@ -153,9 +154,13 @@ fn raft_config() -> Result<openraft::Config> {
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
         install_snapshot_timeout: 5_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(64),
+        // Every entry is a whole config and is kept in memory (and a
+        // snapshot is just the config): a short log keeps the master's
+        // memory small at 1,000 nodes, and a follower further behind gets
+        // the snapshot, no larger than one entry.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(8),
         max_payload_entries: 32,
-        max_in_snapshot_log_to_keep: 16,
+        max_in_snapshot_log_to_keep: 2,
         ..Default::default()
     }
     .validate()
@@ -402,7 +407,7 @@ impl RaftNode {
             })?;
         let term = self.raft.metrics().borrow().current_term;
         config.term = term;
-        match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(ConfigChange { config }))
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(ConfigChange { config: Arc::new(config) }))
             .await
         {
             Ok(Ok(reply)) => match reply.data.error {
@@ -638,7 +643,7 @@ pub fn force_recovery(
         Entry::<TypeConfig> {
             log_id: LogId::new(leader, next + 1),
             payload: EntryPayload::Normal(ConfigChange {
-                config: config.clone(),
+                config: Arc::new(config.clone()),
             }),
         },
     ];
