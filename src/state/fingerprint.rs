@@ -22,12 +22,13 @@ pub fn ssconf_sha256(set: &Ssconf) -> String {
 /// SHA-256 (hex) of a set's `(file name, text)` pairs as
 /// [`Ssconf::render`] gives them: [`ssconf_sha256`] of the set they make.
 pub fn files_sha256(files: &[(String, String)]) -> String {
-    let mut all = String::new();
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
     for (name, text) in files {
-        all.push_str(name);
-        all.push('\0');
-        all.push_str(text);
-        all.push('\0');
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
     }
-    sha256_hex(all.as_bytes())
+    crate::core::hex::lower(&hasher.finalize())
 }

@@ -63,12 +63,21 @@ fn rebuild(
     }
     let files = patch::apply(&held.files, patches)
         .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
-    let set = Ssconf::parse_files(&files, dir).map_err(|e| e.to_string())?;
-    let files = set.render();
+    // Hashed as patched: equal to the sender's digest, the text is exactly
+    // the sender's rendering, so it needs no rendering here, and only the
+    // files the patch touched need reading into the held set.
     let sha256 = fingerprint::files_sha256(&files);
     if sha256 != want {
         return Err("the patched ssconf is not the sender's; send the whole set".into());
     }
+    let changed = files
+        .iter()
+        .filter(|(name, _)| patches.iter().any(|p| p.file == *name))
+        .map(|(name, text)| (name.as_str(), text.as_str()));
+    let set = held
+        .set
+        .with_files(changed, dir)
+        .map_err(|e| e.to_string())?;
     Ok(HeldSsconf { set, files, sha256 })
 }
 
@@ -93,7 +102,8 @@ async fn store(daemon: &Daemon, held: HeldSsconf, done: &'static str) -> Result<
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", name_file.display())),
         }
-        set.store(&write_dir).map_err(|e| e.to_string())?;
+        set.store_rendered(&held.files, &write_dir)
+            .map_err(|e| e.to_string())?;
         // What was just written needs no reading back (the reload below
         // would parse and hash the whole set again).
         cache.seed(&write_dir, std::sync::Arc::new(held));
