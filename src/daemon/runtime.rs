@@ -277,7 +277,14 @@ pub async fn serve(opts: Options) -> Result<()> {
     let watched = daemon.clone();
     let watcher = reload::spawn_watcher(daemon.state.ssconf_dir(), reload_rx, move || {
         let daemon = watched.clone();
-        async move { daemon.reload_ssconf().await }
+        async move {
+            // A set this daemon is writing is reloaded once it is whole:
+            // the writer publishes it and keeps it parsed, so reading it
+            // here mid-write would parse (and hash) the whole set for
+            // nothing, on every node and every change.
+            let _whole = daemon.ssconf_write.lock().await;
+            daemon.reload_ssconf().await
+        }
     })?;
     let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT"))?;
