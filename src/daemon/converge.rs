@@ -32,6 +32,7 @@ use crate::core::{Error, Result};
 use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
 use crate::rpc::{Connection, RpcClient};
 use crate::state::config::{ClusterConfig, NodeRecord};
+use crate::state::ssconf_cache::{stamp, Stamp};
 use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
 use crate::wire::{patch, NodeHealth, NodeInfo, Procedure, Reply, RpcError, SsconfPatch};
@@ -128,6 +129,10 @@ pub struct Converger {
     /// The last [`SETS_KEPT`] ssconf sets rounds sent, by SHA-256, newest
     /// last: a node that holds one of them is sent what changed since.
     sent: Mutex<std::collections::VecDeque<(String, SsconfFiles)>>,
+    /// The last round's reference, with the stamps of the files it was
+    /// made from (`config.json`, `ca.pem`): a round at rest reads, parses
+    /// and renders nothing (at 1,000 nodes, ~1 MB of config each time).
+    wanted: Mutex<Option<(Vec<Stamp>, Arc<Wanted>)>>,
     /// Each node's time to answer in a round, in milliseconds.
     bound_ms: std::sync::atomic::AtomicU64,
     /// The loop's client, kept across rounds while this node's client
@@ -157,6 +162,7 @@ impl Default for Converger {
             pool: Pool::default(),
             rounds: tokio::sync::Mutex::new(RoundOutcome::default()),
             sent: Mutex::default(),
+            wanted: Mutex::default(),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
             joining: Mutex::default(),
             client: Mutex::default(),
@@ -189,6 +195,23 @@ impl Converger {
             }
         }
         bases
+    }
+
+    /// This round's reference: the last one while `config.json` and
+    /// `ca.pem` are unchanged, else made anew.
+    fn wanted(&self, daemon: &Daemon) -> Result<Arc<Wanted>> {
+        let state = &daemon.state;
+        let stamps = vec![stamp(&state.config_json()), stamp(&state.ca_pem())];
+        if let Some((held, wanted)) = locked(&self.wanted).as_ref() {
+            if *held == stamps {
+                return Ok(wanted.clone());
+            }
+        }
+        // A file replaced between the stamps and the read leaves stamps
+        // older than the content: the next round makes it again.
+        let wanted = Arc::new(Wanted::load(daemon)?);
+        *locked(&self.wanted) = Some((stamps, wanted.clone()));
+        Ok(wanted)
     }
 
     /// The loop's client for this round (see [`Converger::client`]).
@@ -338,6 +361,8 @@ fn clear(pool: &Pool) {
 #[derive(Debug)]
 struct Wanted {
     config: Arc<ClusterConfig>,
+    /// The config's ssconf set (the servers a round's client trusts).
+    set: ssconf::Ssconf,
     ssconf_files: Arc<Vec<(String, String)>>,
     ssconf_sha256: String,
     /// What changed since each set a node may hold, by its SHA-256.
@@ -367,20 +392,30 @@ impl Wanted {
 
     fn load(daemon: &Daemon) -> Result<Wanted> {
         let state = &daemon.state;
-        let config = cluster::load_config(state)?;
+        // The file as the master wrote it is what a candidate is sent.
+        let path = state.config_json();
+        let malformed = |reason: String| Error::State {
+            path: path.clone(),
+            reason,
+        };
+        let config_json = String::from_utf8(crate::state::read_file(&path)?)
+            .map_err(|e| malformed(format!("not UTF-8: {e}")))?;
+        let config: ClusterConfig = serde_json::from_str(&config_json)
+            .map_err(|e| malformed(format!("malformed JSON: {e}")))?;
         let set = config.to_ssconf()?;
         let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
         let ssconf_files = Arc::new(set.render());
-        let ssconf_sha256 = fingerprint::ssconf_sha256(&set);
+        let ssconf_sha256 = fingerprint::files_sha256(&ssconf_files);
         Ok(Wanted {
             bases: daemon.converger.bases_of(&ssconf_sha256, &ssconf_files),
             patches: Mutex::default(),
             ssconf_files,
             ssconf_sha256,
-            config_json: String::from_utf8_lossy(&crate::state::to_json(&config)?).into_owned(),
+            config_json,
             keys: cluster::candidate_ssh_keys(&config),
             ca_pem_sha256: crate::core::hex::sha256_hex(ca_pem.as_bytes()),
             ca_pem,
+            set,
             config: Arc::new(config),
         })
     }
@@ -404,7 +439,7 @@ async fn round(
     skip: &[&str],
     reach: Reach,
 ) -> Result<RoundOutcome> {
-    let wanted = Arc::new(Wanted::load(daemon)?);
+    let wanted = daemon.converger.wanted(daemon)?;
     // Whole rounds, one at a time, share the kept client; a candidates'
     // round may run beside one (with another config) and takes its own,
     // so neither changes the servers the other trusts.
@@ -412,7 +447,7 @@ async fn round(
         Reach::All => daemon.converger.client(&daemon.state)?,
         Reach::Candidates => RpcClient::from_state(&daemon.state)?,
     };
-    client.trust_servers(&wanted.config.to_ssconf()?);
+    client.trust_servers(&wanted.set);
     let nodes: Vec<NodeRecord> = wanted
         .config
         .online_nodes()
@@ -448,13 +483,13 @@ async fn round(
             behind.push((node.name.clone(), e.to_string()));
         }
         daemon.health.update(&node.uuid, |h| match result {
-            Ok(((serial, term), info)) => {
+            Ok(beat) => {
                 h.reachable = true;
                 h.last_seen = now;
-                h.serial = serial;
-                h.term = term;
-                h.client_cert_expires = info.client_cert_expires;
-                h.server_cert_expires = info.server_cert_expires;
+                h.serial = beat.serial;
+                h.term = beat.term;
+                h.client_cert_expires = beat.client_cert_expires;
+                h.server_cert_expires = beat.server_cert_expires;
                 h.error = None;
             }
             Err(e) => {
@@ -473,15 +508,25 @@ async fn round(
     })
 }
 
-/// Asks `node` for its state and brings it up to date; returns the serial
-/// it holds now, and what it said.
+/// What a round keeps of a node's answer: the whole `node-info` (its
+/// certificate, keys and files, some KiB) is dropped as soon as the node is
+/// done, not held for every node until the round ends.
+struct Beat {
+    serial: u64,
+    term: u64,
+    client_cert_expires: i64,
+    server_cert_expires: i64,
+}
+
+/// Asks `node` for its state and brings it up to date; returns the
+/// `(serial, term)` it holds now and its certificates' expiry.
 async fn heartbeat(
     state: &StateDir,
     client: &RpcClient,
     pool: &Pool,
     wanted: &Wanted,
     node: &NodeRecord,
-) -> Result<((u64, u64), Box<NodeInfo>)> {
+) -> Result<Beat> {
     let taken = locked(pool).remove(&node.uuid);
     // A kept connection may have ended meanwhile (the node restarted or
     // timed it out, or closed it because this node's client certificate
@@ -508,9 +553,14 @@ async fn heartbeat(
         Reply::NodeInfo(info) => info,
         other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
     };
-    let serial = bring_current(state, &mut conn, wanted, node, &info).await?;
+    let (serial, term) = bring_current(state, &mut conn, wanted, node, &info).await?;
     locked(pool).insert(node.uuid.clone(), conn);
-    Ok((serial, info))
+    Ok(Beat {
+        serial,
+        term,
+        client_cert_expires: info.client_cert_expires,
+        server_cert_expires: info.server_cert_expires,
+    })
 }
 
 /// Sends `node` whatever of its role's state differs from `wanted`.

@@ -28,8 +28,23 @@ pub struct HeldSsconf {
     pub sha256: String,
 }
 
-/// What identifies a file's content without reading it.
-type Stamp = Option<(u64, u64, i64, i64, i64, i64)>;
+/// What identifies a file's content without reading it: inode, size,
+/// modification and status-change times; `None` for a file that cannot be
+/// read.
+pub type Stamp = Option<(u64, u64, i64, i64, i64, i64)>;
+
+/// The [`Stamp`] of the file at `path`.
+pub fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ))
+}
 
 /// The cache; one per state directory (the daemon holds one).
 #[derive(Debug, Default)]
@@ -38,17 +53,7 @@ pub struct SsconfCache(Mutex<Option<(Vec<Stamp>, Arc<HeldSsconf>)>>);
 fn stamps(dir: &Path) -> Vec<Stamp> {
     SsconfKey::ALL
         .iter()
-        .map(|key| {
-            let meta = std::fs::metadata(dir.join(key.file_name())).ok()?;
-            Some((
-                meta.ino(),
-                meta.size(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                meta.ctime(),
-                meta.ctime_nsec(),
-            ))
-        })
+        .map(|key| stamp(&dir.join(key.file_name())))
         .collect()
 }
 
