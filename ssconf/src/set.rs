@@ -149,13 +149,7 @@ impl Ssconf {
         let mut set = Ssconf::default();
         let mut seen = [false; SsconfKey::ALL.len()];
         for (file_name, text) in files {
-            let path = dir.join(file_name);
-            let key =
-                SsconfKey::from_file_name(file_name).ok_or_else(|| SsconfError::Malformed {
-                    path: path.clone(),
-                    line: 0,
-                    reason: "not an ssconf key".into(),
-                })?;
+            let key = set.parse_file(file_name, text, dir)?;
             if let Some(flag) = SsconfKey::ALL
                 .iter()
                 .position(|k| *k == key)
@@ -163,7 +157,6 @@ impl Ssconf {
             {
                 *flag = true;
             }
-            set.parse_key(key, text, &path)?;
         }
         if let Some(missing) = SsconfKey::ALL
             .iter()
@@ -189,16 +182,22 @@ impl Ssconf {
     ) -> Result<Self> {
         let mut set = self.clone();
         for (file_name, text) in changed {
-            let path = dir.join(file_name);
-            let key =
-                SsconfKey::from_file_name(file_name).ok_or_else(|| SsconfError::Malformed {
-                    path: path.clone(),
-                    line: 0,
-                    reason: "not an ssconf key".into(),
-                })?;
-            set.parse_key(key, text, &path)?;
+            set.parse_file(file_name, text, dir)?;
         }
         Ok(set)
+    }
+
+    /// Reads `text` as the file `file_name` of `dir` into this set; returns
+    /// its key.
+    fn parse_file(&mut self, file_name: &str, text: &str, dir: &Path) -> Result<SsconfKey> {
+        let path = dir.join(file_name);
+        let key = SsconfKey::from_file_name(file_name).ok_or_else(|| SsconfError::Malformed {
+            path: path.clone(),
+            line: 0,
+            reason: "not an ssconf key".into(),
+        })?;
+        self.parse_key(key, text, &path)?;
+        Ok(key)
     }
 
     fn parse_key(&mut self, key: SsconfKey, text: &str, path: &Path) -> Result<()> {
