@@ -23,4 +23,4 @@ pub use lock::ClusterLock;
 pub use push::{
     apply_locally, call, candidate_ssh_keys, commit, distribute, push, PushItems, PushOutcome,
 };
-pub use store::{load_config, master_config, save_config};
+pub use store::{load_config, load_config_text, master_config, save_config};

@@ -12,6 +12,21 @@ pub fn load_config(state: &StateDir) -> Result<ClusterConfig> {
     state::read_json(&state.config_json())
 }
 
+/// Loads `config.json`, with its text as written (what a candidate is
+/// sent, without serialising the config again).
+pub fn load_config_text(state: &StateDir) -> Result<(ClusterConfig, String)> {
+    let path = state.config_json();
+    let malformed = |reason: String| Error::State {
+        path: path.clone(),
+        reason,
+    };
+    let text = String::from_utf8(state::read_file(&path)?)
+        .map_err(|e| malformed(format!("not UTF-8: {e}")))?;
+    let config =
+        serde_json::from_str(&text).map_err(|e| malformed(format!("malformed JSON: {e}")))?;
+    Ok((config, text))
+}
+
 /// Saves `config.json` atomically, mode 0600.
 pub fn save_config(state: &StateDir, config: &ClusterConfig) -> Result<()> {
     state.write(&state.config_json(), &state::to_json(config)?, MODE_SECRET)

@@ -392,16 +392,7 @@ impl Wanted {
 
     fn load(daemon: &Daemon) -> Result<Wanted> {
         let state = &daemon.state;
-        // The file as the master wrote it is what a candidate is sent.
-        let path = state.config_json();
-        let malformed = |reason: String| Error::State {
-            path: path.clone(),
-            reason,
-        };
-        let config_json = String::from_utf8(crate::state::read_file(&path)?)
-            .map_err(|e| malformed(format!("not UTF-8: {e}")))?;
-        let config: ClusterConfig = serde_json::from_str(&config_json)
-            .map_err(|e| malformed(format!("malformed JSON: {e}")))?;
+        let (config, config_json) = cluster::load_config_text(state)?;
         let set = config.to_ssconf()?;
         let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
         let ssconf_files = Arc::new(set.render());

@@ -440,17 +440,16 @@ mod tests {
         Ok(())
     }
 
+    /// The metadata of `key`'s file in `dir`.
+    fn meta(dir: &Path, key: SsconfKey) -> Result<std::fs::Metadata> {
+        let path = dir.join(key.file_name());
+        std::fs::metadata(&path).map_err(|source| SsconfError::Io { path, source })
+    }
+
     #[test]
     fn only_changed_files_are_rewritten() -> Result<()> {
         let dir = tmp()?;
-        let inode = |key: SsconfKey| {
-            std::fs::metadata(dir.path().join(key.file_name()))
-                .map(|m| m.ino())
-                .map_err(|source| SsconfError::Io {
-                    path: "meta".into(),
-                    source,
-                })
-        };
+        let inode = |key: SsconfKey| meta(dir.path(), key).map(|m| m.ino());
         sample(1).store(dir.path())?;
         let (name, map, serial) = (
             inode(SsconfKey::ClusterName)?,
@@ -518,14 +517,8 @@ mod tests {
         );
         next.store_rendered(&files, dir.path())?;
         assert_eq!(Ssconf::load(dir.path())?, next);
-        let changed_at = |key: SsconfKey| {
-            std::fs::metadata(dir.path().join(key.file_name()))
-                .map(|m| (m.ctime(), m.ctime_nsec()))
-                .map_err(|source| SsconfError::Io {
-                    path: "meta".into(),
-                    source,
-                })
-        };
+        let changed_at =
+            |key: SsconfKey| meta(dir.path(), key).map(|m| (m.ctime(), m.ctime_nsec()));
         assert!(changed_at(SsconfKey::Serial)? >= changed_at(SsconfKey::MasterCandidatesCerts)?);
         Ok(())
     }
