@@ -241,7 +241,9 @@ async fn malformed_map_keeps_previous_and_missing_map_denies() {
     );
     assert!(daemon.log().contains("denying every client"));
 
-    node.write_map(&good);
+    // Restored by an edit in place rather than a rename: the watcher sees
+    // the file written and closed.
+    std::fs::write(node.map_path(), good.render()).unwrap();
     assert!(
         eventually(&master, &node, true).await,
         "restored map not picked up"

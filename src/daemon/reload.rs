@@ -17,11 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, StreamExt, WatchMask};
 use ssconf::{CandidateMap, SsconfError};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::{Error, Result};
+use crate::state::ssconf_cache::{stamp, Stamp};
 
 /// How long the watcher waits for a burst of events to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
@@ -32,8 +33,10 @@ pub struct CandidateMapHandle {
     current: Arc<ArcSwap<CandidateMap>>,
     generation: Arc<watch::Sender<u64>>,
     /// Held across load-compare-publish, so two reloads finishing out of
-    /// order cannot publish an older map after a newer one.
-    reloading: Arc<tokio::sync::Mutex<()>>,
+    /// order cannot publish an older map after a newer one. It keeps the
+    /// stamp of the file last read: a reload that finds the same stamp (the
+    /// watcher's, after the daemon's own write and reload) reads nothing.
+    reloading: Arc<tokio::sync::Mutex<Stamp>>,
     /// Unix time the current map was published (for metrics).
     published_at: Arc<AtomicI64>,
 }
@@ -50,7 +53,7 @@ impl CandidateMapHandle {
         CandidateMapHandle {
             current: Arc::new(ArcSwap::from_pointee(map)),
             generation: Arc::new(watch::channel(0).0),
-            reloading: Arc::new(tokio::sync::Mutex::new(())),
+            reloading: Arc::new(tokio::sync::Mutex::new(None)),
             published_at: Arc::new(AtomicI64::new(unix_now())),
         }
     }
@@ -82,9 +85,26 @@ impl CandidateMapHandle {
 /// one. A missing file publishes an empty map (nobody is admitted); a
 /// malformed one keeps the current map. Returns whether a new map went out.
 pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
-    let _one_at_a_time = handle.reloading.lock().await;
+    let mut last = handle.reloading.lock().await;
     let owned = path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || CandidateMap::load(&owned)).await;
+    let seen = *last;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let now = stamp(&owned);
+        if now.is_some() && now == seen {
+            return (now, None);
+        }
+        (now, Some(CandidateMap::load(&owned)))
+    })
+    .await
+    .map(|(now, map)| {
+        *last = now;
+        map
+    });
+    let loaded = match loaded {
+        Ok(None) => return false,
+        Ok(Some(map)) => Ok(map),
+        Err(e) => Err(e),
+    };
     match loaded {
         Ok(Ok(map)) => {
             if **handle.load() == map {
@@ -121,6 +141,30 @@ pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
     }
 }
 
+/// What the watcher listens for: a file renamed in or out (every atomic
+/// write), written and closed (an edit in place), deleted, and the
+/// directory itself going away. Not opens, reads or attribute changes: the
+/// daemon's own reads of the set would wake it for nothing.
+fn watch_mask() -> WatchMask {
+    WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::DELETE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+}
+
+/// Whether an event may have changed the set: one about an ssconf file
+/// (temporary files of atomic writes start with a dot), about the
+/// directory itself, or a queue overflow (events were lost: rescan).
+fn relevant(mask: EventMask, name: Option<&std::ffi::OsStr>) -> bool {
+    if mask.intersects(EventMask::Q_OVERFLOW | EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+        return true;
+    }
+    name.and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("ssconf_"))
+}
+
 /// Watches `ssconf_dir` and calls `reload` when one of its ssconf files
 /// changes or when `manual` fires (SIGHUP). Runs until `manual`'s sender is
 /// dropped.
@@ -133,47 +177,75 @@ where
     F: Fn() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let relevant = match res {
-            // Temporary files of atomic writes start with a dot.
-            // Reading a file (opening, closing it unchanged) is no change:
-            // without this filter the reload's own reads are events, and an
-            // idle daemon reloads every debounce period forever.
-            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => event.need_rescan(),
-            Ok(event) => {
-                event.need_rescan()
-                    || event.paths.iter().any(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("ssconf_"))
-                    })
-            }
-            // An error from the watcher may mean lost events: rescan.
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| Error::Invalid(format!("cannot watch {}: {e}", ssconf_dir.display())))?;
-    watcher
-        .watch(&ssconf_dir, RecursiveMode::NonRecursive)
-        .map_err(|e| Error::Invalid(format!("cannot watch {}: {e}", ssconf_dir.display())))?;
+    let cannot =
+        |e: std::io::Error| Error::Invalid(format!("cannot watch {}: {e}", ssconf_dir.display()));
+    let inotify = Inotify::init().map_err(cannot)?;
+    inotify
+        .watches()
+        .add(&ssconf_dir, watch_mask())
+        .map_err(cannot)?;
+    let mut events = inotify.into_event_stream(vec![0u8; 4096]).map_err(cannot)?;
     Ok(tokio::spawn(async move {
-        // Keep the watcher alive as long as this task.
-        let _watcher = watcher;
         // The initial rescan.
         reload().await;
+        // A failed read may mean lost events: rescan, once.
+        let changed = |event: Option<std::io::Result<inotify::EventOwned>>| match event {
+            Some(Ok(event)) => Some(relevant(event.mask, event.name.as_deref())),
+            Some(Err(e)) => {
+                tracing::warn!("ssconf watcher: {e}; rescanning");
+                Some(true)
+            }
+            None => None,
+        };
         loop {
             tokio::select! {
-                ev = events.recv() => if ev.is_none() { break },
+                ev = events.next() => match changed(ev) {
+                    None => break,
+                    Some(false) => continue,
+                    Some(true) => {}
+                },
                 m = manual.recv() => if m.is_none() { break },
             }
             tokio::time::sleep(DEBOUNCE).await;
-            while events.try_recv().is_ok() {}
+            // Drain what arrived during the debounce without waiting.
+            while let Some(ev) = futures_util::FutureExt::now_or_never(events.next()) {
+                if ev.is_none() {
+                    break;
+                }
+            }
             while manual.try_recv().is_ok() {}
             reload().await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn only_changes_to_ssconf_files_and_the_directory_wake_the_watcher() {
+        let name = |n: &'static str| Some(OsStr::new(n));
+        let map = name("ssconf_master_candidates_certs");
+        assert!(relevant(EventMask::MOVED_TO, map));
+        assert!(relevant(EventMask::CLOSE_WRITE, map));
+        assert!(relevant(EventMask::DELETE, map));
+        // The temporary file of an atomic write, and a file of another tool.
+        assert!(!relevant(
+            EventMask::CLOSE_WRITE,
+            name(".ssconf_master_candidates_certs.tmp-0123456789abcdef")
+        ));
+        assert!(!relevant(EventMask::MOVED_TO, name("notes.txt")));
+        // Lost events, or the directory itself gone: rescan.
+        assert!(relevant(EventMask::Q_OVERFLOW, None));
+        assert!(relevant(EventMask::DELETE_SELF, None));
+        assert!(relevant(EventMask::MOVE_SELF, None));
+        // The watch mask leaves out what reading a file causes.
+        let mask = watch_mask();
+        assert!(!mask.contains(WatchMask::OPEN));
+        assert!(!mask.contains(WatchMask::ACCESS));
+        assert!(!mask.contains(WatchMask::CLOSE_NOWRITE));
+    }
 }

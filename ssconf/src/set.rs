@@ -320,8 +320,10 @@ impl Ssconf {
 
     /// [`Ssconf::store`] of `files`, which must be this set's
     /// [`Ssconf::render`]: a caller that has them already saves rendering
-    /// the set again (at 1,000 nodes, a thousand digests). The serial is
-    /// written last whatever the order of `files`.
+    /// the set again (at 1,000 nodes, a thousand digests). A caller that
+    /// knows the stored set (it just read it) may pass only the files that
+    /// differ from it and the serial. The serial is written last whatever
+    /// the order of `files`.
     pub fn store_rendered(&self, files: &[(String, String)], dir: &Path) -> Result<()> {
         let io = |path: PathBuf| move |source| SsconfError::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;

@@ -23,7 +23,7 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
         files,
         set,
     };
-    store(daemon, held, "ssconf updated").await
+    store(daemon, held, None, "ssconf updated").await
 }
 
 /// The set `patches` make of the one held here, which must be the set
@@ -38,6 +38,7 @@ pub async fn patch(
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
     let cache = daemon.ssconf.clone();
+    let touched: Vec<String> = patches.iter().map(|p| p.file.clone()).collect();
     let set = tokio::task::spawn_blocking(move || {
         let held = cache
             .load(&dir)
@@ -47,7 +48,7 @@ pub async fn patch(
     .await
     .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
     .map_err(failed)?;
-    store(daemon, set, "ssconf updated from a patch").await
+    store(daemon, set, Some(touched), "ssconf updated from a patch").await
 }
 
 /// The held set with `patches` applied, checked against both digests.
@@ -82,8 +83,15 @@ fn rebuild(
 }
 
 /// Stores `held` (under the caller's `ssconf_write` guard), keeps it as
-/// the set held, and publishes it.
-async fn store(daemon: &Daemon, held: HeldSsconf, done: &'static str) -> Result<Reply, RpcError> {
+/// the set held, and publishes it. With `touched`, only those files (and
+/// the serial) can differ from the set on disk, which was just read and
+/// checked against its digest: the others are neither read nor written.
+async fn store(
+    daemon: &Daemon,
+    held: HeldSsconf,
+    touched: Option<Vec<String>>,
+    done: &'static str,
+) -> Result<Reply, RpcError> {
     let serial = held.set.serial;
     let write_dir = daemon.state.ssconf_dir();
     let cache = daemon.ssconf.clone();
@@ -102,7 +110,21 @@ async fn store(daemon: &Daemon, held: HeldSsconf, done: &'static str) -> Result<
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("{}: {e}", name_file.display())),
         }
-        set.store_rendered(&held.files, &write_dir)
+        let serial_file = ssconf::SsconfKey::Serial.file_name();
+        let subset: Vec<(String, String)>;
+        let written = match &touched {
+            Some(touched) => {
+                subset = held
+                    .files
+                    .iter()
+                    .filter(|(name, _)| *name == serial_file || touched.contains(name))
+                    .cloned()
+                    .collect();
+                &subset
+            }
+            None => &held.files,
+        };
+        set.store_rendered(written, &write_dir)
             .map_err(|e| e.to_string())?;
         // What was just written needs no reading back (the reload below
         // would parse and hash the whole set again).
