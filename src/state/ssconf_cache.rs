@@ -19,7 +19,7 @@ use ssconf::{Ssconf, SsconfError, SsconfKey};
 use super::fingerprint;
 
 /// A set as read, with what is derived from it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct HeldSsconf {
     pub set: Ssconf,
     /// `(file name, text)` of every file, as [`Ssconf::render`] gives it.
@@ -85,6 +85,17 @@ impl SsconfCache {
     /// file changes after this call. (An edit by hand between the write and
     /// this call would go unseen until the next change of any file of the
     /// set; the daemon's writes are serialised.)
+    /// The set held in `dir`, taken out of the cache to be changed (a
+    /// patch): no copy when nobody else holds it at the moment. The next
+    /// [`SsconfCache::load`] reads the directory again unless the caller
+    /// seeds the changed set.
+    pub fn take(&self, dir: &Path) -> Result<HeldSsconf, SsconfError> {
+        let held = self.load(dir)?;
+        *self.guard() = None;
+        Ok(Arc::try_unwrap(held).unwrap_or_else(|shared| (*shared).clone()))
+    }
+
+    /// Keeps `held` as the set just written to `dir`.
     pub fn seed(&self, dir: &Path, held: Arc<HeldSsconf>) {
         *self.guard() = Some((stamps(dir), held));
     }

@@ -71,10 +71,12 @@ pub fn diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<SsconfPat
     patches
 }
 
-/// Applies `patches` to the held set `held`; files without a patch stay
-/// as they are. `None` when a patch keeps more lines than its file has.
-pub fn apply(held: &[(String, String)], patches: &[SsconfPatch]) -> Option<Vec<(String, String)>> {
-    let mut files: Vec<(String, String)> = held.to_vec();
+/// Applies `patches` to `files`, the held set's; files without a patch
+/// stay as they are. `None` when a patch keeps more lines than its file has.
+pub fn apply(
+    mut files: Vec<(String, String)>,
+    patches: &[SsconfPatch],
+) -> Option<Vec<(String, String)>> {
     for patch in patches {
         let slot = files.iter_mut().find(|(f, _)| *f == patch.file);
         let old = slot.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
@@ -156,7 +158,7 @@ mod tests {
         ];
         for (what, new) in rows {
             let patches = diff(&old, &new);
-            let mut rebuilt = apply(&old, &patches).expect(what);
+            let mut rebuilt = apply(old.clone(), &patches).expect(what);
             rebuilt.sort();
             let mut want = new.clone();
             want.sort();
@@ -192,13 +194,13 @@ mod tests {
             tail: 1,
             middle: String::new(),
         };
-        assert_eq!(apply(&held, &[patch]), None);
+        assert_eq!(apply(held.clone(), &[patch]), None);
         let huge = SsconfPatch {
             file: "ssconf_node_list".into(),
             head: u32::MAX,
             tail: u32::MAX,
             middle: String::new(),
         };
-        assert_eq!(apply(&held, &[huge]), None);
+        assert_eq!(apply(held.clone(), &[huge]), None);
     }
 }

@@ -66,22 +66,45 @@ pub fn stale_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Removes the stale temporary files of target `name` in `dir`, best
+/// Removes the stale temporary files of the targets `names` in `dir`, best
 /// effort: a file that cannot be removed stays for `verify` to report.
-fn remove_stale_temps(dir: &Path, name: &str) {
+fn remove_stale_temps<'a>(dir: &Path, names: impl Iterator<Item = &'a str>) {
     let Ok(stale) = stale_temp_files(dir) else {
         return;
     };
+    if stale.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = names.collect();
     for path in stale {
         let of_target = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(temp_target)
-            == Some(name);
+            .is_some_and(|target| names.contains(&target));
         if of_target {
             let _ = fs::remove_file(&path);
         }
     }
+}
+
+/// A fresh temporary name for `name` in `dir`.
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
+}
+
+/// Writes `contents` into the new file `tmp` with exactly `mode`, and
+/// fsyncs it.
+fn write_temp(tmp: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)?;
+    // The umask may have narrowed the mode; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// Atomically replaces `path` with `contents`, leaving it with `mode`, and
@@ -91,31 +114,55 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:016x}",
-        name.to_string_lossy(),
-        rand::random::<u64>()
-    ));
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "path has no UTF-8 file name")
+    })?;
+    write_atomic_all(dir, &[(name, contents)], mode).map_err(|(_, e)| e)
+}
+
+/// Replaces each of `files` (name, contents) in `dir` atomically, leaving
+/// them with `mode`, in two steps made durable by one fsync of the
+/// directory each: every file but the last, then the last. So after a
+/// crash the last file is new only if all the others are (the ssconf
+/// serial, written last, never announces a set that is not all there).
+/// Each file's content is fsynced before its rename. On error, returns the
+/// path of the file that failed; the temporary files not yet renamed are
+/// removed.
+pub fn write_atomic_all(
+    dir: &Path,
+    files: &[(&str, &[u8])],
+    mode: u32,
+) -> Result<(), (PathBuf, io::Error)> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut pending: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        for (name, contents) in files {
+            let (tmp, target) = (temp_path(dir, name), dir.join(name));
+            pending.push((tmp.clone(), target.clone()));
+            write_temp(&tmp, contents, mode).map_err(|e| (target, e))?;
+        }
+        let sync_dir = || {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| (dir.to_path_buf(), e))
+        };
+        let last = pending.len().saturating_sub(1);
+        for (i, (tmp, target)) in pending.iter().enumerate() {
+            if i == last && i > 0 {
+                sync_dir()?;
+            }
+            fs::rename(tmp, target).map_err(|e| (target.clone(), e))?;
+        }
+        sync_dir()
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        for (tmp, _) in &pending {
+            let _ = fs::remove_file(tmp);
+        }
     } else {
-        remove_stale_temps(dir, &name.to_string_lossy());
+        remove_stale_temps(dir, files.iter().map(|(name, _)| *name));
     }
     result
 }
@@ -157,6 +204,59 @@ mod tests {
         let file = File::create(&path)?;
         file.set_modified(SystemTime::now() - age)?;
         Ok(path)
+    }
+
+    #[test]
+    fn a_set_of_files_is_written_with_the_last_renamed_last() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        write_atomic_all(
+            dir.path(),
+            &[("a", b"1"), ("b", b"2"), ("serial", b"3")],
+            0o640,
+        )
+        .map_err(|(_, e)| e)?;
+        for (name, text) in [("a", "1"), ("b", "2"), ("serial", "3")] {
+            assert_eq!(fs::read_to_string(dir.path().join(name))?, text);
+            assert_eq!(fs::metadata(dir.path().join(name))?.mode() & 0o777, 0o640);
+        }
+        let changed = |name: &str| -> io::Result<(i64, i64)> {
+            let m = fs::metadata(dir.path().join(name))?;
+            Ok((m.ctime(), m.ctime_nsec()))
+        };
+        assert!(changed("serial")? >= changed("a")? && changed("serial")? >= changed("b")?);
+        assert_eq!(fs::read_dir(dir.path())?.count(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_set_names_the_file_and_leaves_no_temp_file() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        write_atomic_all(dir.path(), &[("a", b"old")], 0o644).map_err(|(_, e)| e)?;
+        // A directory where a file should go: its rename fails.
+        fs::create_dir(dir.path().join("b"))?;
+        fs::write(dir.path().join("b").join("inside"), b"x")?;
+        let failed = write_atomic_all(
+            dir.path(),
+            &[("a", b"new"), ("b", b"2"), ("c", b"3")],
+            0o644,
+        );
+        let Err((path, _)) = failed else {
+            panic!("renaming over a non-empty directory succeeded");
+        };
+        assert_eq!(path, dir.path().join("b"));
+        // What was renamed before the failure stays; the rest never appears.
+        assert_eq!(fs::read_to_string(dir.path().join("a"))?, "new");
+        assert!(!dir.path().join("c").exists());
+        let names: Vec<_> = fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        assert!(
+            names
+                .iter()
+                .all(|n| temp_target(&n.to_string_lossy()).is_none()),
+            "{names:?}"
+        );
+        Ok(())
     }
 
     #[test]

@@ -41,9 +41,9 @@ pub async fn patch(
     let touched: Vec<String> = patches.iter().map(|p| p.file.clone()).collect();
     let set = tokio::task::spawn_blocking(move || {
         let held = cache
-            .load(&dir)
+            .take(&dir)
             .map_err(|e| format!("no ssconf to patch: {e}"))?;
-        rebuild(&dir, &held, &base_sha256, &patches, &sha256)
+        rebuild(&dir, held, &base_sha256, &patches, &sha256)
     })
     .await
     .map_err(|e| failed(format!("patch-ssconf task failed: {e}")))?
@@ -54,7 +54,7 @@ pub async fn patch(
 /// The held set with `patches` applied, checked against both digests.
 fn rebuild(
     dir: &Path,
-    held: &HeldSsconf,
+    held: HeldSsconf,
     base: &str,
     patches: &[SsconfPatch],
     want: &str,
@@ -62,7 +62,7 @@ fn rebuild(
     if held.sha256 != base {
         return Err("the ssconf held here is not the patch's base; send the whole set".into());
     }
-    let files = patch::apply(&held.files, patches)
+    let files = patch::apply(held.files, patches)
         .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
     // Hashed as patched: equal to the sender's digest, the text is exactly
     // the sender's rendering, so it needs no rendering here, and only the
