@@ -5,6 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use noded::cli::NodedArgs;
 
+/// jemalloc rather than glibc's allocator: glibc kept in its per-thread
+/// arenas what bursts of large, short-lived buffers (configs, ssconf sets,
+/// Raft entries) left, and the master of 1,000 nodes held 150–200 MiB for
+/// a peak heap of 45 MiB. jemalloc returns freed pages to the system after
+/// a few seconds (BENCHMARKS.md, "Cluster operations at 1,000 nodes").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = NodedArgs::parse();
     // openraft narrates every vote and append at info: its warnings only.
