@@ -484,3 +484,108 @@ fn a_change_reaches_a_node_as_a_patch_and_a_set_changed_by_hand_is_replaced_whol
     );
     verify_clean(&m);
 }
+
+/// A tmpfs of `size` mounted on `dir` (made if needed) until dropped: a
+/// node's own small disk, to fill. Needs root, as the suite has in CI.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "mount -t tmpfs on {} (this test needs root)",
+            dir.display()
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Writes into `path` until the disk is full; returns what it wrote.
+fn fill(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
+    // Bounded: the disks this fills are a few MiB.
+    for _ in 0..4096 {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = file.sync_all();
+    written
+}
+
+/// A node whose disk is full when a change reaches it refuses it with the
+/// reason (the master logs it and lists the node unreachable), keeps the set it held whole and readable, and leaves no
+/// temporary file; once space is freed, the next heartbeats bring it up to
+/// date, with no operator.
+#[test]
+fn a_node_whose_disk_is_full_keeps_its_set_and_is_current_once_space_is_freed() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    let dm = Daemon::start(&m, &["--heartbeat", HEARTBEAT]);
+    let b = Node::fresh("b");
+    let disk = Tmpfs::mount(b.dir(), "2m");
+    let (b, db) = join_node_and_start(&m, b, &[], &[]);
+    assert!(within(NOTICED, || reachable_and_current(&m, &b)));
+    let ssconf = |n: &Node| ssconf::Ssconf::load(&n.state.ssconf_dir()).unwrap();
+    let held = ssconf(&b);
+
+    let filler = b.dir().join("filler");
+    assert!(fill(&filler) > 0);
+    // A join changes the node list, addresses and server certificates
+    // everywhere: b cannot store it.
+    let (_c, _dc) = join_and_start(&m, "c", &[]);
+    assert!(
+        dm.wait_log("No space left on device", NOTICED),
+        "b's failure not reported: {}",
+        dm.log()
+    );
+    assert_eq!(listed(&m, "b")["reachable"], false);
+    assert_eq!(ssconf(&b), held, "b's set changed on a full disk");
+    let temps: Vec<String> = std::fs::read_dir(b.state.ssconf_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| ssconf::atomic::temp_target(n).is_some())
+        .collect();
+    assert!(temps.is_empty(), "temporary files left: {temps:?}");
+    // b still admits the master and answers it.
+    assert_eq!(ping(&m, "b").0, Some(0));
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(
+        within(NOTICED, || reachable_and_current(&m, &b)),
+        "b not current once space was freed: {}",
+        listed(&m, "b")
+    );
+    assert_eq!(ssconf(&b), ssconf(&m));
+    assert!(db.log().contains("ssconf updated"), "{}", db.log());
+    verify_clean(&m);
+    drop(db);
+    drop(disk);
+}

@@ -599,7 +599,9 @@ pub fn join_and_start_at(
     join_node_and_start(master, Node::fresh_at(name, ip), token_args, &[])
 }
 
-fn join_node_and_start(
+/// Joins `node` (made but not joined: its state directory may be set up
+/// first) and starts its daemon with `env`.
+pub fn join_node_and_start(
     master: &Node,
     node: Node,
     token_args: &[&str],
