@@ -188,29 +188,48 @@ where
     Ok(tokio::spawn(async move {
         // The initial rescan.
         reload().await;
-        // A failed read may mean lost events: rescan, once.
-        let changed = |event: Option<std::io::Result<inotify::EventOwned>>| match event {
-            Some(Ok(event)) => Some(relevant(event.mask, event.name.as_deref())),
-            Some(Err(e)) => {
-                tracing::warn!("ssconf watcher: {e}; rescanning");
-                Some(true)
-            }
-            None => None,
+        // A watch that cannot be read any more (an error, or the end of
+        // its stream) is given up after one last rescan: the map is then
+        // reloaded on SIGHUP and on the daemon's own writes only.
+        let mut watching = true;
+        let give_up = |why: String| {
+            tracing::error!(
+                "ssconf watcher stopped ({why}): the candidate map is now reloaded on SIGHUP and on pushes only; restart the daemon to watch again"
+            );
+        };
+        let why = |ev: Option<std::io::Result<inotify::EventOwned>>| match ev {
+            Some(Err(e)) => e.to_string(),
+            _ => "its event stream ended".to_owned(),
         };
         loop {
             tokio::select! {
-                ev = events.next() => match changed(ev) {
-                    None => break,
-                    Some(false) => continue,
-                    Some(true) => {}
+                ev = events.next(), if watching => match ev {
+                    Some(Ok(event)) => {
+                        if !relevant(event.mask, event.name.as_deref()) {
+                            continue;
+                        }
+                    }
+                    other => {
+                        give_up(why(other));
+                        watching = false;
+                    }
                 },
                 m = manual.recv() => if m.is_none() { break },
             }
             tokio::time::sleep(DEBOUNCE).await;
-            // Drain what arrived during the debounce without waiting.
-            while let Some(ev) = futures_util::FutureExt::now_or_never(events.next()) {
-                if ev.is_none() {
+            // Drain what arrived during the debounce without waiting; a
+            // burst is bounded, and a failing watch is not read again.
+            for _ in 0..4096 {
+                if !watching {
                     break;
+                }
+                match futures_util::FutureExt::now_or_never(events.next()) {
+                    None => break,
+                    Some(Some(Ok(_))) => {}
+                    Some(other) => {
+                        give_up(why(other));
+                        watching = false;
+                    }
                 }
             }
             while manual.try_recv().is_ok() {}
