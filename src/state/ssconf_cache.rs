@@ -80,11 +80,6 @@ impl SsconfCache {
         Ok(held)
     }
 
-    /// Keeps `held` as the set in `dir`, which this process has just
-    /// written there: the next [`SsconfCache::load`] reads nothing unless a
-    /// file changes after this call. (An edit by hand between the write and
-    /// this call would go unseen until the next change of any file of the
-    /// set; the daemon's writes are serialised.)
     /// The set held in `dir`, taken out of the cache to be changed (a
     /// patch): no copy when nobody else holds it at the moment. The next
     /// [`SsconfCache::load`] reads the directory again unless the caller
@@ -95,7 +90,11 @@ impl SsconfCache {
         Ok(Arc::try_unwrap(held).unwrap_or_else(|shared| (*shared).clone()))
     }
 
-    /// Keeps `held` as the set just written to `dir`.
+    /// Keeps `held` as the set in `dir`, which this process has just
+    /// written there: the next [`SsconfCache::load`] reads nothing unless a
+    /// file changes after this call. (An edit by hand between the write and
+    /// this call would go unseen until the next change of any file of the
+    /// set; the daemon's writes are serialised.)
     pub fn seed(&self, dir: &Path, held: Arc<HeldSsconf>) {
         *self.guard() = Some((stamps(dir), held));
     }

@@ -13,6 +13,7 @@
 //! (younger ones may belong to a write still under way), and
 //! [`stale_temp_files`] lists them for `verify`.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -89,8 +90,12 @@ fn remove_stale_temps<'a>(dir: &Path, names: impl Iterator<Item = &'a str>) {
 }
 
 /// A fresh temporary name for `name` in `dir`.
-fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
+fn temp_path(dir: &Path, name: &OsStr) -> PathBuf {
+    dir.join(format!(
+        ".{}.tmp-{:016x}",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    ))
 }
 
 /// Writes `contents` into the new file `tmp` with exactly `mode`, and
@@ -114,9 +119,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "path has no UTF-8 file name")
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     write_atomic_all(dir, &[(name, contents)], mode).map_err(|(_, e)| e)
 }
 
@@ -130,7 +135,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// removed.
 pub fn write_atomic_all(
     dir: &Path,
-    files: &[(&str, &[u8])],
+    files: &[(&OsStr, &[u8])],
     mode: u32,
 ) -> Result<(), (PathBuf, io::Error)> {
     if files.is_empty() {
@@ -162,7 +167,11 @@ pub fn write_atomic_all(
             let _ = fs::remove_file(tmp);
         }
     } else {
-        remove_stale_temps(dir, files.iter().map(|(name, _)| *name));
+        let names: Vec<_> = files
+            .iter()
+            .map(|(name, _)| name.to_string_lossy())
+            .collect();
+        remove_stale_temps(dir, names.iter().map(|name| name.as_ref()));
     }
     result
 }
@@ -206,10 +215,20 @@ mod tests {
         Ok(path)
     }
 
+    /// [`write_atomic_all`] of files named by `&str`.
+    fn write_set(
+        dir: &Path,
+        files: &[(&str, &[u8])],
+        mode: u32,
+    ) -> Result<(), (PathBuf, io::Error)> {
+        let named: Vec<(&OsStr, &[u8])> = files.iter().map(|(n, c)| (OsStr::new(*n), *c)).collect();
+        write_atomic_all(dir, &named, mode)
+    }
+
     #[test]
     fn a_set_of_files_is_written_with_the_last_renamed_last() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        write_atomic_all(
+        write_set(
             dir.path(),
             &[("a", b"1"), ("b", b"2"), ("serial", b"3")],
             0o640,
@@ -231,11 +250,11 @@ mod tests {
     #[test]
     fn a_failed_set_names_the_file_and_leaves_no_temp_file() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        write_atomic_all(dir.path(), &[("a", b"old")], 0o644).map_err(|(_, e)| e)?;
+        write_set(dir.path(), &[("a", b"old")], 0o644).map_err(|(_, e)| e)?;
         // A directory where a file should go: its rename fails.
         fs::create_dir(dir.path().join("b"))?;
         fs::write(dir.path().join("b").join("inside"), b"x")?;
-        let failed = write_atomic_all(
+        let failed = write_set(
             dir.path(),
             &[("a", b"new"), ("b", b"2"), ("c", b"3")],
             0o644,

@@ -362,13 +362,13 @@ impl Ssconf {
         // A file that already says this is left alone: a change to the map
         // rewrites (and fsyncs) the map and the serial, not every file. The
         // serial always changes, so it is still written last.
-        let changed: Vec<(&str, &[u8])> = first
+        let changed: Vec<(&std::ffi::OsStr, &[u8])> = first
             .into_iter()
             .chain(last)
             .filter(|(name, text)| {
                 std::fs::read(dir.join(name)).map_or(true, |current| current != text.as_bytes())
             })
-            .map(|(name, text)| (name.as_str(), text.as_bytes()))
+            .map(|(name, text)| (std::ffi::OsStr::new(name), text.as_bytes()))
             .collect();
         write_atomic_all(dir, &changed, FILE_MODE)
             .map_err(|(path, source)| SsconfError::Io { path, source })
