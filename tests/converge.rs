@@ -487,39 +487,23 @@ fn a_change_reaches_a_node_as_a_patch_and_a_set_changed_by_hand_is_replaced_whol
 
 /// A tmpfs of `size` mounted on `dir` (made if needed) until dropped: a
 /// node's own small disk, to fill. Needs root, as the suite has in CI.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(
-            ok,
-            "mount -t tmpfs on {} (this test needs root)",
-            dir.display()
-        );
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("--lazy")
-            .arg(&self.0)
-            .status();
-    }
+fn tmpfs(dir: &std::path::Path, size: &str) -> Undo {
+    use std::process::Command;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut mount = Command::new("mount");
+    mount
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(dir);
+    let mut umount = Command::new("umount");
+    umount.arg("--lazy").arg(dir);
+    let why = format!("mount -t tmpfs on {} (this test needs root)", dir.display());
+    undone(mount, umount, &why)
 }
 
 /// Writes into `path` until the disk is full; returns what it wrote.
@@ -550,7 +534,7 @@ fn a_node_whose_disk_is_full_keeps_its_set_and_is_current_once_space_is_freed() 
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
     let dm = Daemon::start(&m, &["--heartbeat", HEARTBEAT]);
     let b = Node::fresh("b");
-    let disk = Tmpfs::mount(b.dir(), "2m");
+    let disk = tmpfs(b.dir(), "2m");
     let (b, db) = join_node_and_start(&m, b, &[], &[]);
     assert!(within(NOTICED, || reachable_and_current(&m, &b)));
     let ssconf = |n: &Node| ssconf::Ssconf::load(&n.state.ssconf_dir()).unwrap();

@@ -488,28 +488,17 @@ fn online_reissues_a_certificate_that_changed() {
 
 /// Makes a directory refuse new entries (`chattr +i`) until dropped: the
 /// master's state directory on a full or read-only disk, for root too.
-struct Immutable(std::path::PathBuf);
-
-impl Immutable {
-    fn set(dir: &std::path::Path) -> Immutable {
-        let ok = std::process::Command::new("chattr")
-            .arg("+i")
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "chattr +i {}", dir.display());
-        Immutable(dir.to_owned())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
-    }
+fn immutable(dir: &std::path::Path) -> Undo {
+    let chattr = |flag: &str| {
+        let mut command = std::process::Command::new("chattr");
+        command.arg(flag).arg(dir);
+        command
+    };
+    undone(
+        chattr("+i"),
+        chattr("-i"),
+        &format!("chattr +i {}", dir.display()),
+    )
 }
 
 /// A promotion whose commit fails (the master cannot write its config)
@@ -523,7 +512,7 @@ fn a_promotion_that_cannot_be_committed_is_undone() {
     assert!(holds_no_candidate_files(&a));
     let before = serial(&m);
     let out = {
-        let _frozen = Immutable::set(m.dir());
+        let _frozen = immutable(m.dir());
         nodectl(m.dir(), &["modify", "a", "--master-candidate=yes"])
     };
     let err = text(&out.stderr);

@@ -789,3 +789,21 @@ pub fn nft(args: &[&str], input: &str) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// A change to the machine that a test makes with a command and always
+/// takes back with another when dropped (best effort): see [`undone`].
+pub struct Undo(Command);
+
+/// Runs `change`, which must succeed (`why` says what it needs), and
+/// returns the guard that runs `undo` when dropped.
+pub fn undone(mut change: Command, undo: Command, why: &str) -> Undo {
+    let ok = change.status().is_ok_and(|s| s.success());
+    assert!(ok, "{why}");
+    Undo(undo)
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = self.0.status();
+    }
+}
