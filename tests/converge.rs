@@ -485,6 +485,72 @@ fn a_change_reaches_a_node_as_a_patch_and_a_set_changed_by_hand_is_replaced_whol
     verify_clean(&m);
 }
 
+/// A change the master distributes reaches a node the loop left current
+/// without asking it first (no `node-info`), as a patch; a node whose set
+/// was changed behind the loop's back refuses the patch, and the same round
+/// asks it and sends the whole set: current when the command returns.
+#[test]
+fn a_change_is_sent_without_asking_and_a_node_changed_behind_the_loop_is_asked() {
+    let m = init_master_with("m", &["--candidate-pool-size", "1"]);
+    // One round at start and none after: what reaches b is what the
+    // commands distribute.
+    let _dm = Daemon::start(&m, &["--heartbeat", "3600"]);
+    let b = Node::fresh("b");
+    let token = create_token(&m, &[]);
+    let out = nodectl(
+        b.dir(),
+        &["join", &token, "--node-name", "b", "--address", &b.address],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let db = Daemon::start(&b, &["--metrics", &metrics]);
+    let asked = || {
+        let (status, body) = curl(&format!("http://{metrics}/metrics"));
+        assert_eq!(status, "200", "{body}");
+        sample(
+            &body,
+            "noded_rpc_total{procedure=\"node-info\",outcome=\"ok\"}",
+        )
+    };
+    let ssconf = |n: &Node| ssconf::Ssconf::load(&n.state.ssconf_dir()).unwrap();
+    let modify = |flag: &str| {
+        let out = nodectl(m.dir(), &["modify", "c", flag]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(ssconf(&b), ssconf(&m), "b behind after modify {flag}");
+        assert_eq!(
+            std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
+            std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
+        );
+    };
+    // c joins (a regular node like b, which learns of it at the next
+    // round) and is promoted: the first round that reaches b asks it.
+    let (_c, _dc) = join_and_start(&m, "c", &[]);
+    modify("--master-candidate=yes");
+    let first = asked();
+    assert!(first >= 1.0, "b was never asked");
+
+    // c demoted, then promoted again: b gets both changes (its map and its
+    // authorized_keys) and is not asked again.
+    modify("--master-candidate=no");
+    modify("--master-candidate=yes");
+    assert_eq!(asked(), first, "b was asked for its state");
+    assert!(
+        db.log().contains("ssconf updated from a patch"),
+        "{}",
+        db.log()
+    );
+
+    // b's set changed by hand (an older serial, as a restored backup would
+    // leave it): the next change's patch does not apply, so b is asked and
+    // sent the whole set within the same command.
+    std::fs::write(b.state.ssconf_dir().join("ssconf_serial"), "1\n").unwrap();
+    assert!(within(NOTICED, || ssconf(&b).serial == 1));
+    modify("--master-candidate=no");
+    assert_eq!(asked(), first + 1.0);
+    assert!(db.log().contains("ssconf updated serial"), "{}", db.log());
+    verify_clean(&m);
+}
+
 /// A tmpfs of `size` mounted on `dir` (made if needed) until dropped: a
 /// node's own small disk, to fill. Needs root, as the suite has in CI.
 fn tmpfs(dir: &std::path::Path, size: &str) -> Undo {

@@ -6,6 +6,12 @@
 //! So a node that was down while the cluster changed (a demotion, say) is
 //! current within one heartbeat of coming back, with no operator.
 //!
+//! The commands distribute a change through a round too ([`round_now`]),
+//! which does not ask a node the loop left current over the connection it
+//! keeps: it sends the change as a patch of the set the node holds
+//! ([`Held`]), one round trip less per node. A node that holds another set
+//! refuses the patch and is then asked.
+//!
 //! A node has one interval (at least a second) to answer and be brought up
 //! to date; one that does not (a frozen process whose kernel still accepts
 //! TCP, a partition that drops packets) is marked unreachable and its
@@ -105,7 +111,46 @@ impl HealthTable {
 
 /// The persistent connections of the loop, by uuid: each round takes a
 /// node's connection out and puts it back if it still works.
-type Pool = Arc<Mutex<HashMap<String, Connection>>>;
+type Pool = Arc<Mutex<HashMap<String, Kept>>>;
+
+/// A kept connection, with what its node held when a round last left it.
+#[derive(Debug)]
+struct Kept {
+    conn: Connection,
+    held: Held,
+}
+
+/// What a node held when a round last brought it up to date over the
+/// connection kept with it. A round that distributes a change sends the
+/// node what differs from that without asking it first (no `node-info`,
+/// one round trip less); the ssconf patch names the set it applies to, so
+/// a node that holds another refuses it, and the round then asks. A new
+/// connection (the node restarted, say) starts with nothing known, and
+/// the loop's periodic rounds always ask, so a file changed behind the
+/// loop's back is found within one heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    ssconf_sha256: String,
+    serial: u64,
+    term: u64,
+    /// SHA-256 of the managed authorized_keys block.
+    keys_sha256: String,
+    ca_pem_sha256: String,
+    /// The node was a master candidate.
+    candidate: bool,
+    /// A regular node held none of a candidate's files (CA key, config).
+    clean: bool,
+}
+
+impl Held {
+    /// Whether what is known is enough to bring `node` to `wanted` without
+    /// asking it: same CA bundle and role, no candidate files to remove.
+    fn enough_for(&self, wanted: &Wanted, node: &NodeRecord) -> bool {
+        self.ca_pem_sha256 == wanted.ca_pem_sha256
+            && self.candidate == node.role.is_candidate()
+            && (self.candidate || self.clean)
+    }
+}
 
 /// The least time a node is given to answer a heartbeat, whatever the
 /// interval: a TLS handshake and a few calls on a loaded machine.
@@ -299,12 +344,21 @@ pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
     }
     let joining = converger.joining();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
+    // A round that distributes a change sends each node what differs
+    // from what it held when the last round left it ([`Held`]); the
+    // loop's periodic rounds ask every node.
+    let ask = if at_least > 0 {
+        Ask::IfUnknown
+    } else {
+        Ask::Always
+    };
     *last = round(
         daemon,
         &converger.pool,
         converger.bound(),
         &skip,
         Reach::All,
+        ask,
     )
     .await?;
     Ok(last.clone())
@@ -325,6 +379,7 @@ pub async fn candidates_round(daemon: &Daemon) -> Result<RoundOutcome> {
         converger.bound(),
         &skip,
         Reach::Candidates,
+        Ask::Always,
     )
     .await
 }
@@ -373,6 +428,7 @@ struct Wanted {
     patches: Mutex<HashMap<String, Arc<Vec<SsconfPatch>>>>,
     config_json: String,
     keys: Vec<String>,
+    keys_sha256: String,
     ca_pem: String,
     ca_pem_sha256: String,
 }
@@ -397,13 +453,15 @@ impl Wanted {
         let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
         let ssconf_files = Arc::new(set.render());
         let ssconf_sha256 = fingerprint::files_sha256(&ssconf_files);
+        let keys = cluster::candidate_ssh_keys(&config);
         Ok(Wanted {
             bases: daemon.converger.bases_of(&ssconf_sha256, &ssconf_files),
             patches: Mutex::default(),
             ssconf_files,
             ssconf_sha256,
             config_json,
-            keys: cluster::candidate_ssh_keys(&config),
+            keys_sha256: keys_sha256(&keys),
+            keys,
             ca_pem_sha256: crate::core::hex::sha256_hex(ca_pem.as_bytes()),
             ca_pem,
             set,
@@ -421,6 +479,17 @@ enum Reach {
     Candidates,
 }
 
+/// Whether a round asks a node for its state (`node-info`) before it
+/// brings it up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Every node: what the loop's periodic rounds do, so a node changed
+    /// behind the loop's back is found.
+    Always,
+    /// Only a node of which nothing usable is known ([`Held`]).
+    IfUnknown,
+}
+
 /// One heartbeat of every online node of `reach` but this one and those in
 /// `skip`, each given `bound` to answer and be brought up to date.
 async fn round(
@@ -429,6 +498,7 @@ async fn round(
     bound: Duration,
     skip: &[&str],
     reach: Reach,
+    ask: Ask,
 ) -> Result<RoundOutcome> {
     let wanted = daemon.converger.wanted(daemon)?;
     // Whole rounds, one at a time, share the kept client; a candidates'
@@ -456,7 +526,7 @@ async fn round(
             // Started once fan_out gives this node its turn. On timeout the
             // heartbeat is dropped, and with it the connection it took out
             // of the pool: next round opens a new one.
-            let beat = heartbeat(&state, &client, &pool, &wanted, &node);
+            let beat = heartbeat(&state, &client, &pool, &wanted, &node, ask);
             match tokio::time::timeout(bound, beat).await {
                 Ok(result) => result,
                 Err(_) => Err(Error::Unreachable {
@@ -479,8 +549,10 @@ async fn round(
                 h.last_seen = now;
                 h.serial = beat.serial;
                 h.term = beat.term;
-                h.client_cert_expires = beat.client_cert_expires;
-                h.server_cert_expires = beat.server_cert_expires;
+                if let Some((client, server)) = beat.expires {
+                    h.client_cert_expires = client;
+                    h.server_cert_expires = server;
+                }
                 h.error = None;
             }
             Err(e) => {
@@ -505,24 +577,49 @@ async fn round(
 struct Beat {
     serial: u64,
     term: u64,
-    client_cert_expires: i64,
-    server_cert_expires: i64,
+    /// The client and server certificates' expiry, when the node was
+    /// asked.
+    expires: Option<(i64, i64)>,
 }
 
-/// Asks `node` for its state and brings it up to date; returns the
-/// `(serial, term)` it holds now and its certificates' expiry.
+/// Brings `node` up to date, asking it for its state first unless `ask`
+/// allows what is known of it ([`Held`]); returns the `(serial, term)` it
+/// holds now and, when asked, its certificates' expiry.
 async fn heartbeat(
     state: &StateDir,
     client: &RpcClient,
     pool: &Pool,
     wanted: &Wanted,
     node: &NodeRecord,
+    ask: Ask,
 ) -> Result<Beat> {
     let taken = locked(pool).remove(&node.uuid);
+    let mut kept = None;
+    if let Some(Kept { mut conn, held }) = taken {
+        if ask == Ask::IfUnknown && held.enough_for(wanted, node) {
+            match bring_known(&mut conn, wanted, node, &held).await {
+                Ok(Some(held)) => {
+                    let beat = Beat {
+                        serial: held.serial,
+                        term: held.term,
+                        expires: None,
+                    };
+                    locked(pool).insert(node.uuid.clone(), Kept { conn, held });
+                    return Ok(beat);
+                }
+                Ok(None) => kept = Some(conn),
+                Err(e) => {
+                    tracing::debug!(node = %node.name, "kept connection failed, reconnecting: {e}");
+                }
+            }
+        } else {
+            kept = Some(conn);
+        }
+    }
     // A kept connection may have ended meanwhile (the node restarted or
     // timed it out, or closed it because this node's client certificate
     // was renewed and left the map): one new connection is tried then.
-    let pooled = match taken {
+    let pooled = match kept {
         Some(mut conn) => match conn.call(Procedure::NodeInfo).await {
             Ok(reply) => Some((conn, reply)),
             Err(e) => {
@@ -544,26 +641,79 @@ async fn heartbeat(
         Reply::NodeInfo(info) => info,
         other => return Err(Error::Invalid(format!("unexpected reply {other:?}"))),
     };
-    let (serial, term) = bring_current(state, &mut conn, wanted, node, &info).await?;
-    locked(pool).insert(node.uuid.clone(), conn);
-    Ok(Beat {
-        serial,
-        term,
-        client_cert_expires: info.client_cert_expires,
-        server_cert_expires: info.server_cert_expires,
-    })
+    let held = bring_current(state, &mut conn, wanted, node, &info).await?;
+    let beat = Beat {
+        serial: held.serial,
+        term: held.term,
+        expires: Some((info.client_cert_expires, info.server_cert_expires)),
+    };
+    locked(pool).insert(node.uuid.clone(), Kept { conn, held });
+    Ok(beat)
 }
 
-/// Sends `node` whatever of its role's state differs from `wanted`.
+/// Sends `node`, of which `held` is known, what of `wanted` it lacks: the
+/// config (a candidate) and an ssconf patch when its set is another, the
+/// authorized_keys block when it differs. Returns what the node holds
+/// now, or `None` when the round must ask it: the set it is known to hold
+/// is no longer kept to patch from, or it refused the patch (it holds
+/// another set), and then nothing was sent after.
+async fn bring_known(
+    conn: &mut Connection,
+    wanted: &Wanted,
+    node: &NodeRecord,
+    held: &Held,
+) -> Result<Option<Held>> {
+    let mut now = held.clone();
+    if held.ssconf_sha256 != wanted.ssconf_sha256 {
+        let Some(patch) = patch_of(wanted, &held.ssconf_sha256) else {
+            return Ok(None);
+        };
+        tracing::debug!(node = %node.name, held = held.serial, "sending the change");
+        if node.role.is_candidate() {
+            let config_json = wanted.config_json.clone();
+            conn.call(Procedure::WriteConfig { config_json }).await?;
+        }
+        match conn.call(patch).await {
+            Ok(Reply::SsconfWritten { serial }) => {
+                now.serial = serial;
+                now.term = wanted.config.term;
+            }
+            Ok(_) => {}
+            Err(e @ Error::Remote { .. }) => {
+                tracing::debug!(node = %node.name, "ssconf patch refused, asking the node: {e}");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        now.ssconf_sha256 = wanted.ssconf_sha256.clone();
+    }
+    if held.keys_sha256 != wanted.keys_sha256 {
+        let keys = wanted.keys.clone();
+        conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
+        now.keys_sha256 = wanted.keys_sha256.clone();
+    }
+    Ok(Some(now))
+}
+
+/// Sends `node` whatever of its role's state differs from `wanted`;
+/// returns what it holds now.
 async fn bring_current(
     state: &StateDir,
     conn: &mut Connection,
     wanted: &Wanted,
     node: &NodeRecord,
     info: &NodeInfo,
-) -> Result<(u64, u64)> {
-    let mut serial = info.ssconf_serial;
-    let mut term = info.ssconf_term;
+) -> Result<Held> {
+    let mut held = Held {
+        // Both are the wanted ones once the calls below succeeded.
+        ssconf_sha256: wanted.ssconf_sha256.clone(),
+        keys_sha256: wanted.keys_sha256.clone(),
+        serial: info.ssconf_serial,
+        term: info.ssconf_term,
+        ca_pem_sha256: info.ca_pem_sha256.clone(),
+        candidate: node.role.is_candidate(),
+        clean: !(info.role_files.ca_key || info.role_files.config),
+    };
     if info.ca_pem_sha256 != wanted.ca_pem_sha256 {
         // The master's bundle is the one of the CA rotation's phase (if one
         // is under way). Not while a command holds the cluster lock: a CA
@@ -572,6 +722,7 @@ async fn bring_current(
             tracing::info!(node = %node.name, "CA bundle behind: sending the current one");
             let ca_pem = wanted.ca_pem.clone();
             conn.call(Procedure::InstallCaBundle { ca_pem }).await?;
+            held.ca_pem_sha256 = wanted.ca_pem_sha256.clone();
         }
     }
     if info.ssconf_sha256.as_deref().ok() != Some(wanted.ssconf_sha256.as_str()) {
@@ -589,9 +740,9 @@ async fn bring_current(
             let config_json = wanted.config_json.clone();
             conn.call(Procedure::WriteConfig { config_json }).await?;
         }
-        if let Reply::SsconfWritten { serial: s } = send_ssconf(conn, wanted, node, info).await? {
-            serial = s;
-            term = wanted.config.term;
+        if let Reply::SsconfWritten { serial } = send_ssconf(conn, wanted, node, info).await? {
+            held.serial = serial;
+            held.term = wanted.config.term;
         }
     }
     let files = &info.role_files;
@@ -604,6 +755,7 @@ async fn bring_current(
         if let Ok(_lock) = ClusterLock::acquire(state, false, "convergence loop") {
             tracing::warn!(node = %node.name, "regular node holds candidate files: removing them");
             conn.call(Procedure::RemoveCandidateFiles).await?;
+            held.clean = true;
         }
     }
     if info.authorized_keys.as_ref().ok() != Some(&wanted.keys) {
@@ -611,7 +763,7 @@ async fn bring_current(
         let keys = wanted.keys.clone();
         conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
     }
-    Ok((serial, term))
+    Ok(held)
 }
 
 /// Sends `node` the current ssconf set: what changed since the set it
@@ -623,13 +775,12 @@ async fn send_ssconf(
     node: &NodeRecord,
     info: &NodeInfo,
 ) -> Result<Reply> {
-    let held = info.ssconf_sha256.as_deref().ok();
-    if let Some(patches) = held.and_then(|sha| wanted.patch_from(sha)) {
-        let patch = Procedure::PatchSsconf {
-            base_sha256: held.unwrap_or_default().to_owned(),
-            patches: patches.as_ref().clone(),
-            sha256: wanted.ssconf_sha256.clone(),
-        };
+    if let Some(patch) = info
+        .ssconf_sha256
+        .as_deref()
+        .ok()
+        .and_then(|sha| patch_of(wanted, sha))
+    {
         match conn.call(patch).await {
             Ok(reply) => return Ok(reply),
             Err(e @ Error::Remote { .. }) => {
@@ -640,6 +791,22 @@ async fn send_ssconf(
     }
     let files = wanted.ssconf_files.as_ref().clone();
     conn.call(Procedure::WriteSsconf { files }).await
+}
+
+/// The patch from the kept set whose SHA-256 is `base` to `wanted`'s set,
+/// if that set is kept.
+fn patch_of(wanted: &Wanted, base: &str) -> Option<Procedure> {
+    let patches = wanted.patch_from(base)?;
+    Some(Procedure::PatchSsconf {
+        base_sha256: base.to_owned(),
+        patches: patches.as_ref().clone(),
+        sha256: wanted.ssconf_sha256.clone(),
+    })
+}
+
+/// SHA-256 (hex) of an authorized_keys block.
+fn keys_sha256(keys: &[String]) -> String {
+    crate::core::hex::sha256_hex(keys.join("\n").as_bytes())
 }
 
 /// Automatic renewal (SPEC §8.1): the client and server certificates of
