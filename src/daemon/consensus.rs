@@ -20,6 +20,7 @@ use crate::wire::{RaftCall, Reply, RpcError};
 
 /// Starts Raft if this node holds the config and runs none yet.
 pub async fn start(daemon: &Arc<Daemon>) -> Result<()> {
+    let _changing = daemon.raft_changing.lock().await;
     if !daemon.state.config_json().exists() || daemon.raft.load().is_some() {
         return Ok(());
     }
@@ -43,6 +44,7 @@ pub async fn supervise(daemon: Arc<Daemon>) {
 
 /// Stops Raft and removes `raft/` (a demoted or removed candidate).
 pub async fn stop(daemon: &Daemon) -> Result<()> {
+    let _changing = daemon.raft_changing.lock().await;
     if let Some(node) = daemon.raft.swap(None) {
         node.shutdown().await;
         tracing::info!("raft stopped");
@@ -135,12 +137,17 @@ pub async fn recover(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
         .map_err(|e| failed(e.to_string()))?
         .1;
     let term = node.raft.metrics().borrow().current_term;
+    // Until the store is rewritten: the supervisor's next start (it wakes
+    // every 2 s) would otherwise bring back the old membership, which
+    // cannot elect a leader.
+    let changing = daemon.raft_changing.lock().await;
     daemon.raft.store(None);
     node.shutdown().await;
     tracing::warn!(term, lost = ?silent, "recover --force: this node becomes the only voter");
     let config =
         crate::cluster::raft::force_recovery(&daemon.state, &daemon.identity, term, &silent)
             .map_err(|e| failed(format!("recovery failed: {e}; restart noded and retry")))?;
+    drop(changing);
     daemon.raft_wanted.notify_one();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

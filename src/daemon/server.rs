@@ -113,6 +113,9 @@ pub struct Daemon {
     pub raft: arc_swap::ArcSwapOption<crate::cluster::raft::RaftNode>,
     /// Wakes the task that starts Raft once this node holds the config.
     pub raft_wanted: tokio::sync::Notify,
+    /// Held while Raft is started, stopped or replaced (`recover --force`):
+    /// a start never reads a Raft store that is being rewritten.
+    pub raft_changing: tokio::sync::Mutex<()>,
     /// Told when this node commits a change: the API re-reads its users
     /// at once rather than at its next poll.
     pub config_changed: tokio::sync::Notify,
@@ -154,6 +157,7 @@ impl Daemon {
             ssconf: Arc::default(),
             raft: arc_swap::ArcSwapOption::empty(),
             raft_wanted: tokio::sync::Notify::new(),
+            raft_changing: tokio::sync::Mutex::new(()),
             config_changed: tokio::sync::Notify::new(),
         };
         daemon.refresh_role();
