@@ -488,7 +488,9 @@ fn a_change_reaches_a_node_as_a_patch_and_a_set_changed_by_hand_is_replaced_whol
 /// A change the master distributes reaches a node the loop left current
 /// without asking it first (no `node-info`), as a patch; a node whose set
 /// was changed behind the loop's back refuses the patch, and the same round
-/// asks it and sends the whole set: current when the command returns.
+/// asks it and sends the whole set: current when the command returns. A
+/// file a change does not touch (authorized_keys) changed by hand is put
+/// back by the repair `verify` names, which asks the node.
 #[test]
 fn a_change_is_sent_without_asking_and_a_node_changed_behind_the_loop_is_asked() {
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
@@ -548,7 +550,28 @@ fn a_change_is_sent_without_asking_and_a_node_changed_behind_the_loop_is_asked()
     modify("--master-candidate=no");
     assert_eq!(asked(), first + 1.0);
     assert!(db.log().contains("ssconf updated serial"), "{}", db.log());
+
+    // b's authorized_keys emptied by hand: a change does not look, the
+    // repair `verify` names (`modify b --offline=no`) asks b and sends it.
+    noded::state::ssh::write_authorized_keys(&b.state.authorized_keys(), &[]).unwrap();
+    modify_node(&m, "c", "--offline=yes");
+    assert_eq!(asked(), first + 1.0);
+    assert_ne!(
+        std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
+        std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
+    );
+    modify_node(&m, "b", "--offline=no");
+    assert_eq!(
+        std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
+        std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
+    );
+    modify_node(&m, "c", "--offline=no");
     verify_clean(&m);
+}
+
+fn modify_node(m: &Node, node: &str, flag: &str) {
+    let out = nodectl(m.dir(), &["modify", node, flag]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 /// A tmpfs of `size` mounted on `dir` (made if needed) until dropped: a

@@ -12,7 +12,7 @@ use crate::pki::CertificateSigner;
 use crate::rpc::RpcClient;
 use crate::state::config::{ClusterConfig, NodeRecord, NodeRole};
 use crate::state::{self, StateDir};
-use crate::wire::{Procedure, Reply};
+use crate::wire::{Procedure, Reply, Resend};
 
 /// Where a change's progress lines, warnings and per-node steps go.
 #[derive(Clone, Copy)]
@@ -123,6 +123,9 @@ struct Master<'a> {
     client: RpcClient,
     config: ClusterConfig,
     talk: Narration<'a>,
+    /// The nodes this command's commits have asked for their state and
+    /// sent whatever differs, not only the change (a repair).
+    resend: Resend,
     _lock: ClusterLock,
 }
 
@@ -143,13 +146,15 @@ impl<'a> Master<'a> {
             client: RpcClient::from_state(state)?,
             config,
             talk,
+            resend: Resend::Changes,
             _lock: lock,
         })
     }
 
     async fn commit(&mut self, items: PushItems) -> Result<PushOutcome> {
         let step = self.talk.on_step;
-        cluster::commit(&self.state, &mut self.config, items, step).await
+        let resend = self.resend.clone();
+        cluster::commit_resending(&self.state, &mut self.config, items, resend, step).await
     }
 
     /// Makes `name` a master candidate: CA key and config to it, its own SSH
@@ -248,7 +253,8 @@ impl<'a> Master<'a> {
             authorized_keys: true,
         };
         cluster::apply_locally(&self.state, &self.config, items)?;
-        cluster::distribute(&self.state, self.config.serial, self.talk.on_step).await
+        let resend = self.resend.clone();
+        cluster::distribute(&self.state, self.config.serial, resend, self.talk.on_step).await
     }
 
     /// Applies the pool-size rule to `name` leaving the candidates.
@@ -350,6 +356,7 @@ pub async fn set_offline(
     match offline_step(&node, yes) {
         OfflineStep::ResendState => {
             // The master is online by definition: send everyone the state.
+            master.resend = Resend::All;
             let push = master.commit(PushItems::ALL).await?;
             master.talk.say(&format!("{name} is the master; cluster state sent again"));
             Ok(push)
@@ -434,6 +441,8 @@ impl Master<'_> {
     /// again, then everyone else.
     async fn bring_online(&mut self, node: &NodeRecord) -> Result<PushOutcome> {
         let name = node.name.as_str();
+        // Whatever of its state differs, not only this change.
+        self.resend = Resend::Nodes(vec![name.to_owned()]);
         find_mut(&mut self.config, name)?.offline = false;
         if let Some(server_digest) = catch_up(self, node).await {
             find_mut(&mut self.config, name)?.server_digest = server_digest;

@@ -21,6 +21,7 @@ pub mod verify;
 
 pub use lock::ClusterLock;
 pub use push::{
-    apply_locally, call, candidate_ssh_keys, commit, distribute, push, PushItems, PushOutcome,
+    apply_locally, call, candidate_ssh_keys, commit, commit_resending, distribute, push, PushItems,
+    PushOutcome,
 };
 pub use store::{load_config, load_config_text, master_config, save_config};

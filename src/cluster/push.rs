@@ -14,7 +14,7 @@ use crate::rpc::fanout::{fan_out, CONCURRENCY};
 use crate::rpc::RpcClient;
 use crate::state::config::{ClusterConfig, NodeRecord};
 use crate::state::{self, StateDir};
-use crate::wire::{Procedure, Reply};
+use crate::wire::{Procedure, Reply, Resend};
 
 /// What a push carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,6 +149,18 @@ pub async fn commit(
     items: PushItems,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
+    commit_resending(state, config, items, Resend::Changes, on_done).await
+}
+
+/// [`commit`], the nodes `resend` names asked for their state and sent
+/// whatever of it differs (a repair), not only the change.
+pub async fn commit_resending(
+    state: &StateDir,
+    config: &mut ClusterConfig,
+    items: PushItems,
+    resend: Resend,
+    on_done: &(dyn Fn() + Sync),
+) -> Result<PushOutcome> {
     let base = config.serial;
     config.serial += 1;
     match super::raft::propose_locally(state, base, config).await {
@@ -159,7 +171,7 @@ pub async fn commit(
         }
     }
     apply_locally(state, config, items)?;
-    distribute(state, config.serial, on_done).await
+    distribute(state, config.serial, resend, on_done).await
 }
 
 /// Has this node's daemon, the master, bring every other online node to
@@ -167,14 +179,17 @@ pub async fn commit(
 /// loop's kept connections (no TLS handshake per node and command) and as
 /// a patch of the ssconf each node holds. Whatever of the config a node's
 /// role needs and it lacks is sent (ssconf, authorized_keys, for a
-/// candidate the config). `on_done` is called once per node reached or
-/// not, when the round is over.
+/// candidate the config); the nodes `resend` names are asked what they
+/// hold first. `on_done` is called once per node reached or not, when the
+/// round is over.
 pub async fn distribute(
     state: &StateDir,
     serial: u64,
+    resend: Resend,
     on_done: &(dyn Fn() + Sync),
 ) -> Result<PushOutcome> {
-    match super::raft::local_call(state, Procedure::Distribute { serial }).await? {
+    let call = Procedure::Distribute { serial, resend };
+    match super::raft::local_call(state, call).await? {
         Reply::Distributed { nodes, behind, .. } => {
             for _ in 0..nodes {
                 on_done();

@@ -15,7 +15,7 @@ use crate::rpc::fanout::{fan_out, CONCURRENCY};
 use crate::rpc::RpcClient;
 use crate::state::config::{ClusterConfig, NodeRecord, NodeRole};
 use crate::state::StateDir;
-use crate::wire::{NodeInfo, Procedure, Reply};
+use crate::wire::{NodeInfo, Procedure, Reply, Resend};
 
 /// Days before expiry that make a WARNING, and an ERROR.
 pub const WARN_DAYS: i64 = 30;
@@ -929,7 +929,7 @@ pub async fn findings(
     // that round (at once when there is none). A node it did not reach is
     // then reported below like any other.
     if cluster::raft::leader_locally(state).await.ok().flatten() == Some(local.name.clone()) {
-        if let Err(e) = cluster::distribute(state, config.serial, &|| {}).await {
+        if let Err(e) = cluster::distribute(state, config.serial, Resend::Changes, &|| {}).await {
             tracing::debug!("verify: no round before gathering: {e}");
         }
     }

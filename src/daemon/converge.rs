@@ -41,7 +41,7 @@ use crate::state::config::{ClusterConfig, NodeRecord};
 use crate::state::ssconf_cache::{stamp, Stamp};
 use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
-use crate::wire::{patch, NodeHealth, NodeInfo, Procedure, Reply, RpcError, SsconfPatch};
+use crate::wire::{patch, NodeHealth, NodeInfo, Procedure, Reply, Resend, RpcError, SsconfPatch};
 
 /// `mutex`'s guard, also when a thread panicked while holding it: the
 /// tables here stay usable (each write is a whole entry).
@@ -317,7 +317,7 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
             daemon.health.forget_all();
             continue;
         }
-        if let Err(e) = round_now(&daemon, 0).await {
+        if let Err(e) = round_now(&daemon, 0, &Resend::All).await {
             tracing::warn!("heartbeat round skipped: {e}");
             continue;
         }
@@ -335,8 +335,10 @@ pub async fn run(daemon: Arc<Daemon>, interval: Duration, mut stop: watch::Recei
 /// that arrive together share one round), else a new one, after the one
 /// under way. Nodes whose join is being answered are left out. The
 /// commands distribute their changes this way ([`distribute`]): no node
-/// pays a new TLS handshake, and a node is sent only what changed.
-pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
+/// pays a new TLS handshake, and a node is sent only what changed. The
+/// nodes `resend` names are asked for their state first, as the loop's
+/// periodic rounds ask every node.
+pub async fn round_now(daemon: &Daemon, at_least: u64, resend: &Resend) -> Result<RoundOutcome> {
     let converger = &daemon.converger;
     let mut last = converger.rounds.lock().await;
     if at_least > 0 && last.serial >= at_least {
@@ -344,21 +346,13 @@ pub async fn round_now(daemon: &Daemon, at_least: u64) -> Result<RoundOutcome> {
     }
     let joining = converger.joining();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
-    // A round that distributes a change sends each node what differs
-    // from what it held when the last round left it ([`Held`]); the
-    // loop's periodic rounds ask every node.
-    let ask = if at_least > 0 {
-        Ask::IfUnknown
-    } else {
-        Ask::Always
-    };
     *last = round(
         daemon,
         &converger.pool,
         converger.bound(),
         &skip,
         Reach::All,
-        ask,
+        resend,
     )
     .await?;
     Ok(last.clone())
@@ -379,20 +373,20 @@ pub async fn candidates_round(daemon: &Daemon) -> Result<RoundOutcome> {
         converger.bound(),
         &skip,
         Reach::Candidates,
-        Ask::Always,
+        &Resend::All,
     )
     .await
 }
 
 /// `distribute`: on the master, a round that brings every online node to
 /// config `serial` or later; answers with the nodes it did not reach.
-pub async fn distribute(daemon: &Daemon, serial: u64) -> Result<Reply, RpcError> {
+pub async fn distribute(daemon: &Daemon, serial: u64, resend: Resend) -> Result<Reply, RpcError> {
     if !daemon.is_master.load(Ordering::Acquire) {
         return Err(failed(
             "this node is not the master; the change is distributed by the master",
         ));
     }
-    let outcome = round_now(daemon, serial)
+    let outcome = round_now(daemon, serial, &resend)
         .await
         .map_err(|e| failed(format!("distributing config {serial}: {e}")))?;
     if outcome.serial < serial {
@@ -479,26 +473,17 @@ enum Reach {
     Candidates,
 }
 
-/// Whether a round asks a node for its state (`node-info`) before it
-/// brings it up to date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ask {
-    /// Every node: what the loop's periodic rounds do, so a node changed
-    /// behind the loop's back is found.
-    Always,
-    /// Only a node of which nothing usable is known ([`Held`]).
-    IfUnknown,
-}
-
 /// One heartbeat of every online node of `reach` but this one and those in
-/// `skip`, each given `bound` to answer and be brought up to date.
+/// `skip`, each given `bound` to answer and be brought up to date. The
+/// nodes `resend` names are asked for their state; the others are sent
+/// what differs from what the loop knows they hold ([`Held`]), if it does.
 async fn round(
     daemon: &Daemon,
     pool: &Pool,
     bound: Duration,
     skip: &[&str],
     reach: Reach,
-    ask: Ask,
+    resend: &Resend,
 ) -> Result<RoundOutcome> {
     let wanted = daemon.converger.wanted(daemon)?;
     // Whole rounds, one at a time, share the kept client; a candidates'
@@ -522,6 +507,7 @@ async fn round(
     let results = fan_out(&nodes, CONCURRENCY, &fanout::quiet, |node| {
         let (client, pool, wanted) = (client.clone(), pool.clone(), wanted.clone());
         let state = daemon.state.clone();
+        let ask = resend.asks(&node.name);
         async move {
             // Started once fan_out gives this node its turn. On timeout the
             // heartbeat is dropped, and with it the connection it took out
@@ -582,21 +568,21 @@ struct Beat {
     expires: Option<(i64, i64)>,
 }
 
-/// Brings `node` up to date, asking it for its state first unless `ask`
-/// allows what is known of it ([`Held`]); returns the `(serial, term)` it
-/// holds now and, when asked, its certificates' expiry.
+/// Brings `node` up to date, asking it for its state first when `ask` or
+/// when too little is known of it ([`Held`]); returns the `(serial, term)`
+/// it holds now and, when asked, its certificates' expiry.
 async fn heartbeat(
     state: &StateDir,
     client: &RpcClient,
     pool: &Pool,
     wanted: &Wanted,
     node: &NodeRecord,
-    ask: Ask,
+    ask: bool,
 ) -> Result<Beat> {
     let taken = locked(pool).remove(&node.uuid);
     let mut kept = None;
     if let Some(Kept { mut conn, held }) = taken {
-        if ask == Ask::IfUnknown && held.enough_for(wanted, node) {
+        if !ask && held.enough_for(wanted, node) {
             match bring_known(&mut conn, wanted, node, &held).await {
                 Ok(Some(held)) => {
                     let beat = Beat {

@@ -19,7 +19,7 @@ use crate::pki::{self, CertInfo, CertificateSigner};
 use crate::state::config::{check_address, check_node_name, ClusterConfig, NodeRecord, NodeRole};
 use crate::state::token::TokenStore;
 use crate::state::StateDir;
-use crate::wire::{JoinReply, JoinRequest, Reply, RpcError};
+use crate::wire::{JoinReply, JoinRequest, Reply, Resend, RpcError};
 
 /// The record of a node admitted with `req`, before its certificates.
 fn new_record(req: &JoinRequest, candidate: bool) -> NodeRecord {
@@ -272,7 +272,7 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     // admits by: that join waits for a whole round (joins as candidates
     // are few, the pool's size).
     let distributed = if join_reply.master_candidate {
-        super::converge::round_now(daemon, serial).await
+        super::converge::round_now(daemon, serial, &Resend::Changes).await
     } else {
         super::converge::candidates_round(daemon).await
     };

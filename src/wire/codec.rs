@@ -284,7 +284,11 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::Distribute { serial: 0 }).unwrap();
+        let last = postcard::to_allocvec(&Procedure::Distribute {
+            serial: 0,
+            resend: crate::wire::Resend::Changes,
+        })
+        .unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);
     }
 

@@ -122,7 +122,30 @@ pub enum Procedure {
     /// From this node's nodectl to its master daemon, after a commit: bring
     /// every online node to config `serial` (or later) through the
     /// convergence loop's kept connections, and say which did not take it.
-    Distribute { serial: u64 },
+    Distribute { serial: u64, resend: Resend },
+}
+
+/// The nodes a [`Procedure::Distribute`] round asks for their state and
+/// sends whatever of it differs, as the loop's periodic rounds do: a
+/// command that repairs a node (`modify NODE --offline=no`). The others
+/// are sent what changed since the round last left them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resend {
+    #[default]
+    Changes,
+    Nodes(Vec<String>),
+    All,
+}
+
+impl Resend {
+    /// Whether the node `name` is asked.
+    pub fn asks(&self, name: &str) -> bool {
+        match self {
+            Resend::Changes => false,
+            Resend::Nodes(names) => names.iter().any(|n| n == name),
+            Resend::All => true,
+        }
+    }
 }
 
 /// The kinds of [`Procedure::Raft`] messages. The body is JSON of

@@ -73,9 +73,9 @@ pub async fn dispatch(
             own(daemon, caller)?;
             consensus::transfer(daemon, to).await
         }
-        Procedure::Distribute { serial } => {
+        Procedure::Distribute { serial, resend } => {
             own(daemon, caller)?;
-            super::converge::distribute(daemon, serial).await
+            super::converge::distribute(daemon, serial, resend).await
         }
     }
 }
