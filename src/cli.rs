@@ -482,7 +482,9 @@ pub struct ModifyArgs {
     /// Promote (yes) or demote (no) the node.
     #[arg(long, value_enum, value_name = "yes|no")]
     pub master_candidate: Option<YesNo>,
-    /// Take the node offline (yes) or bring it back (no).
+    /// Take the node offline (yes) or bring it back (no). On a node that is
+    /// online, no is the repair `verify` names: the node is asked for its
+    /// state and sent whatever of it differs.
     #[arg(long, value_enum, value_name = "yes|no")]
     pub offline: Option<YesNo>,
     /// Promote another eligible node when this change would leave fewer
