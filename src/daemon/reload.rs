@@ -170,12 +170,12 @@ fn relevant(mask: EventMask, name: Option<&std::ffi::OsStr>) -> bool {
 /// dropped.
 pub fn spawn_watcher<F, Fut>(
     ssconf_dir: PathBuf,
-    mut manual: mpsc::Receiver<()>,
+    manual: mpsc::Receiver<()>,
     reload: F,
 ) -> Result<tokio::task::JoinHandle<()>>
 where
     F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let cannot =
         |e: std::io::Error| Error::Invalid(format!("cannot watch {}: {e}", ssconf_dir.display()));
@@ -184,65 +184,164 @@ where
         .watches()
         .add(&ssconf_dir, watch_mask())
         .map_err(cannot)?;
-    let mut events = inotify.into_event_stream(vec![0u8; 4096]).map_err(cannot)?;
-    Ok(tokio::spawn(async move {
-        // The initial rescan.
-        reload().await;
-        // A watch that cannot be read any more (an error, or the end of
-        // its stream) is given up after one last rescan: the map is then
-        // reloaded on SIGHUP and on the daemon's own writes only.
-        let mut watching = true;
-        let give_up = |why: String| {
-            tracing::error!(
-                "ssconf watcher stopped ({why}): the candidate map is now reloaded on SIGHUP and on pushes only; restart the daemon to watch again"
-            );
-        };
-        let why = |ev: Option<std::io::Result<inotify::EventOwned>>| match ev {
-            Some(Err(e)) => e.to_string(),
-            _ => "its event stream ended".to_owned(),
-        };
-        loop {
-            tokio::select! {
-                ev = events.next(), if watching => match ev {
-                    Some(Ok(event)) => {
-                        if !relevant(event.mask, event.name.as_deref()) {
-                            continue;
-                        }
-                    }
-                    other => {
-                        give_up(why(other));
-                        watching = false;
-                    }
-                },
-                m = manual.recv() => if m.is_none() { break },
-            }
-            tokio::time::sleep(DEBOUNCE).await;
-            // Drain what arrived during the debounce without waiting; a
-            // burst is bounded, and a failing watch is not read again.
-            for _ in 0..4096 {
-                if !watching {
-                    break;
-                }
-                match futures_util::FutureExt::now_or_never(events.next()) {
-                    None => break,
-                    Some(Some(Ok(_))) => {}
-                    Some(other) => {
-                        give_up(why(other));
-                        watching = false;
+    let events = inotify.into_event_stream(vec![0u8; 4096]).map_err(cannot)?;
+    let events = events.map(|ev| ev.map(|e| (e.mask, e.name.map(|n| n.to_os_string()))));
+    Ok(tokio::spawn(watch(events, manual, reload)))
+}
+
+/// One event of the watched directory: its mask and the file's name.
+type DirEvent = std::io::Result<(EventMask, Option<std::ffi::OsString>)>;
+
+/// [`spawn_watcher`]'s loop over `events`: a rescan at the start, then one
+/// per burst of relevant events or per `manual` signal, until `manual`'s
+/// sender is dropped.
+async fn watch<S, F, Fut>(mut events: S, mut manual: mpsc::Receiver<()>, reload: F)
+where
+    S: futures_util::Stream<Item = DirEvent> + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    // The initial rescan.
+    reload().await;
+    // A watch that cannot be read any more (an error, or the end of its
+    // stream) is given up after one last rescan: the map is then reloaded
+    // on SIGHUP and on the daemon's own writes only.
+    let mut watching = true;
+    let give_up = |why: String| {
+        tracing::error!(
+            "ssconf watcher stopped ({why}): the candidate map is now reloaded on SIGHUP and on pushes only; restart the daemon to watch again"
+        );
+    };
+    let why = |ev: Option<DirEvent>| match ev {
+        Some(Err(e)) => e.to_string(),
+        _ => "its event stream ended".to_owned(),
+    };
+    loop {
+        tokio::select! {
+            ev = events.next(), if watching => match ev {
+                Some(Ok((mask, name))) => {
+                    if !relevant(mask, name.as_deref()) {
+                        continue;
                     }
                 }
-            }
-            while manual.try_recv().is_ok() {}
-            reload().await;
+                other => {
+                    give_up(why(other));
+                    watching = false;
+                }
+            },
+            m = manual.recv() => if m.is_none() { break },
         }
-    }))
+        tokio::time::sleep(DEBOUNCE).await;
+        // Drain what arrived during the debounce without waiting; a burst
+        // is bounded, and a failing watch is not read again.
+        for _ in 0..4096 {
+            if !watching {
+                break;
+            }
+            match futures_util::FutureExt::now_or_never(events.next()) {
+                None => break,
+                Some(Some(Ok(_))) => {}
+                Some(other) => {
+                    give_up(why(other));
+                    watching = false;
+                }
+            }
+        }
+        while manual.try_recv().is_ok() {}
+        reload().await;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
+    use std::sync::atomic::AtomicUsize;
+
+    use futures_util::stream;
 
     use super::*;
+
+    /// Runs [`watch`] over `events`; `signals` SIGHUPs are sent once it
+    /// has stopped reading them, then the channel is closed. Returns how
+    /// many rescans it made.
+    async fn rescans(events: Vec<DirEvent>, signals: usize) -> usize {
+        let count = Arc::new(AtomicUsize::new(0));
+        // After the events given: a stream that must never be read (a
+        // watch given up is not read again) and never ends.
+        let after = stream::poll_fn(|_| -> std::task::Poll<Option<DirEvent>> {
+            panic!("a watch given up was read again")
+        });
+        let tail = stream::pending::<DirEvent>();
+        let failed = events.iter().any(|e| e.is_err());
+        let events: std::pin::Pin<Box<dyn futures_util::Stream<Item = DirEvent>>> = if failed {
+            Box::pin(stream::iter(events).chain(after))
+        } else {
+            Box::pin(stream::iter(events).chain(tail))
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let counted = count.clone();
+        let task = watch(events, rx, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {}
+        });
+        let drive = async {
+            for _ in 0..signals {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.send(()).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(tx);
+        };
+        tokio::join!(task, drive);
+        count.load(Ordering::SeqCst)
+    }
+
+    fn map_event(mask: EventMask) -> DirEvent {
+        Ok((mask, Some("ssconf_master_candidates_certs".into())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_then_each_sighup_rescans() {
+        let events = vec![
+            map_event(EventMask::MOVED_TO),
+            Ok((EventMask::CLOSE_WRITE, Some("notes.txt".into()))),
+        ];
+        // The initial rescan, the change, two SIGHUPs.
+        assert_eq!(rescans(events, 2).await, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_that_fails_is_given_up_after_one_rescan_and_sighup_still_works() {
+        // The error arrives while the watcher waits.
+        let events = vec![Err(std::io::Error::other("read error"))];
+        // The initial rescan, the last one after the error, one SIGHUP.
+        assert_eq!(rescans(events, 1).await, 3);
+        // The error arrives during a burst's debounce, after a change.
+        let events = vec![
+            map_event(EventMask::MOVED_TO),
+            Err(std::io::Error::other("read error")),
+        ];
+        assert_eq!(rescans(events, 1).await, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_whose_stream_ends_is_given_up() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel(4);
+        let counted = count.clone();
+        let task = watch(stream::iter(Vec::<DirEvent>::new()), rx, move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {}
+        });
+        let drive = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(tx);
+        };
+        tokio::join!(task, drive);
+        // The initial rescan and the last one; the ended stream is not
+        // polled again (a stream::iter would keep answering None).
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn only_changes_to_ssconf_files_and_the_directory_wake_the_watcher() {
