@@ -515,14 +515,11 @@ fn a_change_is_sent_without_asking_and_a_node_changed_behind_the_loop_is_asked()
         )
     };
     let ssconf = |n: &Node| ssconf::Ssconf::load(&n.state.ssconf_dir()).unwrap();
+    let keys = |n: &Node| std::fs::read_to_string(n.state.authorized_keys()).unwrap();
     let modify = |flag: &str| {
-        let out = nodectl(m.dir(), &["modify", "c", flag]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
+        modify_node(&m, "c", flag);
         assert_eq!(ssconf(&b), ssconf(&m), "b behind after modify {flag}");
-        assert_eq!(
-            std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
-            std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
-        );
+        assert_eq!(keys(&b), keys(&m));
     };
     // c joins (a regular node like b, which learns of it at the next
     // round) and is promoted: the first round that reaches b asks it.
@@ -556,15 +553,9 @@ fn a_change_is_sent_without_asking_and_a_node_changed_behind_the_loop_is_asked()
     noded::state::ssh::write_authorized_keys(&b.state.authorized_keys(), &[]).unwrap();
     modify_node(&m, "c", "--offline=yes");
     assert_eq!(asked(), first + 1.0);
-    assert_ne!(
-        std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
-        std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
-    );
+    assert_ne!(keys(&b), keys(&m));
     modify_node(&m, "b", "--offline=no");
-    assert_eq!(
-        std::fs::read_to_string(b.state.authorized_keys()).unwrap(),
-        std::fs::read_to_string(m.state.authorized_keys()).unwrap(),
-    );
+    assert_eq!(keys(&b), keys(&m));
     modify_node(&m, "c", "--offline=no");
     verify_clean(&m);
 }
