@@ -86,25 +86,21 @@ impl CandidateMapHandle {
 /// malformed one keeps the current map. Returns whether a new map went out.
 pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
     let mut last = handle.reloading.lock().await;
+    // One `stat`, here rather than on the blocking pool (as the daemon
+    // reads ssconf's master file): after each of the daemon's own writes
+    // the watcher finds the file as written, and a hop to the pool and
+    // back would wake two threads on every node for nothing.
+    let now = stamp(path);
+    if now.is_some() && now == *last {
+        return false;
+    }
+    // Stamped before the read: a file replaced meanwhile is read again
+    // next time.
     let owned = path.to_path_buf();
-    let seen = *last;
-    let loaded = tokio::task::spawn_blocking(move || {
-        let now = stamp(&owned);
-        if now.is_some() && now == seen {
-            return (now, None);
-        }
-        (now, Some(CandidateMap::load(&owned)))
-    })
-    .await
-    .map(|(now, map)| {
+    let loaded = tokio::task::spawn_blocking(move || CandidateMap::load(&owned)).await;
+    if loaded.is_ok() {
         *last = now;
-        map
-    });
-    let loaded = match loaded {
-        Ok(None) => return false,
-        Ok(Some(map)) => Ok(map),
-        Err(e) => Err(e),
-    };
+    }
     match loaded {
         Ok(Ok(map)) => {
             if **handle.load() == map {
@@ -145,6 +141,31 @@ pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
 /// write), written and closed (an edit in place), deleted, and the
 /// directory itself going away. Not opens, reads or attribute changes: the
 /// daemon's own reads of the set would wake it for nothing.
+/// Publishes `map`, which this process has just written to the map file
+/// whose stamp after the write is `written`: nothing is read, and a reload
+/// that finds the file as written (the watcher's, woken by that write)
+/// reads nothing either. Returns whether a new map went out.
+pub async fn publish_written(
+    path: &Path,
+    handle: &CandidateMapHandle,
+    map: &CandidateMap,
+    written: Stamp,
+) -> bool {
+    let mut last = handle.reloading.lock().await;
+    *last = written;
+    if **handle.load() == *map {
+        return false;
+    }
+    tracing::info!(
+        entries = map.len(),
+        "candidate map reloaded from {}: {} entries",
+        path.display(),
+        map.len()
+    );
+    handle.publish(map.clone());
+    true
+}
+
 fn watch_mask() -> WatchMask {
     WatchMask::MOVED_TO
         | WatchMask::MOVED_FROM

@@ -31,6 +31,7 @@ use super::budget::Budgets;
 use super::handshake::{handshake, Handshake};
 use super::metrics::{Metrics, Refusal};
 use super::reload::{self, CandidateMapHandle};
+use crate::state::ssconf_cache::{HeldSsconf, Stamp};
 use crate::state::{NodeIdentity, StateDir};
 use crate::wire;
 
@@ -178,10 +179,16 @@ impl Daemon {
             .state
             .ssconf_dir()
             .join(ssconf::SsconfKey::MasterNode.file_name());
-        let master = std::fs::read_to_string(path)
+        let named = std::fs::read_to_string(path)
             .map(|t| t.trim_end() == self.identity.name)
-            .unwrap_or(false)
-            && self.raft.load().as_ref().is_none_or(|raft| raft.leads());
+            .unwrap_or(false);
+        self.set_role(named);
+    }
+
+    /// Takes the master role when ssconf `named` this node the master (and,
+    /// when it runs Raft, while it leads), and leaves it otherwise.
+    fn set_role(&self, named: bool) {
+        let master = named && self.raft.load().as_ref().is_none_or(|raft| raft.leads());
         if self.is_master.swap(master, Ordering::AcqRel) != master {
             tracing::info!(
                 master,
@@ -203,6 +210,24 @@ impl Daemon {
         self.refresh_control_plane();
     }
 
+    /// Takes up the set this daemon has just stored (under its
+    /// `ssconf_write` guard) as [`Daemon::reload_ssconf`] would, without
+    /// reading it back: its map, whose file had stamp `map_stamp` right
+    /// after the write, its master and its control-plane addresses.
+    pub async fn publish_written(&self, held: &HeldSsconf, map_stamp: Stamp) {
+        self.metrics.ssconf_reloaded();
+        let dir = self.state.ssconf_dir();
+        reload::publish_written(
+            &Ssconf::candidate_map_path(&dir),
+            &self.map,
+            &held.set.master_candidates_certs,
+            map_stamp,
+        )
+        .await;
+        self.set_role(held.set.master_node == self.identity.name);
+        self.set_control_plane(&held.set);
+    }
+
     /// Re-reads the master's and the candidates' addresses from ssconf for
     /// the control-plane lane. An unreadable set keeps the previous
     /// addresses: the lane only reserves handshake slots, it admits nobody.
@@ -215,7 +240,13 @@ impl Daemon {
                 return;
             }
         };
-        let (addresses, not_literal) = control_plane_addresses(&set.set);
+        self.set_control_plane(&set.set);
+    }
+
+    /// Reserves the control-plane lane for the master's and the
+    /// candidates' addresses in `set`.
+    fn set_control_plane(&self, set: &Ssconf) {
+        let (addresses, not_literal) = control_plane_addresses(set);
         for (node, address) in not_literal {
             tracing::warn!(
                 %node,

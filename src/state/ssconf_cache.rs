@@ -28,6 +28,14 @@ pub struct HeldSsconf {
     pub sha256: String,
 }
 
+/// A set this process has just stored, with the [`Stamp`] its map file
+/// had right after the write.
+#[derive(Debug)]
+pub struct Written {
+    pub held: Arc<HeldSsconf>,
+    pub map_stamp: Stamp,
+}
+
 /// What identifies a file's content without reading it: inode, size,
 /// modification and status-change times; `None` for a file that cannot be
 /// read.
