@@ -206,3 +206,66 @@ async fn write_ssconf_is_serial_checked() {
         Some(5)
     );
 }
+
+/// Requests sent at once on one connection (`Connection::calls`) are
+/// answered in order, each on its own: a refused one between two others
+/// does not stop the next, and one that changes the map takes effect
+/// before the next is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order_each_on_its_own() {
+    let node = init_master("f5");
+    let _daemon = Daemon::start(&node, &[]);
+    let client = client(&node, Some(&node_identity(&node)));
+    let mut conn = client.connect(&node.name, &node.address).await.unwrap();
+    let mut set = ssconf::Ssconf::load(&node.state.ssconf_dir()).unwrap();
+    let second = ca_signed(&node, "second");
+    let mut older = set.clone();
+    set.serial = 7;
+    let mut entries = set.master_candidates_certs.entries().to_vec();
+    entries.push((
+        "uuid-second".into(),
+        second.digest(ssconf::DigestAlgorithm::Sha256),
+    ));
+    set.master_candidates_certs = ssconf::CandidateMap::from_entries(entries);
+    older.serial = 6;
+    let replies = conn
+        .calls(vec![
+            Procedure::Ping,
+            Procedure::WriteSsconf {
+                files: set.render(),
+            },
+            Procedure::WriteSsconf {
+                files: older.render(),
+            },
+            Procedure::NodeInfo,
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies.len(), 4);
+    let mut replies = replies.into_iter();
+    assert!(matches!(replies.next(), Some(Ok(Reply::Pong { .. }))));
+    assert!(matches!(
+        replies.next(),
+        Some(Ok(Reply::SsconfWritten { serial: 7 }))
+    ));
+    let refused = replies.next().unwrap().unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is older than the (term 0, serial 7) this node holds"),
+        "{refused}"
+    );
+    let Some(Ok(Reply::NodeInfo(info))) = replies.next() else {
+        panic!("no node info after a refused request")
+    };
+    assert_eq!(info.ssconf_serial, 7);
+    // The map written in the pipeline was published with its reply.
+    ping(&crate::support::client(&node, Some(&second)), &node)
+        .await
+        .unwrap();
+    // The connection still serves single calls, with the ids that follow.
+    assert!(matches!(
+        conn.call(Procedure::Ping).await,
+        Ok(Reply::Pong { .. })
+    ));
+}

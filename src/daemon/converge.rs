@@ -654,32 +654,55 @@ async fn bring_known(
     held: &Held,
 ) -> Result<Option<Held>> {
     let mut now = held.clone();
-    if held.ssconf_sha256 != wanted.ssconf_sha256 {
+    let mut calls = Vec::with_capacity(2);
+    let patching = held.ssconf_sha256 != wanted.ssconf_sha256;
+    if patching {
         let Some(patch) = patch_of(wanted, &held.ssconf_sha256) else {
             return Ok(None);
         };
         tracing::debug!(node = %node.name, held = held.serial, "sending the change");
         if node.role.is_candidate() {
+            // Alone and first: a config the node refuses stops the round
+            // here, with the ssconf left behind for the next round to see.
             let config_json = wanted.config_json.clone();
             conn.call(Procedure::WriteConfig { config_json }).await?;
         }
-        match conn.call(patch).await {
-            Ok(Reply::SsconfWritten { serial }) => {
+        calls.push(patch);
+    }
+    let keying = held.keys_sha256 != wanted.keys_sha256;
+    if keying {
+        calls.push(Procedure::WriteAuthorizedKeys {
+            keys: wanted.keys.clone(),
+        });
+    }
+    if calls.is_empty() {
+        return Ok(Some(now));
+    }
+    // The patch and the keys in one round trip: the node stores the patch
+    // before it reads the keys. Keys written beside a refused patch are
+    // still the wanted ones.
+    let mut replies = conn.calls(calls).await?.into_iter();
+    if patching {
+        match replies.next() {
+            Some(Ok(Reply::SsconfWritten { serial })) => {
                 now.serial = serial;
                 now.term = wanted.config.term;
             }
-            Ok(_) => {}
-            Err(e @ Error::Remote { .. }) => {
+            Some(Ok(_)) => {}
+            Some(Err(e @ Error::Remote { .. })) => {
                 tracing::debug!(node = %node.name, "ssconf patch refused, asking the node: {e}");
                 return Ok(None);
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
+            None => return Ok(None),
         }
         now.ssconf_sha256 = wanted.ssconf_sha256.clone();
     }
-    if held.keys_sha256 != wanted.keys_sha256 {
-        let keys = wanted.keys.clone();
-        conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
+    if keying {
+        let Some(reply) = replies.next() else {
+            return Ok(None);
+        };
+        reply?;
         now.keys_sha256 = wanted.keys_sha256.clone();
     }
     Ok(Some(now))
