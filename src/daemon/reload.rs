@@ -8,8 +8,10 @@
 //! *directory* (an atomic rename replaces the file's inode, so a watch on
 //! the file itself would go deaf), debounces bursts, and queues one rescan
 //! right after the watch starts so a change between the first load and the
-//! watch is not lost. SIGHUP and the write-ssconf RPC go through the same
-//! [`reload_map`]. A new map that fails to parse keeps the previous one.
+//! watch is not lost. SIGHUP goes through the same [`reload_map`]; the
+//! write-ssconf and patch-ssconf RPCs publish the map they stored
+//! ([`publish_written`]). A new map that fails to parse keeps the previous
+//! one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -137,14 +139,11 @@ pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
     }
 }
 
-/// What the watcher listens for: a file renamed in or out (every atomic
-/// write), written and closed (an edit in place), deleted, and the
-/// directory itself going away. Not opens, reads or attribute changes: the
-/// daemon's own reads of the set would wake it for nothing.
-/// Publishes `map`, which this process has just written to the map file
-/// whose stamp after the write is `written`: nothing is read, and a reload
-/// that finds the file as written (the watcher's, woken by that write)
-/// reads nothing either. Returns whether a new map went out.
+/// Publishes `map`, which this process has just written to the map file:
+/// nothing is read. `written` is the file's stamp when the file was seen
+/// to hold `map` after the write: a reload that finds the file so (the
+/// watcher's, woken by that write) reads nothing; `None` makes the next
+/// reload read the file. Returns whether a new map went out.
 pub async fn publish_written(
     path: &Path,
     handle: &CandidateMapHandle,
@@ -166,6 +165,10 @@ pub async fn publish_written(
     true
 }
 
+/// What the watcher listens for: a file renamed in or out (every atomic
+/// write), written and closed (an edit in place), deleted, and the
+/// directory itself going away. Not opens, reads or attribute changes: the
+/// daemon's own reads of the set would wake it for nothing.
 fn watch_mask() -> WatchMask {
     WatchMask::MOVED_TO
         | WatchMask::MOVED_FROM

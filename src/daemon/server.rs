@@ -224,7 +224,7 @@ impl Daemon {
             map_stamp,
         )
         .await;
-        self.set_role(held.set.master_node == self.identity.name);
+        self.set_role(held.set.master_node.trim_end() == self.identity.name);
         self.set_control_plane(&held.set);
     }
 
