@@ -207,65 +207,80 @@ async fn write_ssconf_is_serial_checked() {
     );
 }
 
-/// Requests sent at once on one connection (`Connection::calls`) are
-/// answered in order, each on its own: a refused one between two others
-/// does not stop the next, and one that changes the map takes effect
-/// before the next is read.
+/// `patch-ssconf-and-keys`: the authorized_keys block travels with the set
+/// it belongs to. A node that holds another set (the patch's base is not
+/// its set: a newer master's, say) refuses both and keeps its keys; one
+/// that holds the base stores the set, publishes its map and writes the
+/// keys, in one request.
 #[tokio::test(flavor = "multi_thread")]
-async fn pipelined_requests_are_answered_in_order_each_on_its_own() {
+async fn keys_sent_with_a_patch_are_written_only_with_the_set() {
+    use noded::state::{fingerprint, ssh};
     let node = init_master("f5");
     let _daemon = Daemon::start(&node, &[]);
     let client = client(&node, Some(&node_identity(&node)));
     let mut conn = client.connect(&node.name, &node.address).await.unwrap();
-    let mut set = ssconf::Ssconf::load(&node.state.ssconf_dir()).unwrap();
+    let keys_path = node.state.authorized_keys();
+    let held_keys =
+        || ssh::managed_keys(&std::fs::read_to_string(&keys_path).unwrap_or_default()).unwrap();
+    let before = held_keys();
+
+    let old = ssconf::Ssconf::load(&node.state.ssconf_dir()).unwrap();
+    let old_files = old.render();
+    let mut new = old.clone();
+    new.serial += 1;
     let second = ca_signed(&node, "second");
-    let mut older = set.clone();
-    set.serial = 7;
-    let mut entries = set.master_candidates_certs.entries().to_vec();
+    let mut entries = new.master_candidates_certs.entries().to_vec();
     entries.push((
         "uuid-second".into(),
         second.digest(ssconf::DigestAlgorithm::Sha256),
     ));
-    set.master_candidates_certs = ssconf::CandidateMap::from_entries(entries);
-    older.serial = 6;
-    let replies = conn
-        .calls(vec![
-            Procedure::Ping,
-            Procedure::WriteSsconf {
-                files: set.render(),
-            },
-            Procedure::WriteSsconf {
-                files: older.render(),
-            },
-            Procedure::NodeInfo,
-        ])
+    new.master_candidates_certs = ssconf::CandidateMap::from_entries(entries);
+    let new_files = new.render();
+    let request = |base: &str, keys: Vec<String>| Procedure::PatchSsconfAndKeys {
+        base_sha256: base.to_owned(),
+        patches: noded::wire::patch::diff(&old_files, &new_files),
+        sha256: fingerprint::files_sha256(&new_files),
+        keys,
+    };
+    let (_, stale_key) = ssh::generate("stale@master").unwrap();
+    let (_, key) = ssh::generate("current@master").unwrap();
+
+    // Another set held here: both refused, the keys untouched.
+    let refused = conn
+        .call(request(&"0".repeat(64), vec![stale_key.clone()]))
         .await
-        .unwrap();
-    assert_eq!(replies.len(), 4);
-    let mut replies = replies.into_iter();
-    assert!(matches!(replies.next(), Some(Ok(Reply::Pong { .. }))));
-    assert!(matches!(
-        replies.next(),
-        Some(Ok(Reply::SsconfWritten { serial: 7 }))
-    ));
-    let refused = replies.next().unwrap().unwrap_err();
+        .unwrap_err();
     assert!(
-        refused
-            .to_string()
-            .contains("is older than the (term 0, serial 7) this node holds"),
+        refused.to_string().contains("not the patch's base"),
         "{refused}"
     );
-    let Some(Ok(Reply::NodeInfo(info))) = replies.next() else {
-        panic!("no node info after a refused request")
-    };
-    assert_eq!(info.ssconf_serial, 7);
-    // The map written in the pipeline was published with its reply.
+    assert_eq!(held_keys(), before);
+    assert!(client_refused(&second, &node).await);
+
+    // The base held here: the set stored and published, then the keys.
+    let base = fingerprint::files_sha256(&old_files);
+    let reply = conn.call(request(&base, vec![key.clone()])).await.unwrap();
+    assert_eq!(reply, Reply::SsconfWritten { serial: new.serial });
+    assert_eq!(held_keys(), vec![key.clone()]);
     ping(&crate::support::client(&node, Some(&second)), &node)
         .await
         .unwrap();
-    // The connection still serves single calls, with the ids that follow.
-    assert!(matches!(
-        conn.call(Procedure::Ping).await,
-        Ok(Reply::Pong { .. })
-    ));
+
+    // The same request again: its base is no longer the set held here.
+    let refused = conn
+        .call(request(&base, vec![stale_key]))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("not the patch's base"),
+        "{refused}"
+    );
+    assert_eq!(held_keys(), vec![key]);
+}
+
+/// Whether `identity` is refused by `node`'s daemon.
+async fn client_refused(identity: &Identity, node: &Node) -> bool {
+    ping(&crate::support::client(node, Some(identity)), node)
+        .await
+        .is_err()
 }

@@ -643,10 +643,12 @@ async fn heartbeat(
 
 /// Sends `node`, of which `held` is known, what of `wanted` it lacks: the
 /// config (a candidate) and an ssconf patch when its set is another, the
-/// authorized_keys block when it differs. Returns what the node holds
-/// now, or `None` when the round must ask it: the set it is known to hold
-/// is no longer kept to patch from, or it refused the patch (it holds
-/// another set), and then nothing was sent after.
+/// authorized_keys block when it differs (with the patch, in the same
+/// request, and written only if the node stored the patched set). Returns
+/// what the node holds now, or `None` when the round must ask it: the set
+/// it is known to hold is no longer kept to patch from, or it refused the
+/// patch (it holds another set, or, during an upgrade, does not know the
+/// combined request), and then nothing was sent after.
 async fn bring_known(
     conn: &mut Connection,
     wanted: &Wanted,
@@ -654,55 +656,35 @@ async fn bring_known(
     held: &Held,
 ) -> Result<Option<Held>> {
     let mut now = held.clone();
-    let mut calls = Vec::with_capacity(2);
-    let patching = held.ssconf_sha256 != wanted.ssconf_sha256;
-    if patching {
-        let Some(patch) = patch_of(wanted, &held.ssconf_sha256) else {
+    let keying = held.keys_sha256 != wanted.keys_sha256;
+    if held.ssconf_sha256 != wanted.ssconf_sha256 {
+        let keys = keying.then(|| wanted.keys.clone());
+        let Some(patch) = patch_of(wanted, &held.ssconf_sha256, keys) else {
             return Ok(None);
         };
         tracing::debug!(node = %node.name, held = held.serial, "sending the change");
         if node.role.is_candidate() {
-            // Alone and first: a config the node refuses stops the round
-            // here, with the ssconf left behind for the next round to see.
             let config_json = wanted.config_json.clone();
             conn.call(Procedure::WriteConfig { config_json }).await?;
         }
-        calls.push(patch);
-    }
-    let keying = held.keys_sha256 != wanted.keys_sha256;
-    if keying {
-        calls.push(Procedure::WriteAuthorizedKeys {
-            keys: wanted.keys.clone(),
-        });
-    }
-    if calls.is_empty() {
-        return Ok(Some(now));
-    }
-    // The patch and the keys in one round trip: the node stores the patch
-    // before it reads the keys. Keys written beside a refused patch are
-    // still the wanted ones.
-    let mut replies = conn.calls(calls).await?.into_iter();
-    if patching {
-        match replies.next() {
-            Some(Ok(Reply::SsconfWritten { serial })) => {
+        match conn.call(patch).await {
+            Ok(Reply::SsconfWritten { serial }) => {
                 now.serial = serial;
                 now.term = wanted.config.term;
             }
-            Some(Ok(_)) => {}
-            Some(Err(e @ Error::Remote { .. })) => {
+            Ok(_) => {}
+            Err(e @ Error::Remote { .. }) => {
                 tracing::debug!(node = %node.name, "ssconf patch refused, asking the node: {e}");
                 return Ok(None);
             }
-            Some(Err(e)) => return Err(e),
-            None => return Ok(None),
+            Err(e) => return Err(e),
         }
         now.ssconf_sha256 = wanted.ssconf_sha256.clone();
+    } else if keying {
+        let keys = wanted.keys.clone();
+        conn.call(Procedure::WriteAuthorizedKeys { keys }).await?;
     }
     if keying {
-        let Some(reply) = replies.next() else {
-            return Ok(None);
-        };
-        reply?;
         now.keys_sha256 = wanted.keys_sha256.clone();
     }
     Ok(Some(now))
@@ -792,7 +774,7 @@ async fn send_ssconf(
         .ssconf_sha256
         .as_deref()
         .ok()
-        .and_then(|sha| patch_of(wanted, sha))
+        .and_then(|sha| patch_of(wanted, sha, None))
     {
         match conn.call(patch).await {
             Ok(reply) => return Ok(reply),
@@ -807,13 +789,23 @@ async fn send_ssconf(
 }
 
 /// The patch from the kept set whose SHA-256 is `base` to `wanted`'s set,
-/// if that set is kept.
-fn patch_of(wanted: &Wanted, base: &str) -> Option<Procedure> {
-    let patches = wanted.patch_from(base)?;
-    Some(Procedure::PatchSsconf {
-        base_sha256: base.to_owned(),
-        patches: patches.as_ref().clone(),
-        sha256: wanted.ssconf_sha256.clone(),
+/// if that set is kept; with `keys`, followed by that authorized_keys
+/// block if the node stores the patched set.
+fn patch_of(wanted: &Wanted, base: &str, keys: Option<Vec<String>>) -> Option<Procedure> {
+    let patches = wanted.patch_from(base)?.as_ref().clone();
+    let (base_sha256, sha256) = (base.to_owned(), wanted.ssconf_sha256.clone());
+    Some(match keys {
+        Some(keys) => Procedure::PatchSsconfAndKeys {
+            base_sha256,
+            patches,
+            sha256,
+            keys,
+        },
+        None => Procedure::PatchSsconf {
+            base_sha256,
+            patches,
+            sha256,
+        },
     })
 }
 

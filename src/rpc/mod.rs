@@ -204,89 +204,52 @@ impl Connection {
 
     /// Sends one request and waits for its reply.
     pub async fn call(&mut self, procedure: Procedure) -> Result<Reply> {
-        self.calls(vec![procedure])
-            .await?
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| {
-                Err(Error::Invalid(format!(
-                    "no reply from {} for the request sent",
-                    self.address
-                )))
-            })
-    }
-
-    /// Sends the requests `procedures` at once (one write) and reads their
-    /// replies, in order: one round trip instead of one per request. The
-    /// node answers them one after the other, each whatever became of the
-    /// ones before. The outer error is the connection's (nothing more can
-    /// be said of any request); the inner ones are each request's.
-    pub async fn calls(&mut self, procedures: Vec<Procedure>) -> Result<Vec<Result<Reply>>> {
-        let first = self.next_id;
-        let count = procedures.len() as u64;
-        self.next_id += count;
-        let mut requests = Vec::with_capacity(procedures.len());
-        for (id, procedure) in (first..).zip(procedures) {
-            requests.push(wire::encode_payload(&Request {
-                version: PROTOCOL_VERSION,
-                id,
-                procedure,
-            })?);
-        }
-        let timeout = self
-            .call_timeout
-            .saturating_mul(u32::try_from(count).unwrap_or(1).max(1));
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = wire::encode_payload(&Request {
+            version: PROTOCOL_VERSION,
+            id,
+            procedure,
+        })?;
+        let timeout = self.call_timeout;
         let node = self.node.clone();
         let address = self.address.clone();
-        let sent_len = requests.iter().map(|r| r.len()).max().unwrap_or(0);
+        let sent_len = request.len();
         let exchange = async {
-            for request in requests {
-                self.stream
-                    .feed(request)
-                    .await
-                    .map_err(|e| frame_error(&node, &address, e))?;
-            }
             self.stream
-                .flush()
+                .send(request)
                 .await
                 .map_err(|e| frame_error(&node, &address, e))?;
-            let mut replies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-            let mut received_len = 0;
-            for id in first..first + count {
-                let payload = self
-                    .stream
-                    .next()
-                    .await
-                    .ok_or_else(|| Error::Unreachable {
-                        node: node.clone(),
-                        reason: format!("{address} closed the connection without replying"),
-                    })?
-                    .map_err(|e| frame_error(&node, &address, e))?;
-                received_len = received_len.max(payload.len());
-                let response = wire::decode_response(&payload)?;
-                if response.id != id && response.id != 0 {
-                    return Err(Error::Remote {
-                        node: node.clone(),
-                        message: format!(
-                            "reply for request {} while waiting for {id}",
-                            response.id
-                        ),
-                    });
-                }
-                replies.push(response.result.map_err(|e| match e.kind {
-                    wire::RpcErrorKind::NotAuthorized => Error::NotAuthorized {
-                        node: node.clone(),
-                        reason: e.message,
-                    },
-                    _ => Error::Remote {
-                        node: node.clone(),
-                        message: e.message,
-                    },
-                }));
+            let payload = self
+                .stream
+                .next()
+                .await
+                .ok_or_else(|| Error::Unreachable {
+                    node: node.clone(),
+                    reason: format!("{address} closed the connection without replying"),
+                })?
+                .map_err(|e| frame_error(&node, &address, e))?;
+            let received_len = payload.len();
+            let response = wire::decode_response(&payload)?;
+            if response.id != id && response.id != 0 {
+                return Err(Error::Remote {
+                    node: node.clone(),
+                    message: format!("reply for request {} while waiting for {id}", response.id),
+                });
             }
-            Ok((replies, received_len))
+            let reply = response.result.map_err(|e| match e.kind {
+                wire::RpcErrorKind::NotAuthorized => Error::NotAuthorized {
+                    node: node.clone(),
+                    reason: e.message,
+                },
+                _ => Error::Remote {
+                    node: node.clone(),
+                    message: e.message,
+                },
+            });
+            Ok((reply, received_len))
         };
-        let (replies, received_len) =
+        let (reply, received_len) =
             tokio::time::timeout(timeout, exchange)
                 .await
                 .map_err(|_| Error::Unreachable {
@@ -296,7 +259,7 @@ impl Connection {
         // A connection the convergence loop keeps open must not keep what
         // one large frame made its buffers grow to.
         wire::trim_buffers(&mut self.stream, sent_len.max(received_len));
-        Ok(replies)
+        reply
     }
 
     /// Writes raw bytes (tests use this to send malformed frames).

@@ -284,9 +284,11 @@ mod tests {
 
     #[test]
     fn procedure_count_matches_the_enum() {
-        let last = postcard::to_allocvec(&Procedure::Distribute {
-            serial: 0,
-            resend: crate::wire::Resend::Changes,
+        let last = postcard::to_allocvec(&Procedure::PatchSsconfAndKeys {
+            base_sha256: String::new(),
+            patches: Vec::new(),
+            sha256: String::new(),
+            keys: Vec::new(),
         })
         .unwrap();
         assert_eq!(u32::from(last[0]) + 1, Procedure::COUNT);

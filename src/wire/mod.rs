@@ -123,6 +123,17 @@ pub enum Procedure {
     /// every online node to config `serial` (or later) through the
     /// convergence loop's kept connections, and say which did not take it.
     Distribute { serial: u64, resend: Resend },
+    /// [`Procedure::PatchSsconf`], then, only if the node stored the
+    /// patched set, [`Procedure::WriteAuthorizedKeys`] with `keys`: the
+    /// keys travel with the set they belong to, so a node that holds
+    /// another set (a newer master's, say) refuses both. One request and
+    /// one trip to the node's disk instead of two.
+    PatchSsconfAndKeys {
+        base_sha256: String,
+        patches: Vec<SsconfPatch>,
+        sha256: String,
+        keys: Vec<String>,
+    },
 }
 
 /// The nodes a [`Procedure::Distribute`] round asks for their state and
@@ -208,7 +219,7 @@ pub struct JoinReply {
 
 impl Procedure {
     /// Number of procedures this build knows (variant indexes 0..COUNT).
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// The procedure's name, for logs.
     pub fn name(&self) -> &'static str {
@@ -239,6 +250,7 @@ impl Procedure {
             Procedure::Recover => "recover",
             Procedure::PatchSsconf { .. } => "patch-ssconf",
             Procedure::Distribute { .. } => "distribute",
+            Procedure::PatchSsconfAndKeys { .. } => "patch-ssconf-and-keys",
         }
     }
 }

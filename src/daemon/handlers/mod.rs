@@ -30,7 +30,13 @@ pub async fn dispatch(
             base_sha256,
             patches,
             sha256,
-        } => ssconf::patch(daemon, base_sha256, patches, sha256).await,
+        } => ssconf::patch(daemon, base_sha256, patches, sha256, None).await,
+        Procedure::PatchSsconfAndKeys {
+            base_sha256,
+            patches,
+            sha256,
+            keys,
+        } => ssconf::patch(daemon, base_sha256, patches, sha256, Some(keys)).await,
         Procedure::Join(request) => super::join::handle_join(daemon, request).await,
         Procedure::WriteConfig { config_json } => roles::write(daemon, config_json).await,
         Procedure::InstallCandidateFiles {

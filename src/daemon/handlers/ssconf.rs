@@ -9,10 +9,10 @@ use std::sync::Arc;
 use ssconf::Ssconf;
 
 use super::super::server::Daemon;
-use super::blocking;
+use super::{blocking, failed};
 use crate::core::Error;
 use crate::state::fingerprint;
-use crate::state::ssconf_cache::{stamp, HeldSsconf, SsconfCache, Written};
+use crate::state::ssconf_cache::{stamp, HeldSsconf, SsconfCache, Stamp, Written};
 use crate::wire::{patch, Reply, RpcError, SsconfPatch};
 
 pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Reply, RpcError> {
@@ -35,29 +35,44 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
 
 /// The set `patches` make of the one held here, which must be the set
 /// whose SHA-256 is `base_sha256`; stored only if it is exactly the set
-/// whose SHA-256 is `sha256`.
+/// whose SHA-256 is `sha256`. With `keys`, the managed authorized_keys
+/// block is then written too, and only if the set was stored.
 pub async fn patch(
     daemon: &Daemon,
     base_sha256: String,
     patches: Vec<SsconfPatch>,
     sha256: String,
+    keys: Option<Vec<String>>,
 ) -> Result<Reply, RpcError> {
     let _guard = daemon.ssconf_write.lock().await;
     let dir = daemon.state.ssconf_dir();
     let cache = daemon.ssconf.clone();
-    // Rebuilt and stored in one blocking task: a change reaches every node
-    // of the cluster at once, and each hop to the blocking pool and back
-    // wakes two threads.
-    let written = blocking(move || {
+    let authorized_keys = daemon.state.authorized_keys();
+    // Rebuilt, stored and followed by the keys in one blocking task: a
+    // change reaches every node of the cluster at once, and each hop to
+    // the blocking pool and back wakes two threads.
+    let (written, keys_failed) = blocking(move || {
         let held = cache
             .take(&dir)
             .map_err(|e| Error::Invalid(format!("no ssconf to patch: {e}")))?;
         let touched: Vec<String> = patches.iter().map(|p| p.file.clone()).collect();
         let set = rebuild(&dir, held, &base_sha256, &patches, &sha256).map_err(Error::Invalid)?;
-        store(&dir, &cache, set, Some(&touched)).map_err(Error::Invalid)
+        let written = store(&dir, &cache, set, Some(&touched)).map_err(Error::Invalid)?;
+        let keys_failed = keys.and_then(|keys| {
+            crate::state::ssh::write_authorized_keys(&authorized_keys, &keys).err()
+        });
+        Ok((written, keys_failed))
     })
     .await?;
-    publish(daemon, written, "ssconf updated from a patch").await
+    let reply = publish(daemon, written, "ssconf updated from a patch").await?;
+    match keys_failed {
+        // The set is stored and published; the sender asks the node and
+        // sends the keys again.
+        Some(e) => Err(failed(format!(
+            "ssconf stored, authorized_keys not written: {e}"
+        ))),
+        None => Ok(reply),
+    }
 }
 
 /// The held set with `patches` applied, checked against both digests.
@@ -131,13 +146,28 @@ fn store(
     };
     set.store_rendered(written, dir)
         .map_err(|e| e.to_string())?;
-    // What was just written needs no reading back: the set is kept as
-    // held, and its map is published as written, with the map file's stamp
-    // so that the watcher's rescan after this write reads nothing.
-    let map_stamp = stamp(&Ssconf::candidate_map_path(dir));
+    // The set is kept as held and its map published as it is, without
+    // parsing the files again. The map file's stamp goes with it, so that
+    // the watcher's rescan after this write reads nothing, but only once
+    // the file, read after the stamp was taken, says what this set's map
+    // says: another writer (an operator's edit) between the write and the
+    // stamp must not have its file taken for this one.
+    let map_stamp = map_stamp_if_held(dir, &held.files);
     let held = Arc::new(held);
     cache.seed(dir, held.clone());
     Ok(Written { held, map_stamp })
+}
+
+/// The stamp of the map file in `dir` when, read after the stamp was
+/// taken, it holds the map text of `files`; `None` otherwise (the next
+/// reload then reads it).
+fn map_stamp_if_held(dir: &Path, files: &[(String, String)]) -> Stamp {
+    let path = Ssconf::candidate_map_path(dir);
+    let name = ssconf::SsconfKey::MasterCandidatesCerts.file_name();
+    let ours = files.iter().find(|(n, _)| *n == name)?;
+    let stamped = stamp(&path)?;
+    let on_disk = std::fs::read(&path).ok()?;
+    (on_disk == ours.1.as_bytes()).then_some(stamped)
 }
 
 /// Publishes what [`store`] wrote: the map, the master, the control-plane
@@ -149,4 +179,45 @@ async fn publish(daemon: &Daemon, written: Written, done: &'static str) -> Resul
         .publish_written(&written.held, written.map_stamp)
         .await;
     Ok(Reply::SsconfWritten { serial })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(serial: u64) -> Ssconf {
+        Ssconf {
+            cluster_name: "c".into(),
+            master_node: "a".into(),
+            node_list: vec!["a".into()],
+            node_addresses: vec![("a".into(), "127.0.0.1:1811".into())],
+            online_nodes: vec!["a".into()],
+            master_candidates: vec!["a".into()],
+            serial,
+            ..Ssconf::default()
+        }
+    }
+
+    /// The map file's stamp goes with a written set only while the file
+    /// holds that set's map: a map written meanwhile by someone else keeps
+    /// no stamp, so the next reload reads it.
+    #[test]
+    fn the_map_stamp_is_kept_only_for_the_map_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = set(1);
+        ours.store(dir.path()).unwrap();
+        let files = ours.render();
+        let kept = map_stamp_if_held(dir.path(), &files);
+        assert!(kept.is_some());
+        assert_eq!(kept, stamp(&Ssconf::candidate_map_path(dir.path())));
+
+        // Another writer's map, in place of ours.
+        let path = Ssconf::candidate_map_path(dir.path());
+        let theirs = "uuid-x sha256:".to_owned() + &"ab".repeat(32) + "\n";
+        std::fs::write(&path, theirs).unwrap();
+        assert_eq!(map_stamp_if_held(dir.path(), &files), None);
+        // No map file at all.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(map_stamp_if_held(dir.path(), &files), None);
+    }
 }
