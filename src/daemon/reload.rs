@@ -13,6 +13,7 @@
 //! ([`publish_written`]). A new map that fails to parse keeps the previous
 //! one.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -104,19 +105,7 @@ pub async fn reload_map(path: &Path, handle: &CandidateMapHandle) -> bool {
         *last = now;
     }
     match loaded {
-        Ok(Ok(map)) => {
-            if **handle.load() == map {
-                return false;
-            }
-            tracing::info!(
-                entries = map.len(),
-                "candidate map reloaded from {}: {} entries",
-                path.display(),
-                map.len()
-            );
-            handle.publish(map);
-            true
-        }
+        Ok(Ok(map)) => publish_if_new(path, handle, Cow::Owned(map)),
         Ok(Err(SsconfError::Missing { .. })) => {
             if handle.load().is_empty() {
                 return false;
@@ -152,6 +141,12 @@ pub async fn publish_written(
 ) -> bool {
     let mut last = handle.reloading.lock().await;
     *last = written;
+    publish_if_new(path, handle, Cow::Borrowed(map))
+}
+
+/// Publishes `map`, read from or written to `path`, unless it is the
+/// current one. Returns whether it went out.
+fn publish_if_new(path: &Path, handle: &CandidateMapHandle, map: Cow<'_, CandidateMap>) -> bool {
     if **handle.load() == *map {
         return false;
     }
@@ -161,7 +156,7 @@ pub async fn publish_written(
         path.display(),
         map.len()
     );
-    handle.publish(map.clone());
+    handle.publish(map.into_owned());
     true
 }
 

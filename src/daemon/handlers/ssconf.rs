@@ -1,7 +1,8 @@
-//! `write-ssconf` and `patch-ssconf`: a new ssconf set, whole or as what
-//! changed since the set this node holds; refused when it is for another
-//! cluster or older than the one held (the `ssconf` crate checks the
-//! serial).
+//! `write-ssconf`, `patch-ssconf` and `patch-ssconf-and-keys`: a new
+//! ssconf set, whole or as what changed since the set this node holds
+//! (then perhaps with the authorized_keys block that goes with it);
+//! refused when it is for another cluster or older than the one held (the
+//! `ssconf` crate checks the serial).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
         store(&dir, &cache, held, None).map_err(Error::Invalid)
     })
     .await?;
-    publish(daemon, written, "ssconf updated").await
+    Ok(publish(daemon, written, "ssconf updated").await)
 }
 
 /// The set `patches` make of the one held here, which must be the set
@@ -64,7 +65,7 @@ pub async fn patch(
         Ok((written, keys_failed))
     })
     .await?;
-    let reply = publish(daemon, written, "ssconf updated from a patch").await?;
+    let reply = publish(daemon, written, "ssconf updated from a patch").await;
     match keys_failed {
         // The set is stored and published; the sender asks the node and
         // sends the keys again.
@@ -172,13 +173,13 @@ fn map_stamp_if_held(dir: &Path, files: &[(String, String)]) -> Stamp {
 
 /// Publishes what [`store`] wrote: the map, the master, the control-plane
 /// addresses.
-async fn publish(daemon: &Daemon, written: Written, done: &'static str) -> Result<Reply, RpcError> {
+async fn publish(daemon: &Daemon, written: Written, done: &'static str) -> Reply {
     let serial = written.held.set.serial;
     tracing::info!(serial, "{done}");
     daemon
         .publish_written(&written.held, written.map_stamp)
         .await;
-    Ok(Reply::SsconfWritten { serial })
+    Reply::SsconfWritten { serial }
 }
 
 #[cfg(test)]
