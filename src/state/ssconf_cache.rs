@@ -26,6 +26,22 @@ pub struct HeldSsconf {
     pub files: Vec<(String, String)>,
     /// SHA-256 (hex) of the set, as `node-info` reports it.
     pub sha256: String,
+    /// The digest's state before each file, for a patched set's digest.
+    pub midstates: fingerprint::Midstates,
+}
+
+impl HeldSsconf {
+    /// `set` with its `files` (its [`Ssconf::render`]) and their digest.
+    pub fn new(set: Ssconf, files: Vec<(String, String)>) -> Self {
+        let (sha256, midstates) =
+            fingerprint::files_sha256_from(&files, 0, &fingerprint::Midstates::default());
+        HeldSsconf {
+            set,
+            files,
+            sha256,
+            midstates,
+        }
+    }
 }
 
 /// A set this process has just stored, with the [`Stamp`] its map file
@@ -79,11 +95,7 @@ impl SsconfCache {
         // older than the content: the next call reads again.
         let set = Ssconf::load(dir)?;
         let files = set.render();
-        let held = Arc::new(HeldSsconf {
-            sha256: fingerprint::files_sha256(&files),
-            files,
-            set,
-        });
+        let held = Arc::new(HeldSsconf::new(set, files));
         *self.guard() = Some((before, held.clone()));
         Ok(held)
     }
@@ -162,11 +174,7 @@ mod tests {
         let third = set(3, &["a"]);
         third.store(dir.path()).unwrap();
         let files = third.render();
-        let kept = Arc::new(HeldSsconf {
-            sha256: fingerprint::files_sha256(&files),
-            files,
-            set: third,
-        });
+        let kept = Arc::new(HeldSsconf::new(third, files));
         cache.seed(dir.path(), kept.clone());
         assert!(Arc::ptr_eq(&kept, &cache.load(dir.path()).unwrap()));
         set(4, &["a", "b"]).store(dir.path()).unwrap();

@@ -326,6 +326,17 @@ impl Ssconf {
     /// differ from it and the serial. The serial is written last whatever
     /// the order of `files`.
     pub fn store_rendered(&self, files: &[(String, String)], dir: &Path) -> Result<()> {
+        self.store_files(files, dir, true)
+    }
+
+    /// [`Ssconf::store_rendered`] of `files` that the caller knows differ
+    /// from the stored ones (it read and checked the stored set just
+    /// before): they are written without being read and compared first.
+    pub fn store_differing(&self, files: &[(String, String)], dir: &Path) -> Result<()> {
+        self.store_files(files, dir, false)
+    }
+
+    fn store_files(&self, files: &[(String, String)], dir: &Path, compare: bool) -> Result<()> {
         let io = |path: PathBuf| move |source| SsconfError::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         // One writer at a time, across processes: the serial check and the
@@ -366,7 +377,9 @@ impl Ssconf {
             .into_iter()
             .chain(last)
             .filter(|(name, text)| {
-                std::fs::read(dir.join(name)).map_or(true, |current| current != text.as_bytes())
+                !compare
+                    || std::fs::read(dir.join(name))
+                        .map_or(true, |current| current != text.as_bytes())
             })
             .map(|(name, text)| (std::ffi::OsStr::new(name), text.as_bytes()))
             .collect();

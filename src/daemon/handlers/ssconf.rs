@@ -23,12 +23,8 @@ pub async fn write(daemon: &Daemon, files: Vec<(String, String)>) -> Result<Repl
     let written = blocking(move || {
         let set = Ssconf::parse_files(&files, &dir).map_err(|e| Error::Invalid(e.to_string()))?;
         let files = set.render();
-        let held = HeldSsconf {
-            sha256: fingerprint::files_sha256(&files),
-            files,
-            set,
-        };
-        store(&dir, &cache, held, None).map_err(Error::Invalid)
+        let held = HeldSsconf::new(set, files);
+        store(&dir, &cache, held, Base::Disk).map_err(Error::Invalid)
     })
     .await?;
     Ok(publish(daemon, written, "ssconf updated").await)
@@ -57,8 +53,13 @@ pub async fn patch(
             .take(&dir)
             .map_err(|e| Error::Invalid(format!("no ssconf to patch: {e}")))?;
         let touched: Vec<String> = patches.iter().map(|p| p.file.clone()).collect();
+        let cluster = held.set.cluster_name.clone();
         let set = rebuild(&dir, held, &base_sha256, &patches, &sha256).map_err(Error::Invalid)?;
-        let written = store(&dir, &cache, set, Some(&touched)).map_err(Error::Invalid)?;
+        let base = Base::Held {
+            cluster: &cluster,
+            touched: &touched,
+        };
+        let written = store(&dir, &cache, set, base).map_err(Error::Invalid)?;
         let keys_failed = keys.and_then(|keys| {
             crate::state::ssh::write_authorized_keys(&authorized_keys, &keys).err()
         });
@@ -87,12 +88,24 @@ fn rebuild(
     if held.sha256 != base {
         return Err("the ssconf held here is not the patch's base; send the whole set".into());
     }
+    // The files before the first one the patch touches stay as they are
+    // (a file the set lacks is added at the end): the digest resumes there.
+    let from = patches
+        .iter()
+        .map(|p| {
+            held.files
+                .iter()
+                .position(|(name, _)| *name == p.file)
+                .unwrap_or(held.files.len())
+        })
+        .min()
+        .unwrap_or(held.files.len());
     let files = patch::apply(held.files, patches)
         .ok_or("the patch does not fit the ssconf held here; send the whole set")?;
     // Hashed as patched: equal to the sender's digest, the text is exactly
     // the sender's rendering, so it needs no rendering here, and only the
     // files the patch touched need reading into the held set.
-    let sha256 = fingerprint::files_sha256(&files);
+    let (sha256, midstates) = fingerprint::files_sha256_from(&files, from, &held.midstates);
     if sha256 != want {
         return Err("the patched ssconf is not the sender's; send the whole set".into());
     }
@@ -104,49 +117,69 @@ fn rebuild(
         .set
         .with_files(changed, dir)
         .map_err(|e| e.to_string())?;
-    Ok(HeldSsconf { set, files, sha256 })
+    Ok(HeldSsconf {
+        set,
+        files,
+        sha256,
+        midstates,
+    })
+}
+
+/// What a write replaces.
+#[derive(Clone, Copy)]
+enum Base<'a> {
+    /// Whatever the directory holds.
+    Disk,
+    /// The set held here (of cluster `cluster`), just read and checked
+    /// against its digest, of which a patch changed `touched`.
+    Held {
+        cluster: &'a str,
+        touched: &'a [String],
+    },
 }
 
 /// Stores `held` (under the caller's `ssconf_write` guard) and keeps it
-/// as the set held. With `touched`, only those files (and the serial) can
-/// differ from the set on disk, which was just read and checked against
-/// its digest: the others are neither read nor written.
+/// as the set held. On a [`Base::Held`], only the touched files and the
+/// serial can differ from the set on disk: the others are neither read
+/// nor written, and the touched ones are written without being read.
 fn store(
     dir: &Path,
     cache: &SsconfCache,
     held: HeldSsconf,
-    touched: Option<&[String]>,
+    base: Base<'_>,
 ) -> Result<Written, String> {
     let set = &held.set;
-    let name_file = dir.join(ssconf::SsconfKey::ClusterName.file_name());
-    match std::fs::read_to_string(&name_file) {
-        Ok(current) if current.trim_end() != set.cluster_name => {
-            return Err(format!(
-                "ssconf for cluster {:?} refused: this node belongs to cluster {:?}",
-                set.cluster_name,
-                current.trim_end()
-            ));
+    let current = match base {
+        Base::Held { cluster, .. } => Some(cluster.to_owned()),
+        Base::Disk => {
+            let name_file = dir.join(ssconf::SsconfKey::ClusterName.file_name());
+            match std::fs::read_to_string(&name_file) {
+                Ok(current) => Some(current.trim_end().to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("{}: {e}", name_file.display())),
+            }
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", name_file.display())),
+    };
+    if let Some(current) = current.filter(|c| *c != set.cluster_name) {
+        return Err(format!(
+            "ssconf for cluster {:?} refused: this node belongs to cluster {current:?}",
+            set.cluster_name
+        ));
     }
     let serial_file = ssconf::SsconfKey::Serial.file_name();
-    let subset: Vec<(String, String)>;
-    let written = match touched {
-        Some(touched) => {
-            subset = held
+    match base {
+        Base::Held { touched, .. } => {
+            let subset: Vec<(String, String)> = held
                 .files
                 .iter()
                 .filter(|(name, _)| *name == serial_file || touched.contains(name))
                 .cloned()
                 .collect();
-            &subset
+            set.store_differing(&subset, dir)
         }
-        None => &held.files,
-    };
-    set.store_rendered(written, dir)
-        .map_err(|e| e.to_string())?;
+        Base::Disk => set.store_rendered(&held.files, dir),
+    }
+    .map_err(|e| e.to_string())?;
     // The set is kept as held and its map published as it is, without
     // parsing the files again. The map file's stamp goes with it, so that
     // the watcher's rescan after this write reads nothing, but only once
