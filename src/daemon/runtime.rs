@@ -338,7 +338,9 @@ pub async fn serve(opts: Options) -> Result<()> {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    watcher.abort();
+    // The watcher's thread ends with the reloader, which held the sender
+    // of its signals; the process exit takes it otherwise.
+    drop(watcher);
     served?;
     tracing::info!("stopped");
     Ok(())

@@ -124,6 +124,9 @@ pub struct Daemon {
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
     /// The ssconf set as last read, read again when a file changed.
     pub ssconf: Arc<crate::state::ssconf_cache::SsconfCache>,
+    /// SHA-256 of the set whose control-plane addresses the lane holds: the
+    /// watcher's rescan after the daemon's own write finds that set again.
+    control_plane_of: std::sync::Mutex<String>,
 }
 
 impl Daemon {
@@ -137,8 +140,15 @@ impl Daemon {
         client_cert: ClientCertFacts,
         is_master: Arc<AtomicBool>,
     ) -> Self {
+        // The SSH paths as node.json names them, taken from the identity
+        // read at start: a push's authorized_keys and every node-info
+        // would otherwise read node.json again for them.
+        let ssh = crate::state::SshPaths {
+            ssh_dir: identity.ssh_dir.clone(),
+            authorized_keys: identity.authorized_keys.clone(),
+        };
         let daemon = Daemon {
-            state,
+            state: state.with_ssh_paths(&ssh),
             identity,
             tls: ArcSwap::new(tls),
             map,
@@ -156,6 +166,7 @@ impl Daemon {
             converger: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
             ssconf: Arc::default(),
+            control_plane_of: std::sync::Mutex::default(),
             raft: arc_swap::ArcSwapOption::empty(),
             raft_wanted: tokio::sync::Notify::new(),
             raft_changing: tokio::sync::Mutex::new(()),
@@ -206,8 +217,19 @@ impl Daemon {
             &self.map,
         )
         .await;
-        self.refresh_role();
-        self.refresh_control_plane();
+        // The master and the control plane from one read of the set (none
+        // when it is the set held): after each of the daemon's own writes
+        // the watcher comes here.
+        match self.ssconf.load(&self.state.ssconf_dir()) {
+            Ok(held) => {
+                self.set_role(held.set.master_node.trim_end() == self.identity.name);
+                self.set_control_plane(&held);
+            }
+            Err(e) => {
+                tracing::debug!("control-plane addresses unchanged: {e}");
+                self.refresh_role();
+            }
+        }
     }
 
     /// Takes up the set this daemon has just stored (under its
@@ -225,7 +247,7 @@ impl Daemon {
         )
         .await;
         self.set_role(held.set.master_node.trim_end() == self.identity.name);
-        self.set_control_plane(&held.set);
+        self.set_control_plane(held);
     }
 
     /// Re-reads the master's and the candidates' addresses from ssconf for
@@ -240,13 +262,22 @@ impl Daemon {
                 return;
             }
         };
-        self.set_control_plane(&set.set);
+        self.set_control_plane(&set);
     }
 
     /// Reserves the control-plane lane for the master's and the
-    /// candidates' addresses in `set`.
-    fn set_control_plane(&self, set: &Ssconf) {
-        let (addresses, not_literal) = control_plane_addresses(set);
+    /// candidates' addresses in `held`; nothing to do (and nothing logged
+    /// again) when it is the set the lane was last set from.
+    fn set_control_plane(&self, held: &HeldSsconf) {
+        let mut of = match self.control_plane_of.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if *of == held.sha256 {
+            return;
+        }
+        of.clone_from(&held.sha256);
+        let (addresses, not_literal) = control_plane_addresses(&held.set);
         for (node, address) in not_literal {
             tracing::warn!(
                 %node,
