@@ -12,11 +12,17 @@
 //! the same target removes such files once they are [`STALE_AFTER`] old
 //! (younger ones may belong to a write still under way), and
 //! [`stale_temp_files`] lists them for `verify`.
+//!
+//! Files written again and again (the ssconf set, on every node at every
+//! change) go through [`write_atomic_all_swapped`]: the same protocol, but
+//! the new content is written into the file the last write left beside the
+//! target, `.<name>.swap`, and the two are exchanged (`renameat2` with
+//! `RENAME_EXCHANGE`), so no inode is created or freed per write.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +118,67 @@ fn write_temp(tmp: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     file.sync_all()
 }
 
+/// The swap file of `name` in `dir`: `.<name>.swap`.
+fn swap_path(dir: &Path, name: &OsStr) -> PathBuf {
+    dir.join(format!(".{}.swap", name.to_string_lossy()))
+}
+
+/// Writes `contents` into the swap file `path` with exactly `mode`, and
+/// fsyncs it: into the file there when it is a plain file of this user
+/// with no other name, else into a fresh one (whatever was there removed).
+fn write_swap(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let Some(mut file) = open_kept_swap(path)? else {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        return write_temp(path, contents, mode);
+    };
+    file.set_len(0)?;
+    file.write_all(contents)?;
+    if file.metadata()?.mode() & 0o7777 != mode {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
+    file.sync_all()
+}
+
+/// The swap file at `path`, opened for writing, if it may take a new
+/// content: a regular file (a symbolic link is not followed), of this
+/// process's user, with one name (writing through a hard link would change
+/// another file). `None` when there is none or it may not.
+fn open_kept_swap(path: &Path) -> io::Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    // Non-blocking: a FIFO put there must not hang the writer.
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata()?;
+    let ours = meta.file_type().is_file()
+        && meta.nlink() == 1
+        && meta.uid() == rustix::process::geteuid().as_raw();
+    Ok(ours.then_some(file))
+}
+
+/// Exchanges the swap file and the target; renames the swap file over the
+/// target when there is no target yet or the file system cannot exchange.
+fn exchange(swap: &Path, target: &Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, swap, CWD, target, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOENT | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            fs::rename(swap, target)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Atomically replaces `path` with `contents`, leaving it with `mode`, and
 /// removes the stale temporary files earlier writes of `path` left.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
@@ -138,15 +205,64 @@ pub fn write_atomic_all(
     files: &[(&OsStr, &[u8])],
     mode: u32,
 ) -> Result<(), (PathBuf, io::Error)> {
+    write_all_through(dir, files, mode, Scratch::Fresh)
+}
+
+/// [`write_atomic_all`] for files written again and again: each content
+/// goes into `.<name>.swap`, the file the last write of `name` left, which
+/// is then exchanged with the target and so holds the old content until
+/// the next write. Creating an inode and freeing the old one was most of
+/// what storing the set cost a node besides the fsyncs (on ext4 without a
+/// journal, each new inode is searched for past the recently freed ones).
+/// A swap file that is not a plain file of this user with one name (a
+/// link, a hard link to another file) is removed, never written through,
+/// and a fresh one created. Where the file system cannot exchange (or the
+/// target does not exist yet), the file is renamed over the target as by
+/// [`write_atomic_all`].
+pub fn write_atomic_all_swapped(
+    dir: &Path,
+    files: &[(&OsStr, &[u8])],
+    mode: u32,
+) -> Result<(), (PathBuf, io::Error)> {
+    write_all_through(dir, files, mode, Scratch::Swap)
+}
+
+/// Where a write puts the new content before it takes the target's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scratch {
+    /// A new temporary file, renamed over the target.
+    Fresh,
+    /// The swap file beside the target, exchanged with it.
+    Swap,
+}
+
+fn write_all_through(
+    dir: &Path,
+    files: &[(&OsStr, &[u8])],
+    mode: u32,
+    scratch: Scratch,
+) -> Result<(), (PathBuf, io::Error)> {
     if files.is_empty() {
         return Ok(());
     }
     let mut pending: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
     let result = (|| {
         for (name, contents) in files {
-            let (tmp, target) = (temp_path(dir, name), dir.join(name));
-            pending.push((tmp.clone(), target.clone()));
-            write_temp(&tmp, contents, mode).map_err(|e| (target, e))?;
+            let target = dir.join(name);
+            let (tmp, written) = match scratch {
+                Scratch::Fresh => {
+                    let tmp = temp_path(dir, name);
+                    let written = write_temp(&tmp, contents, mode);
+                    (tmp, written)
+                }
+                Scratch::Swap => {
+                    let swap = swap_path(dir, name);
+                    let written = write_swap(&swap, contents, mode);
+                    (swap, written)
+                }
+            };
+            pending.push((tmp, target.clone()));
+            written.map_err(|e| (target, e))?;
         }
         let sync_dir = || {
             File::open(dir)
@@ -158,7 +274,11 @@ pub fn write_atomic_all(
             if i == last && i > 0 {
                 sync_dir()?;
             }
-            fs::rename(tmp, target).map_err(|e| (target.clone(), e))?;
+            let moved = match scratch {
+                Scratch::Fresh => fs::rename(tmp, target),
+                Scratch::Swap => exchange(tmp, target),
+            };
+            moved.map_err(|e| (target.clone(), e))?;
         }
         sync_dir()
     })();
@@ -193,7 +313,6 @@ pub fn remove_durable(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn replaces_content_with_exact_mode_and_leaves_no_temp() -> io::Result<()> {
@@ -337,6 +456,68 @@ mod tests {
         assert!(write_atomic(&target, b"new", 0o644).is_err());
         assert_eq!(fs::read(&path)?, b"old");
         assert_eq!(fs::read_dir(dir.path())?.count(), 2);
+        Ok(())
+    }
+
+    /// Swapped writes: the target gets each content with the exact mode,
+    /// the swap file keeps the one before, and after the first exchange no
+    /// inode is created: the two files trade theirs.
+    #[test]
+    fn swapped_writes_trade_two_inodes_and_keep_the_old_content_beside() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let name = OsStr::new("ssconf_serial");
+        let (target, swap) = (dir.path().join(name), swap_path(dir.path(), name));
+        write_atomic_all_swapped(dir.path(), &[(name, b"1\n")], 0o644).map_err(|(_, e)| e)?;
+        assert_eq!(fs::read(&target)?, b"1\n");
+        assert!(
+            !swap.exists(),
+            "the first write renames: nothing to exchange with"
+        );
+        write_atomic_all_swapped(dir.path(), &[(name, b"2\n")], 0o644).map_err(|(_, e)| e)?;
+        assert_eq!(fs::read(&target)?, b"2\n");
+        assert_eq!(fs::read(&swap)?, b"1\n");
+        let inodes = |paths: [&Path; 2]| -> io::Result<Vec<u64>> {
+            let mut i = paths
+                .iter()
+                .map(|p| fs::metadata(p).map(|m| m.ino()))
+                .collect::<io::Result<Vec<_>>>()?;
+            i.sort_unstable();
+            Ok(i)
+        };
+        let before = inodes([&target, &swap])?;
+        for (i, text) in [&b"3\n"[..], b"4\n", b"5\n"].iter().enumerate() {
+            let mode = if i == 1 { 0o600 } else { 0o644 };
+            write_atomic_all_swapped(dir.path(), &[(name, text)], mode).map_err(|(_, e)| e)?;
+            assert_eq!(fs::read(&target)?, *text);
+            assert_eq!(fs::metadata(&target)?.mode() & 0o7777, mode);
+            assert_eq!(inodes([&target, &swap])?, before);
+        }
+        assert_eq!(fs::read(&swap)?, b"4\n");
+        Ok(())
+    }
+
+    /// A swap file that is a link (symbolic or hard) is never written
+    /// through: the file it names keeps its content, and the write still
+    /// replaces the target.
+    #[test]
+    fn a_swap_file_that_is_a_link_is_replaced_not_written_through() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let name = OsStr::new("ssconf_master_node");
+        let (target, swap) = (dir.path().join(name), swap_path(dir.path(), name));
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious")?;
+        fs::write(&target, b"old\n")?;
+        std::os::unix::fs::symlink(&victim, &swap)?;
+        write_atomic_all_swapped(dir.path(), &[(name, b"a\n")], 0o644).map_err(|(_, e)| e)?;
+        assert_eq!(fs::read(&victim)?, b"precious");
+        assert_eq!(fs::read(&target)?, b"a\n");
+        // Now a hard link to the victim in the swap file's place.
+        fs::remove_file(&swap)?;
+        fs::hard_link(&victim, &swap)?;
+        write_atomic_all_swapped(dir.path(), &[(name, b"b\n")], 0o644).map_err(|(_, e)| e)?;
+        assert_eq!(fs::read(&victim)?, b"precious");
+        assert_eq!(fs::read(&target)?, b"b\n");
+        assert_eq!(fs::read(&swap)?, b"a\n");
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::atomic::write_atomic_all;
+use crate::atomic::write_atomic_all_swapped;
 use crate::candidate_map::{self, CandidateMap};
 use crate::{lines, read_bounded, Result, SsconfError};
 
@@ -383,7 +383,7 @@ impl Ssconf {
             })
             .map(|(name, text)| (std::ffi::OsStr::new(name), text.as_bytes()))
             .collect();
-        write_atomic_all(dir, &changed, FILE_MODE)
+        write_atomic_all_swapped(dir, &changed, FILE_MODE)
             .map_err(|(path, source)| SsconfError::Io { path, source })
     }
 
