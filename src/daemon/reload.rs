@@ -229,8 +229,9 @@ where
 type DirEvent = std::io::Result<(EventMask, Option<std::ffi::OsString>)>;
 
 /// [`spawn_watcher`]'s loop over `events`: a rescan at the start, then one
-/// per burst of relevant events or per `manual` signal, until `manual`'s
-/// sender is dropped.
+/// per burst of events with a relevant one or per `manual` signal, until
+/// `manual`'s sender is dropped. It blocks its thread for the debounce: it
+/// must run on a thread of its own.
 async fn watch<S, F, Fut>(mut events: S, mut manual: mpsc::Receiver<()>, reload: F)
 where
     S: futures_util::Stream<Item = DirEvent> + Unpin,
@@ -253,38 +254,53 @@ where
         _ => "its event stream ended".to_owned(),
     };
     loop {
-        tokio::select! {
+        // The first event of a burst, or a signal.
+        let mut changed = tokio::select! {
             ev = events.next(), if watching => match ev {
-                Some(Ok((mask, name))) => {
-                    if !relevant(mask, name.as_deref()) {
-                        continue;
-                    }
-                }
+                Some(Ok((mask, name))) => relevant(mask, name.as_deref()),
                 other => {
                     give_up(why(other));
                     watching = false;
+                    true
                 }
             },
-            m = manual.recv() => if m.is_none() { break },
-        }
-        tokio::time::sleep(DEBOUNCE).await;
-        // Drain what arrived during the debounce without waiting; a burst
-        // is bounded, and a failing watch is not read again.
+            m = manual.recv() => {
+                if m.is_none() {
+                    break;
+                }
+                true
+            }
+        };
+        // The rest of the burst. A write of the set (the daemon's own, on
+        // every node at every change) sends events for a few milliseconds:
+        // its temporary files written, the lock file closed, the files
+        // renamed. The thread sleeps through them, this runtime's only
+        // task: asleep in the reactor it would be woken by each one.
+        // Then the reactor takes in what arrived (the yield), and the
+        // events are read without waiting.
+        std::thread::sleep(DEBOUNCE);
+        tokio::task::yield_now().await;
+        // A burst is bounded, and a failing watch is not read again.
         for _ in 0..4096 {
             if !watching {
                 break;
             }
             match futures_util::FutureExt::now_or_never(events.next()) {
                 None => break,
-                Some(Some(Ok(_))) => {}
+                Some(Some(Ok((mask, name)))) => changed |= relevant(mask, name.as_deref()),
                 Some(other) => {
                     give_up(why(other));
                     watching = false;
+                    changed = true;
                 }
             }
         }
-        while manual.try_recv().is_ok() {}
-        reload().await;
+        while manual.try_recv().is_ok() {
+            changed = true;
+        }
+        if changed {
+            reload().await;
+        }
     }
 }
 
