@@ -34,7 +34,7 @@ use super::handlers::failed;
 use super::server::Daemon;
 use crate::cluster::lifecycle::Narration;
 use crate::cluster::{self, ca_rotation, renewal, ClusterLock};
-use crate::core::{Error, Result};
+use crate::core::{locked, Error, Result};
 use crate::rpc::fanout::{self, fan_out, CONCURRENCY};
 use crate::rpc::{Connection, RpcClient};
 use crate::state::config::{ClusterConfig, NodeRecord};
@@ -42,15 +42,6 @@ use crate::state::ssconf_cache::{stamp, Stamp};
 use crate::state::users::AuditEntry;
 use crate::state::{fingerprint, StateDir};
 use crate::wire::{patch, NodeHealth, NodeInfo, Procedure, Reply, Resend, RpcError, SsconfPatch};
-
-/// `mutex`'s guard, also when a thread panicked while holding it: the
-/// tables here stay usable (each write is a whole entry).
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// The health of every node the loop has heartbeated, by uuid.
 #[derive(Debug, Default)]

@@ -172,8 +172,7 @@ impl Daemon {
             raft_changing: tokio::sync::Mutex::new(()),
             config_changed: tokio::sync::Notify::new(),
         };
-        daemon.refresh_role();
-        daemon.refresh_control_plane();
+        daemon.take_up_stored_set();
         daemon
     }
 
@@ -217,19 +216,28 @@ impl Daemon {
             &self.map,
         )
         .await;
-        // The master and the control plane from one read of the set (none
-        // when it is the set held): after each of the daemon's own writes
-        // the watcher comes here.
+        self.take_up_stored_set();
+    }
+
+    /// The master and the control-plane addresses from one read of the set
+    /// in the ssconf directory (none when it is the set held: after each of
+    /// the daemon's own writes the watcher comes here). An unreadable set
+    /// keeps the previous addresses (the lane only reserves handshake
+    /// slots, it admits nobody); the role then comes from the master file.
+    fn take_up_stored_set(&self) {
         match self.ssconf.load(&self.state.ssconf_dir()) {
-            Ok(held) => {
-                self.set_role(held.set.master_node.trim_end() == self.identity.name);
-                self.set_control_plane(&held);
-            }
+            Ok(held) => self.take_up(&held),
             Err(e) => {
                 tracing::debug!("control-plane addresses unchanged: {e}");
                 self.refresh_role();
             }
         }
+    }
+
+    /// The master role and the control-plane lane as `held` says.
+    fn take_up(&self, held: &HeldSsconf) {
+        self.set_role(held.set.master_node.trim_end() == self.identity.name);
+        self.set_control_plane(held);
     }
 
     /// Takes up the set this daemon has just stored (under its
@@ -246,33 +254,14 @@ impl Daemon {
             map_stamp,
         )
         .await;
-        self.set_role(held.set.master_node.trim_end() == self.identity.name);
-        self.set_control_plane(held);
-    }
-
-    /// Re-reads the master's and the candidates' addresses from ssconf for
-    /// the control-plane lane. An unreadable set keeps the previous
-    /// addresses: the lane only reserves handshake slots, it admits nobody.
-    pub fn refresh_control_plane(&self) {
-        let dir = self.state.ssconf_dir();
-        let set = match self.ssconf.load(&dir) {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::debug!("control-plane addresses unchanged: {e}");
-                return;
-            }
-        };
-        self.set_control_plane(&set);
+        self.take_up(held);
     }
 
     /// Reserves the control-plane lane for the master's and the
     /// candidates' addresses in `held`; nothing to do (and nothing logged
     /// again) when it is the set the lane was last set from.
     fn set_control_plane(&self, held: &HeldSsconf) {
-        let mut of = match self.control_plane_of.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut of = crate::core::locked(&self.control_plane_of);
         if *of == held.sha256 {
             return;
         }

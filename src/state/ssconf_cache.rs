@@ -120,10 +120,25 @@ impl SsconfCache {
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, Option<(Vec<Stamp>, Arc<HeldSsconf>)>> {
-        match self.0.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::core::locked(&self.0)
+    }
+}
+
+/// A set of cluster `c` with master `a` and `nodes` (tests).
+#[cfg(test)]
+pub(crate) fn test_set(serial: u64, nodes: &[&str]) -> Ssconf {
+    Ssconf {
+        cluster_name: "c".into(),
+        master_node: "a".into(),
+        node_list: nodes.iter().map(|n| (*n).to_owned()).collect(),
+        node_addresses: nodes
+            .iter()
+            .map(|n| ((*n).to_owned(), "127.0.0.1:1811".to_owned()))
+            .collect(),
+        online_nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+        master_candidates: vec!["a".into()],
+        serial,
+        ..Ssconf::default()
     }
 }
 
@@ -132,19 +147,7 @@ mod tests {
     use super::*;
 
     fn set(serial: u64, nodes: &[&str]) -> Ssconf {
-        Ssconf {
-            cluster_name: "c".into(),
-            master_node: "a".into(),
-            node_list: nodes.iter().map(|n| (*n).to_owned()).collect(),
-            node_addresses: nodes
-                .iter()
-                .map(|n| ((*n).to_owned(), "127.0.0.1:1811".to_owned()))
-                .collect(),
-            online_nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
-            master_candidates: vec!["a".into()],
-            serial,
-            ..Ssconf::default()
-        }
+        test_set(serial, nodes)
     }
 
     #[test]

@@ -78,10 +78,7 @@ impl ApiState {
     }
 
     fn slots_of(&self, user: &str) -> Arc<Semaphore> {
-        let mut map = match self.in_flight.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = crate::core::locked(&self.in_flight);
         map.entry(user.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(PER_USER_REQUESTS)))
             .clone()

@@ -220,16 +220,7 @@ mod tests {
     use super::*;
 
     fn set(serial: u64) -> Ssconf {
-        Ssconf {
-            cluster_name: "c".into(),
-            master_node: "a".into(),
-            node_list: vec!["a".into()],
-            node_addresses: vec![("a".into(), "127.0.0.1:1811".into())],
-            online_nodes: vec!["a".into()],
-            master_candidates: vec!["a".into()],
-            serial,
-            ..Ssconf::default()
-        }
+        crate::state::ssconf_cache::test_set(serial, &["a"])
     }
 
     /// The map file's stamp goes with a written set only while the file
