@@ -31,14 +31,30 @@ pub async fn start(daemon: &Arc<Daemon>) -> Result<()> {
     Ok(())
 }
 
-/// Starts Raft whenever this node comes to hold the config (a promotion;
-/// a start that failed), woken by `raft_wanted` or every 2 s.
+/// How soon a start of Raft that failed is tried again.
+const START_RETRY: Duration = Duration::from_secs(2);
+
+/// Starts Raft whenever this node comes to hold the config, woken by
+/// `raft_wanted`: every path that writes `config.json` while the daemon
+/// runs (`install-candidate-files`, `write-config`, `recover --force`)
+/// wakes it. A start that failed is tried again every [`START_RETRY`];
+/// otherwise the task sleeps, so a regular node has no timer of its own
+/// here.
 pub async fn supervise(daemon: Arc<Daemon>) {
+    let mut failed = false;
     loop {
-        let _ = tokio::time::timeout(Duration::from_secs(2), daemon.raft_wanted.notified()).await;
-        if let Err(e) = start(&daemon).await {
-            tracing::error!("raft does not start: {e}");
+        if failed {
+            let _ = tokio::time::timeout(START_RETRY, daemon.raft_wanted.notified()).await;
+        } else {
+            daemon.raft_wanted.notified().await;
         }
+        failed = match start(&daemon).await {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!("raft does not start: {e}; trying again in {START_RETRY:?}");
+                true
+            }
+        };
     }
 }
 
@@ -137,9 +153,9 @@ pub async fn recover(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
         .map_err(|e| failed(e.to_string()))?
         .1;
     let term = node.raft.metrics().borrow().current_term;
-    // Until the store is rewritten: the supervisor's next start (it wakes
-    // every 2 s) would otherwise bring back the old membership, which
-    // cannot elect a leader.
+    // Until the store is rewritten: a start by the supervisor (woken by
+    // another call meanwhile) would otherwise bring back the old
+    // membership, which cannot elect a leader.
     let changing = daemon.raft_changing.lock().await;
     daemon.raft.store(None);
     node.shutdown().await;

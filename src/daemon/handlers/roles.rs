@@ -176,6 +176,8 @@ pub fn install_ca_bundle(state: &StateDir, ca_pem: &str) -> Result<()> {
 pub async fn write(daemon: &Daemon, config_json: String) -> std::result::Result<Reply, RpcError> {
     let state = daemon.state.clone();
     blocking(move || write_config(&state, &config_json)).await?;
+    // A node that held no config before runs Raft from now on.
+    daemon.raft_wanted.notify_one();
     Ok(Reply::Done)
 }
 
