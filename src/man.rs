@@ -26,7 +26,7 @@ all nodes, 0644: uuid, name, address of this node
 master and candidates, 0600: cluster configuration with its serial
 .TP
 \fIssconf/ssconf_<key>\fR
-all nodes, 0644: simple-store configuration. Beside each file a set change rewrote: \fI.ssconf_<key>.swap\fR, the file's previous content; the next change writes into it and exchanges it with the file (\fBrenameat2\fR(2) \fBRENAME_EXCHANGE\fR), so a change creates and frees no inode. Not read by anything; safe to remove.
+all nodes, 0644: simple-store configuration. Beside each file a set change rewrote: \fI.ssconf_<key>.swap\fR, the file's previous content; the next change writes into it and exchanges it with the file (\fBrenameat2\fR(2) \fBRENAME_EXCHANGE\fR), so a change creates and frees no inode; a swap file exchanged less than 250\ ms before is not rewritten but replaced, so a reader that reads a file within 250\ ms of opening it sees one version whole. Not read by anything; safe to remove.
 .TP
 \fItokens.json\fR
 master, 0600: join tokens (secrets stored as hashes)

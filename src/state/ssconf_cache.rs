@@ -7,8 +7,9 @@
 //! (about 300 KiB) each time cost every node milliseconds per heartbeat;
 //! checking that no file changed costs one `stat` per file. A file counts
 //! as changed when its inode, size, modification or status-change time
-//! differs: every write of the set replaces files by rename (a new inode),
-//! and an edit in place changes the times.
+//! differs: every write of the set exchanges each file with its swap file
+//! (the inode changes, and the status-change time of both) or renames a
+//! fresh file over it, and an edit in place changes the times.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

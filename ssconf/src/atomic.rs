@@ -17,7 +17,14 @@
 //! change) go through [`write_atomic_all_swapped`]: the same protocol, but
 //! the new content is written into the file the last write left beside the
 //! target, `.<name>.swap`, and the two are exchanged (`renameat2` with
-//! `RENAME_EXCHANGE`), so no inode is created or freed per write.
+//! `RENAME_EXCHANGE`), so no inode is created or freed per write. That
+//! rewrites in place an inode a reader may have opened while it was the
+//! target; so a swap file is only rewritten once it has rested
+//! [`SWAP_REST`] since it stopped being the target (a fresh file is used
+//! otherwise). A reader that reads a file within [`SWAP_REST`] of opening
+//! it sees one version whole, as with a rename; a slower one sees the
+//! file's status-change time move on by at least [`SWAP_REST`] and can
+//! read again (the ssconf readers of this crate do).
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -29,6 +36,13 @@ use std::time::{Duration, SystemTime};
 /// Age after which a temporary file is taken as left by a killed writer:
 /// a write that is still going takes milliseconds, not a minute.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How long a swap file must have rested since its exchange (it was the
+/// target until then) before a write may rewrite it in place: far longer
+/// than a read of a whole ssconf file takes, and than the coarsest tick of
+/// a file system's timestamps, so a reader still holding the file sees its
+/// status-change time move.
+pub const SWAP_REST: Duration = Duration::from_millis(250);
 
 /// The target's name, when `file_name` is one of our temporary files
 /// (`.<target>.tmp-<16 lower-case hex digits>`).
@@ -125,9 +139,10 @@ fn swap_path(dir: &Path, name: &OsStr) -> PathBuf {
 
 /// Writes `contents` into the swap file `path` with exactly `mode`, and
 /// fsyncs it: into the file there when it is a plain file of this user
-/// with no other name, else into a fresh one (whatever was there removed).
-fn write_swap(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let Some(mut file) = open_kept_swap(path)? else {
+/// with no other name that has rested `rest` since its last exchange, else
+/// into a fresh one (whatever was there removed).
+fn write_swap(path: &Path, contents: &[u8], mode: u32, rest: Duration) -> io::Result<()> {
+    let Some(mut file) = open_kept_swap(path, rest)? else {
         match fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -146,8 +161,9 @@ fn write_swap(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// The swap file at `path`, opened for writing, if it may take a new
 /// content: a regular file (a symbolic link is not followed), of this
 /// process's user, with one name (writing through a hard link would change
-/// another file). `None` when there is none or it may not.
-fn open_kept_swap(path: &Path) -> io::Result<Option<File>> {
+/// another file), whose status last changed (its exchange) `rest` ago or
+/// more. `None` when there is none or it may not.
+fn open_kept_swap(path: &Path, rest: Duration) -> io::Result<Option<File>> {
     use rustix::fs::{Mode, OFlags};
     use rustix::io::Errno;
     // Non-blocking: a FIFO put there must not hang the writer.
@@ -162,7 +178,20 @@ fn open_kept_swap(path: &Path) -> io::Result<Option<File>> {
     let ours = meta.file_type().is_file()
         && meta.nlink() == 1
         && meta.uid() == rustix::process::geteuid().as_raw();
-    Ok(ours.then_some(file))
+    Ok((ours && rested(&meta, rest)).then_some(file))
+}
+
+/// Whether the file of `meta` last changed status `rest` ago or more. A
+/// time after now (the clock was set back) counts as not rested.
+fn rested(meta: &fs::Metadata, rest: Duration) -> bool {
+    let Ok(secs) = u64::try_from(meta.ctime()) else {
+        return true;
+    };
+    let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
+    let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+    SystemTime::now()
+        .duration_since(changed)
+        .is_ok_and(|age| age >= rest)
 }
 
 /// Exchanges the swap file and the target; renames the swap file over the
@@ -216,7 +245,8 @@ pub fn write_atomic_all(
 /// journal, each new inode is searched for past the recently freed ones).
 /// A swap file that is not a plain file of this user with one name (a
 /// link, a hard link to another file) is removed, never written through,
-/// and a fresh one created. Where the file system cannot exchange (or the
+/// and a fresh one created; so is one exchanged less than [`SWAP_REST`]
+/// ago, which a reader may still be reading. Where the file system cannot exchange (or the
 /// target does not exist yet), the file is renamed over the target as by
 /// [`write_atomic_all`].
 pub fn write_atomic_all_swapped(
@@ -224,7 +254,7 @@ pub fn write_atomic_all_swapped(
     files: &[(&OsStr, &[u8])],
     mode: u32,
 ) -> Result<(), (PathBuf, io::Error)> {
-    write_all_through(dir, files, mode, Scratch::Swap)
+    write_all_through(dir, files, mode, Scratch::Swap(SWAP_REST))
 }
 
 /// Where a write puts the new content before it takes the target's name.
@@ -232,8 +262,9 @@ pub fn write_atomic_all_swapped(
 enum Scratch {
     /// A new temporary file, renamed over the target.
     Fresh,
-    /// The swap file beside the target, exchanged with it.
-    Swap,
+    /// The swap file beside the target, exchanged with it; rewritten in
+    /// place once it has rested this long since its last exchange.
+    Swap(Duration),
 }
 
 fn write_all_through(
@@ -255,9 +286,9 @@ fn write_all_through(
                     let written = write_temp(&tmp, contents, mode);
                     (tmp, written)
                 }
-                Scratch::Swap => {
+                Scratch::Swap(rest) => {
                     let swap = swap_path(dir, name);
-                    let written = write_swap(&swap, contents, mode);
+                    let written = write_swap(&swap, contents, mode, rest);
                     (swap, written)
                 }
             };
@@ -276,7 +307,7 @@ fn write_all_through(
             }
             let moved = match scratch {
                 Scratch::Fresh => fs::rename(tmp, target),
-                Scratch::Swap => exchange(tmp, target),
+                Scratch::Swap(_) => exchange(tmp, target),
             };
             moved.map_err(|e| (target.clone(), e))?;
         }
@@ -459,6 +490,22 @@ mod tests {
         Ok(())
     }
 
+    /// `write_atomic_all_swapped` of one file, with swap files rewritten
+    /// after `rest`.
+    fn swapped(dir: &Path, name: &OsStr, text: &[u8], mode: u32, rest: Duration) -> io::Result<()> {
+        write_all_through(dir, &[(name, text)], mode, Scratch::Swap(rest)).map_err(|(_, e)| e)
+    }
+
+    /// The inode numbers of `paths`, sorted.
+    fn inodes(paths: &[&Path]) -> io::Result<Vec<u64>> {
+        let mut i = paths
+            .iter()
+            .map(|p| fs::metadata(p).map(|m| m.ino()))
+            .collect::<io::Result<Vec<_>>>()?;
+        i.sort_unstable();
+        Ok(i)
+    }
+
     /// Swapped writes: the target gets each content with the exact mode,
     /// the swap file keeps the one before, and after the first exchange no
     /// inode is created: the two files trade theirs.
@@ -467,32 +514,84 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let name = OsStr::new("ssconf_serial");
         let (target, swap) = (dir.path().join(name), swap_path(dir.path(), name));
-        write_atomic_all_swapped(dir.path(), &[(name, b"1\n")], 0o644).map_err(|(_, e)| e)?;
+        swapped(dir.path(), name, b"1\n", 0o644, Duration::ZERO)?;
         assert_eq!(fs::read(&target)?, b"1\n");
         assert!(
             !swap.exists(),
             "the first write renames: nothing to exchange with"
         );
-        write_atomic_all_swapped(dir.path(), &[(name, b"2\n")], 0o644).map_err(|(_, e)| e)?;
+        swapped(dir.path(), name, b"2\n", 0o644, Duration::ZERO)?;
         assert_eq!(fs::read(&target)?, b"2\n");
         assert_eq!(fs::read(&swap)?, b"1\n");
-        let inodes = |paths: [&Path; 2]| -> io::Result<Vec<u64>> {
-            let mut i = paths
-                .iter()
-                .map(|p| fs::metadata(p).map(|m| m.ino()))
-                .collect::<io::Result<Vec<_>>>()?;
-            i.sort_unstable();
-            Ok(i)
-        };
-        let before = inodes([&target, &swap])?;
+        let before = inodes(&[&target, &swap])?;
         for (i, text) in [&b"3\n"[..], b"4\n", b"5\n"].iter().enumerate() {
             let mode = if i == 1 { 0o600 } else { 0o644 };
-            write_atomic_all_swapped(dir.path(), &[(name, text)], mode).map_err(|(_, e)| e)?;
+            swapped(dir.path(), name, text, mode, Duration::ZERO)?;
             assert_eq!(fs::read(&target)?, *text);
             assert_eq!(fs::metadata(&target)?.mode() & 0o7777, mode);
-            assert_eq!(inodes([&target, &swap])?, before);
+            assert_eq!(inodes(&[&target, &swap])?, before);
         }
         assert_eq!(fs::read(&swap)?, b"4\n");
+        Ok(())
+    }
+
+    /// A reader holding the file it opened as the target keeps reading
+    /// that version while writes follow one another faster than
+    /// [`SWAP_REST`]: the swap file, its inode, is not rewritten but
+    /// replaced by a fresh one. Without the rest the reader's inode is
+    /// rewritten under it; after the rest the two inodes are traded again,
+    /// and the reader sees the status-change time move on by the rest.
+    #[test]
+    fn a_swap_file_is_rewritten_only_once_it_has_rested() -> io::Result<()> {
+        use std::io::{Read, Seek};
+        let dir = tempfile::tempdir()?;
+        let name = OsStr::new("ssconf_master_candidates_certs");
+        let (target, swap) = (dir.path().join(name), swap_path(dir.path(), name));
+        let read_again = |file: &mut File| -> io::Result<String> {
+            file.rewind()?;
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        write_atomic_all_swapped(dir.path(), &[(name, b"v1\n")], 0o644).map_err(|(_, e)| e)?;
+        write_atomic_all_swapped(dir.path(), &[(name, b"v2\n")], 0o644).map_err(|(_, e)| e)?;
+        let mut reader = File::open(&target)?;
+        for text in [&b"v3\n"[..], b"v4\n", b"v5\n"] {
+            write_atomic_all_swapped(dir.path(), &[(name, text)], 0o644).map_err(|(_, e)| e)?;
+            assert_eq!(fs::read(&target)?, text);
+            assert_eq!(read_again(&mut reader)?, "v2\n");
+        }
+
+        // The hazard the rest avoids: rewritten at once, the reader's
+        // inode takes the content two writes later.
+        let mut reader = File::open(&target)?;
+        swapped(dir.path(), name, b"w1\n", 0o644, Duration::ZERO)?;
+        swapped(dir.path(), name, b"w2\n", 0o644, Duration::ZERO)?;
+        assert_eq!(read_again(&mut reader)?, "w2\n");
+
+        // Rested: the inodes are traded, and a reader that held the file
+        // sees its status change by at least the rest.
+        let reader = File::open(&target)?;
+        let changed = |file: &File| -> io::Result<Duration> {
+            let m = file.metadata()?;
+            let secs = u64::try_from(m.ctime()).map_err(io::Error::other)?;
+            let nanos = u32::try_from(m.ctime_nsec()).map_err(io::Error::other)?;
+            Ok(Duration::new(secs, nanos))
+        };
+        let held_since = changed(&reader)?;
+        std::thread::sleep(SWAP_REST);
+        write_atomic_all_swapped(dir.path(), &[(name, b"x1\n")], 0o644).map_err(|(_, e)| e)?;
+        let pair = inodes(&[&target, &swap])?;
+        std::thread::sleep(SWAP_REST);
+        write_atomic_all_swapped(dir.path(), &[(name, b"x2\n")], 0o644).map_err(|(_, e)| e)?;
+        assert_eq!(
+            inodes(&[&target, &swap])?,
+            pair,
+            "no fresh inode once rested"
+        );
+        assert_eq!(fs::read(&target)?, b"x2\n");
+        let moved_on = changed(&reader)?.saturating_sub(held_since);
+        assert!(moved_on >= SWAP_REST, "status changed {moved_on:?} later");
         Ok(())
     }
 
