@@ -595,6 +595,83 @@ mod tests {
         Ok(())
     }
 
+    /// A writer killed at any step of a swapped write of a set (a swap
+    /// file half written; some files exchanged, the serial not yet) leaves
+    /// every target whole, old or new, and the write done again completes
+    /// the set whatever its swap files hold and leaves only them beside it.
+    /// The steps are made by hand, in the order the writer takes them (that
+    /// the serial goes last: `store_rendered_writes_the_serial_last_whatever_the_order`).
+    #[test]
+    fn a_swapped_write_killed_at_any_step_is_completed_by_the_next() -> io::Result<()> {
+        let names = [
+            "ssconf_master_candidates",
+            "ssconf_master_candidates_certs",
+            "ssconf_serial",
+        ];
+        let old: [&[u8]; 3] = [b"a\nb\n", b"a=1\nb=2\n", b"7\n"];
+        let new: [&[u8]; 3] = [b"a\n", b"a=1\n", b"8\n"];
+        let older: [&[u8]; 3] = [b"x\ny\nz\n", b"x=9\ny=8\nz=7\n", b"16\n"];
+        let files = |texts: [&'static [u8]; 3]| -> Vec<(&'static OsStr, &'static [u8])> {
+            names.iter().map(|n| OsStr::new(*n)).zip(texts).collect()
+        };
+        // Steps: write swap 0, 1, 2, then exchange 0, 1, 2.
+        for killed_after in 0..=6 {
+            for torn in [false, true] {
+                let dir = tempfile::tempdir()?;
+                let d = dir.path();
+                // Two writes: the targets exist and so do their swap files.
+                for texts in [older, old] {
+                    write_all_through(d, &files(texts), 0o644, Scratch::Swap(Duration::ZERO))
+                        .map_err(|(_, e)| e)?;
+                }
+                for (i, name) in names.iter().enumerate() {
+                    let swap = swap_path(d, OsStr::new(name));
+                    if i < killed_after.min(3) {
+                        write_swap(&swap, new[i], 0o644, Duration::ZERO)?;
+                    } else if i == killed_after && torn {
+                        // Killed in the middle of this swap file.
+                        fs::write(&swap, &new[i][..1])?;
+                    }
+                }
+                for (i, name) in names.iter().enumerate() {
+                    if i + 3 < killed_after {
+                        exchange(&swap_path(d, OsStr::new(name)), &d.join(name))?;
+                    }
+                }
+                let on_disk: Vec<Vec<u8>> = names
+                    .iter()
+                    .map(|n| fs::read(d.join(n)))
+                    .collect::<io::Result<_>>()?;
+                for (i, text) in on_disk.iter().enumerate() {
+                    assert!(
+                        *text == old[i] || *text == new[i],
+                        "step {killed_after}: {} torn",
+                        names[i]
+                    );
+                }
+                // A torn swap file rewritten in place (rested), or, within
+                // the rest, replaced by a fresh one.
+                let rest = if torn { Duration::ZERO } else { SWAP_REST };
+                write_all_through(d, &files(new), 0o644, Scratch::Swap(rest))
+                    .map_err(|(_, e)| e)?;
+                for (i, name) in names.iter().enumerate() {
+                    assert_eq!(fs::read(d.join(name))?, new[i], "step {killed_after}");
+                }
+                let mut left: Vec<String> = fs::read_dir(d)?
+                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect::<io::Result<_>>()?;
+                left.sort();
+                let mut want: Vec<String> = names
+                    .iter()
+                    .flat_map(|n| [n.to_string(), format!(".{n}.swap")])
+                    .collect();
+                want.sort();
+                assert_eq!(left, want, "step {killed_after}");
+            }
+        }
+        Ok(())
+    }
+
     /// A swap file that is a link (symbolic or hard) is never written
     /// through: the file it names keeps its content, and the write still
     /// replaces the target.
