@@ -124,6 +124,9 @@ pub struct Daemon {
     pub(super) ssconf_write: tokio::sync::Mutex<()>,
     /// The ssconf set as last read, read again when a file changed.
     pub ssconf: Arc<crate::state::ssconf_cache::SsconfCache>,
+    /// What `node-info` derives from the other state files, derived again
+    /// when a file changed.
+    pub facts: Arc<super::handlers::roles::NodeFacts>,
     /// SHA-256 of the set whose control-plane addresses the lane holds: the
     /// watcher's rescan after the daemon's own write finds that set again.
     control_plane_of: std::sync::Mutex<String>,
@@ -166,6 +169,7 @@ impl Daemon {
             converger: Default::default(),
             ssconf_write: tokio::sync::Mutex::new(()),
             ssconf: Arc::default(),
+            facts: Arc::default(),
             control_plane_of: std::sync::Mutex::default(),
             raft: arc_swap::ArcSwapOption::empty(),
             raft_wanted: tokio::sync::Notify::new(),

@@ -243,15 +243,30 @@ impl StateDir {
     /// and its ssconf directory (see [`ssconf::atomic`]), relative to the
     /// state directory. A directory that cannot be listed is logged.
     pub fn stale_temp_files(&self) -> Vec<String> {
+        self.stale_temp_files_listed(ssconf::atomic::temp_files)
+    }
+
+    /// [`StateDir::stale_temp_files`], with the temporary files of each
+    /// directory (of any age) listed by `list` (a cached listing).
+    pub fn stale_temp_files_listed(
+        &self,
+        mut list: impl FnMut(&Path) -> std::io::Result<Vec<PathBuf>>,
+    ) -> Vec<String> {
+        let now = std::time::SystemTime::now();
         let mut found = Vec::new();
         for dir in [self.root.clone(), self.ssconf_dir()] {
-            match ssconf::atomic::stale_temp_files(&dir) {
-                Ok(paths) => found.extend(paths.iter().map(|p| {
-                    p.strip_prefix(&self.root)
-                        .unwrap_or(p)
-                        .to_string_lossy()
-                        .into_owned()
-                })),
+            match list(&dir) {
+                Ok(paths) => found.extend(
+                    paths
+                        .iter()
+                        .filter(|p| ssconf::atomic::is_stale(p, now))
+                        .map(|p| {
+                            p.strip_prefix(&self.root)
+                                .unwrap_or(p)
+                                .to_string_lossy()
+                                .into_owned()
+                        }),
+                ),
                 Err(e) => tracing::warn!("cannot list {}: {e}", dir.display()),
             }
         }

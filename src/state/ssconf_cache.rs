@@ -71,6 +71,37 @@ pub fn stamp(path: &Path) -> Stamp {
     ))
 }
 
+/// A value derived from the file (or directory) at a path, derived again
+/// only when the path's [`Stamp`] changed: what `node-info` reports of a
+/// certificate, a key block or a directory's listing costs one `stat`
+/// while the file stays as it was. A file replaced between the stamp and
+/// the derivation leaves a stamp older than the value: the next call
+/// derives again.
+#[derive(Debug)]
+pub struct Stamped<T>(Mutex<Option<(Stamp, T)>>);
+
+impl<T> Default for Stamped<T> {
+    fn default() -> Self {
+        Stamped(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Stamped<T> {
+    /// The value for the file at `path` as it is now: the one derived
+    /// before if its stamp is unchanged, else `derive(path)`.
+    pub fn get(&self, path: &Path, derive: impl FnOnce(&Path) -> T) -> T {
+        let now = stamp(path);
+        if let Some((stamped, value)) = crate::core::locked(&self.0).as_ref() {
+            if *stamped == now {
+                return value.clone();
+            }
+        }
+        let value = derive(path);
+        *crate::core::locked(&self.0) = Some((now, value.clone()));
+        value
+    }
+}
+
 /// The cache; one per state directory (the daemon holds one).
 #[derive(Debug, Default)]
 pub struct SsconfCache(Mutex<Option<(Vec<Stamp>, Arc<HeldSsconf>)>>);
@@ -186,5 +217,52 @@ mod tests {
         // A file gone: the error, as reading the set gives it.
         std::fs::remove_file(&list).unwrap();
         assert!(cache.load(dir.path()).is_err());
+    }
+
+    /// A stamped value is derived again when its file is replaced, edited
+    /// in place, removed or created, and only then; a directory's when an
+    /// entry comes or goes.
+    #[test]
+    fn a_stamped_value_is_derived_again_only_when_its_file_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.pem");
+        let derived = std::cell::Cell::new(0);
+        let read = |p: &Path| {
+            derived.set(derived.get() + 1);
+            std::fs::read_to_string(p).ok()
+        };
+        let cell = Stamped::default();
+        // Absent, then still absent: derived once.
+        assert_eq!(cell.get(&path, read), None);
+        assert_eq!(cell.get(&path, read), None);
+        assert_eq!(derived.get(), 1);
+        let mut expect = |text: Option<&str>, times: u32| {
+            assert_eq!(cell.get(&path, read).as_deref(), text);
+            assert_eq!(cell.get(&path, read).as_deref(), text);
+            assert_eq!(derived.get(), times);
+        };
+        ssconf::write_atomic(&path, b"one", 0o644).unwrap();
+        expect(Some("one"), 2);
+        // Replaced by rename, the same size.
+        ssconf::write_atomic(&path, b"two", 0o644).unwrap();
+        expect(Some("two"), 3);
+        // Edited in place, the same size.
+        std::fs::write(&path, b"six").unwrap();
+        expect(Some("six"), 4);
+        std::fs::remove_file(&path).unwrap();
+        expect(None, 5);
+
+        let listing = Stamped::default();
+        let listed = std::cell::Cell::new(0);
+        let list = |d: &Path| {
+            listed.set(listed.get() + 1);
+            ssconf::atomic::temp_files(d).unwrap_or_default().len()
+        };
+        assert_eq!(listing.get(dir.path(), list), 0);
+        assert_eq!(listing.get(dir.path(), list), 0);
+        std::fs::write(dir.path().join(".ca.pem.tmp-0123456789abcdef"), b"").unwrap();
+        assert_eq!(listing.get(dir.path(), list), 1);
+        assert_eq!(listing.get(dir.path(), list), 1);
+        assert_eq!(listed.get(), 2);
     }
 }

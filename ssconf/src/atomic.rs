@@ -58,7 +58,7 @@ pub fn temp_target(file_name: &str) -> Option<&str> {
 
 /// Whether the file at `path` was last modified [`STALE_AFTER`] or more
 /// before `now`.
-fn is_stale(path: &Path, now: SystemTime) -> bool {
+pub fn is_stale(path: &Path, now: SystemTime) -> bool {
     fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()
@@ -66,24 +66,31 @@ fn is_stale(path: &Path, now: SystemTime) -> bool {
         .is_some_and(|age| age >= STALE_AFTER)
 }
 
-/// Our temporary files in `dir` (of any target) that are stale, sorted.
-/// An absent directory has none.
-pub fn stale_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// Our temporary files in `dir` (of any target and age), sorted. An absent
+/// directory has none.
+pub fn temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let now = SystemTime::now();
     let mut found = Vec::new();
     for entry in entries {
         let entry = entry?;
-        let name = entry.file_name();
-        if name.to_str().and_then(temp_target).is_some() && is_stale(&entry.path(), now) {
+        if entry.file_name().to_str().and_then(temp_target).is_some() {
             found.push(entry.path());
         }
     }
     found.sort();
+    Ok(found)
+}
+
+/// Our temporary files in `dir` (of any target) that are stale, sorted.
+/// An absent directory has none.
+pub fn stale_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let now = SystemTime::now();
+    let mut found = temp_files(dir)?;
+    found.retain(|path| is_stale(path, now));
     Ok(found)
 }
 

@@ -17,9 +17,10 @@ pub async fn node_info(daemon: &Daemon) -> Result<Reply, RpcError> {
     let cert = daemon.client_cert.load_full();
     let raft = daemon.raft.load().as_ref().map(|n| n.info());
     let cache = daemon.ssconf.clone();
+    let facts = daemon.facts.clone();
     let info = tokio::task::spawn_blocking(move || {
         let ssconf = cache.load(&state.ssconf_dir());
-        super::roles::node_info(&state, &identity, &cert, raft, ssconf)
+        super::roles::node_info(&state, &identity, &cert, raft, ssconf, &facts)
     })
     .await
     .map_err(|e| failed(format!("node-info task failed: {e}")))?;
