@@ -236,7 +236,7 @@ mod tests {
         assert_eq!(cell.get(&path, read), None);
         assert_eq!(cell.get(&path, read), None);
         assert_eq!(derived.get(), 1);
-        let mut expect = |text: Option<&str>, times: u32| {
+        let expect = |text: Option<&str>, times: u32| {
             assert_eq!(cell.get(&path, read).as_deref(), text);
             assert_eq!(cell.get(&path, read).as_deref(), text);
             assert_eq!(derived.get(), times);
