@@ -74,9 +74,11 @@ pub fn stamp(path: &Path) -> Stamp {
 /// A value derived from the file (or directory) at a path, derived again
 /// only when the path's [`Stamp`] changed: what `node-info` reports of a
 /// certificate, a key block or a directory's listing costs one `stat`
-/// while the file stays as it was. A file replaced between the stamp and
-/// the derivation leaves a stamp older than the value: the next call
-/// derives again.
+/// while the file stays as it was. Only a derivation that succeeded is
+/// kept: a read that failed (a descriptor limit, a transient I/O error) is
+/// tried again at the next call, not reported until the file changes. A
+/// file replaced between the stamp and the derivation leaves a stamp older
+/// than the value: the next call derives again.
 #[derive(Debug)]
 pub struct Stamped<T>(Mutex<Option<(Stamp, T)>>);
 
@@ -88,17 +90,18 @@ impl<T> Default for Stamped<T> {
 
 impl<T: Clone> Stamped<T> {
     /// The value for the file at `path` as it is now: the one derived
-    /// before if its stamp is unchanged, else `derive(path)`.
-    pub fn get(&self, path: &Path, derive: impl FnOnce(&Path) -> T) -> T {
+    /// before if its stamp is unchanged, else `derive(path)`, kept if it
+    /// succeeded.
+    pub fn get<E>(&self, path: &Path, derive: impl FnOnce(&Path) -> Result<T, E>) -> Result<T, E> {
         let now = stamp(path);
         if let Some((stamped, value)) = crate::core::locked(&self.0).as_ref() {
             if *stamped == now {
-                return value.clone();
+                return Ok(value.clone());
             }
         }
-        let value = derive(path);
+        let value = derive(path)?;
         *crate::core::locked(&self.0) = Some((now, value.clone()));
-        value
+        Ok(value)
     }
 }
 
@@ -227,18 +230,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.pem");
         let derived = std::cell::Cell::new(0);
-        let read = |p: &Path| {
+        let read = |p: &Path| -> Result<Option<String>, std::io::Error> {
             derived.set(derived.get() + 1);
-            std::fs::read_to_string(p).ok()
+            match std::fs::read_to_string(p) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
         };
         let cell = Stamped::default();
         // Absent, then still absent: derived once.
-        assert_eq!(cell.get(&path, read), None);
-        assert_eq!(cell.get(&path, read), None);
+        assert_eq!(cell.get(&path, read).unwrap(), None);
+        assert_eq!(cell.get(&path, read).unwrap(), None);
         assert_eq!(derived.get(), 1);
         let expect = |text: Option<&str>, times: u32| {
-            assert_eq!(cell.get(&path, read).as_deref(), text);
-            assert_eq!(cell.get(&path, read).as_deref(), text);
+            assert_eq!(cell.get(&path, read).unwrap().as_deref(), text);
+            assert_eq!(cell.get(&path, read).unwrap().as_deref(), text);
             assert_eq!(derived.get(), times);
         };
         ssconf::write_atomic(&path, b"one", 0o644).unwrap();
@@ -251,18 +258,29 @@ mod tests {
         expect(Some("six"), 4);
         std::fs::remove_file(&path).unwrap();
         expect(None, 5);
+        // A derivation that failed is not kept: tried again each time.
+        let failing = Stamped::<String>::default();
+        let tries = std::cell::Cell::new(0);
+        for _ in 0..2 {
+            let failed = failing.get(dir.path(), |_| {
+                tries.set(tries.get() + 1);
+                Err::<String, _>("too many open files")
+            });
+            assert!(failed.is_err());
+        }
+        assert_eq!(tries.get(), 2);
 
         let listing = Stamped::default();
         let listed = std::cell::Cell::new(0);
         let list = |d: &Path| {
             listed.set(listed.get() + 1);
-            ssconf::atomic::temp_files(d).unwrap_or_default().len()
+            ssconf::atomic::temp_files(d).map(|found| found.len())
         };
-        assert_eq!(listing.get(dir.path(), list), 0);
-        assert_eq!(listing.get(dir.path(), list), 0);
+        assert_eq!(listing.get(dir.path(), list).unwrap(), 0);
+        assert_eq!(listing.get(dir.path(), list).unwrap(), 0);
         std::fs::write(dir.path().join(".ca.pem.tmp-0123456789abcdef"), b"").unwrap();
-        assert_eq!(listing.get(dir.path(), list), 1);
-        assert_eq!(listing.get(dir.path(), list), 1);
+        assert_eq!(listing.get(dir.path(), list).unwrap(), 1);
+        assert_eq!(listing.get(dir.path(), list).unwrap(), 1);
         assert_eq!(listed.get(), 2);
     }
 }

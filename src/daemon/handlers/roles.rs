@@ -12,24 +12,26 @@ use crate::core::{Error, Result, Secret};
 use crate::daemon::server::ClientCertFacts;
 use crate::state::config::ClusterConfig;
 use crate::state::ssconf_cache::{HeldSsconf, Stamped};
-use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::state::{NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::wire::{NodeInfo, Reply, RpcError};
 
 /// What `node-info` derives from the state directory's files, each
 /// derived again only when its file (or, for the temporary files, its
 /// directory) changed: the master asks every node every heartbeat, and
 /// reading, parsing and hashing the certificates, the key block and the
-/// two listings was half of what a node spent on the answer. Whether a
-/// temporary file is stale is still decided on every call.
+/// two listings was a third of what a node spent on the answer. A read
+/// that failed is not kept (tried again next time); whether a temporary
+/// file is stale is decided on every call.
 #[derive(Debug, Default)]
 pub struct NodeFacts {
     /// `server.pem`: the first certificate's SHA-256 and expiry.
     server: Stamped<Option<(String, i64)>>,
+    /// The managed block of `authorized_keys`, or why it does not parse.
     authorized_keys: Stamped<std::result::Result<Vec<String>, String>>,
     client_pem: Stamped<String>,
     ca_pem_sha256: Stamped<String>,
     /// Our temporary files of the state directory and of `ssconf/`.
-    temp_files: [Stamped<std::result::Result<Vec<std::path::PathBuf>, String>>; 2],
+    temp_files: [Stamped<Vec<std::path::PathBuf>>; 2],
 }
 
 /// What this node reports about itself (`node-info`), read from disk now
@@ -48,37 +50,47 @@ pub fn node_info(
         Err(e) => Err(e.to_string()),
     };
     let ssconf = ssconf.as_ref().map(|held| &held.set);
-    let server = facts.server.get(&state.server_pem(), |path| {
-        crate::pki::load_certs(path)
-            .ok()
-            .and_then(|certs| certs.into_iter().next())
-            .map(|der| {
-                let digest = ssconf::DigestAlgorithm::Sha256.digest(&der).to_string();
-                let expires = crate::pki::CertInfo::from_der(&der)
-                    .map(|i| i.not_after)
-                    .unwrap_or(0);
-                (digest, expires)
+    let server = facts
+        .server
+        .get(&state.server_pem(), |path| {
+            crate::pki::load_certs(path).map(|certs| {
+                certs.into_iter().next().map(|der| {
+                    let digest = ssconf::DigestAlgorithm::Sha256.digest(&der).to_string();
+                    let expires = crate::pki::CertInfo::from_der(&der)
+                        .map(|i| i.not_after)
+                        .unwrap_or(0);
+                    (digest, expires)
+                })
             })
-    });
-    let authorized_keys =
-        facts.authorized_keys.get(
+        })
+        .ok()
+        .flatten();
+    let authorized_keys = facts
+        .authorized_keys
+        .get(
             &state.authorized_keys(),
             |path| match std::fs::read_to_string(path) {
-                Ok(text) => crate::state::ssh::managed_keys(&text).map_err(|e| e.to_string()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Ok(text) => Ok(crate::state::ssh::managed_keys(&text).map_err(|e| e.to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ok(Vec::new())),
                 Err(e) => Err(format!("{}: {e}", path.display())),
             },
-        );
+        )
+        .and_then(|parsed| parsed);
     let mut listings = facts.temp_files.iter();
-    let stale_temp_files = state.stale_temp_files_listed(|dir| {
-        let listed = match listings.next() {
-            Some(cache) => cache.get(dir, |dir| {
-                ssconf::atomic::temp_files(dir).map_err(|e| e.to_string())
-            }),
-            None => ssconf::atomic::temp_files(dir).map_err(|e| e.to_string()),
-        };
-        listed.map_err(std::io::Error::other)
+    let stale_temp_files = state.stale_temp_files_listed(|dir| match listings.next() {
+        Some(cache) => cache.get(dir, ssconf::atomic::temp_files),
+        None => ssconf::atomic::temp_files(dir),
     });
+    let client_cert_pem = facts
+        .client_pem
+        .get(&state.client_pem(), |path| std::fs::read_to_string(path))
+        .unwrap_or_default();
+    let ca_pem_sha256 = facts
+        .ca_pem_sha256
+        .get(&state.ca_pem(), |path| {
+            std::fs::read(path).map(|bytes| crate::core::hex::sha256_hex(&bytes))
+        })
+        .unwrap_or_default();
     NodeInfo {
         uuid: identity.uuid.clone(),
         name: identity.name.clone(),
@@ -91,15 +103,11 @@ pub fn node_info(
         raft,
         role_files: state.role_files(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        client_cert_pem: facts.client_pem.get(&state.client_pem(), |path| {
-            std::fs::read_to_string(path).unwrap_or_default()
-        }),
+        client_cert_pem,
         ssconf_sha256,
         server_digest: server.as_ref().map(|(d, _)| d.clone()).unwrap_or_default(),
         server_cert_expires: server.map(|(_, e)| e).unwrap_or(0),
-        ca_pem_sha256: facts
-            .ca_pem_sha256
-            .get(&state.ca_pem(), fingerprint::file_sha256),
+        ca_pem_sha256,
         authorized_keys,
         stale_temp_files,
     }
