@@ -17,7 +17,8 @@
 //! change) go through [`write_atomic_all_swapped`]: the same protocol, but
 //! the new content is written into the file the last write left beside the
 //! target, `.<name>.swap`, and the two are exchanged (`renameat2` with
-//! `RENAME_EXCHANGE`), so no inode is created or freed per write. That
+//! `RENAME_EXCHANGE`), so no inode is created or freed per write (of
+//! writes at least [`SWAP_REST`] apart). That
 //! rewrites in place an inode a reader may have opened while it was the
 //! target; so a swap file is only rewritten once it has rested
 //! [`SWAP_REST`] since it stopped being the target (a fresh file is used
@@ -39,10 +40,14 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// How long a swap file must have rested since its exchange (it was the
 /// target until then) before a write may rewrite it in place: far longer
-/// than a read of a whole ssconf file takes, and than the coarsest tick of
-/// a file system's timestamps, so a reader still holding the file sees its
-/// status-change time move.
+/// than a read of a whole ssconf file takes, and than the kernel's timer
+/// tick that coarse timestamps follow, so a reader still holding the file
+/// sees its status-change time move. (Timestamps in whole seconds add
+/// [`COARSEST_TICK`].)
 pub const SWAP_REST: Duration = Duration::from_millis(250);
+
+/// The coarsest timestamp a file system keeps: 2 s (FAT).
+const COARSEST_TICK: Duration = Duration::from_secs(2);
 
 /// The target's name, when `file_name` is one of our temporary files
 /// (`.<target>.tmp-<16 lower-case hex digits>`).
@@ -189,13 +194,21 @@ fn open_kept_swap(path: &Path, rest: Duration) -> io::Result<Option<File>> {
 }
 
 /// Whether the file of `meta` last changed status `rest` ago or more. A
-/// time after now (the clock was set back) counts as not rested.
+/// time after now (the clock was set back) counts as not rested. A time of
+/// whole seconds may come from a file system that keeps no more (ext4 with
+/// small inodes: 1 s, FAT: 2 s): the change may have come up to
+/// [`COARSEST_TICK`] later than it says.
 fn rested(meta: &fs::Metadata, rest: Duration) -> bool {
     let Ok(secs) = u64::try_from(meta.ctime()) else {
         return true;
     };
     let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
     let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+    let rest = if nanos == 0 {
+        rest + COARSEST_TICK
+    } else {
+        rest
+    };
     SystemTime::now()
         .duration_since(changed)
         .is_ok_and(|age| age >= rest)
@@ -563,8 +576,10 @@ mod tests {
         write_atomic_all_swapped(dir.path(), &[(name, b"v1\n")], 0o644).map_err(|(_, e)| e)?;
         write_atomic_all_swapped(dir.path(), &[(name, b"v2\n")], 0o644).map_err(|(_, e)| e)?;
         let mut reader = File::open(&target)?;
+        // However slow the disk, these writes come within the rest.
+        let an_hour = Duration::from_secs(3600);
         for text in [&b"v3\n"[..], b"v4\n", b"v5\n"] {
-            write_atomic_all_swapped(dir.path(), &[(name, text)], 0o644).map_err(|(_, e)| e)?;
+            swapped(dir.path(), name, text, 0o644, an_hour)?;
             assert_eq!(fs::read(&target)?, text);
             assert_eq!(read_again(&mut reader)?, "v2\n");
         }

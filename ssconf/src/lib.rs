@@ -80,32 +80,42 @@ pub const READ_ATTEMPTS: usize = 8;
 /// times.
 type Settled = (u64, i64, i64, i64, i64);
 
-fn settled(file: &std::fs::File) -> std::io::Result<Settled> {
+fn settled(meta: &std::fs::Metadata) -> Settled {
     use std::os::unix::fs::MetadataExt;
-    let m = file.metadata()?;
-    Ok((
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    ))
+    (
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
 }
 
 /// Reads a whole ssconf file, bounded by [`MAX_FILE_SIZE`].
 ///
 /// Writers exchange each file of the set with the swap file beside it
-/// ([`atomic::write_atomic_all_swapped`]), and the next write of that file
-/// rewrites the inode in place. A reader that opened the file before the
+/// ([`atomic::write_atomic_all_swapped`]), and a later write of that file
+/// may rewrite the inode in place once it has rested
+/// [`atomic::SWAP_REST`]. A reader that opened the file before the
 /// exchange and reads on until that rewrite would see a mix of two
-/// versions; so the open file's size and times are compared before and
-/// after the read, and a file that changed under the read is opened and
-/// read again, up to [`READ_ATTEMPTS`] times.
+/// versions; so a read counts only if the open file's size and times are
+/// the same after it as before, and the path still names that file. A
+/// file that changed under the read is opened and read again, up to
+/// [`READ_ATTEMPTS`] times.
 pub(crate) fn read_bounded(path: &std::path::Path) -> Result<String> {
     let mut attempts = 0;
     let bytes = loop {
         attempts += 1;
-        let (bytes, steady) = read_once(path)?;
+        let file = std::fs::File::open(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                SsconfError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_error(path, source)
+            }
+        })?;
+        let (bytes, steady) = read_open(file, path)?;
         if steady {
             break bytes;
         }
@@ -119,24 +129,21 @@ pub(crate) fn read_bounded(path: &std::path::Path) -> Result<String> {
     text(bytes, path)
 }
 
-/// One open and read of `path`: its bytes, and whether the file stayed
-/// the same while they were read.
-fn read_once(path: &std::path::Path) -> Result<(Vec<u8>, bool)> {
-    use std::io::Read;
-    let io = |source: std::io::Error| SsconfError::Io {
+fn io_error(path: &std::path::Path, source: std::io::Error) -> SsconfError {
+    SsconfError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::File::open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            SsconfError::Missing {
-                path: path.to_path_buf(),
-            }
-        } else {
-            io(source)
-        }
-    })?;
-    let before = settled(&file).map_err(io)?;
+    }
+}
+
+/// The bytes of `file`, opened at `path`, and whether the read was steady:
+/// the file unchanged from before the read to after it, and still the one
+/// `path` names.
+fn read_open(mut file: std::fs::File, path: &std::path::Path) -> Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| io_error(path, source);
+    let before = file.metadata().map_err(io)?;
     let mut bytes = Vec::new();
     let read = (&mut file)
         .take(MAX_FILE_SIZE + 1)
@@ -148,8 +155,13 @@ fn read_once(path: &std::path::Path) -> Result<(Vec<u8>, bool)> {
             limit: MAX_FILE_SIZE,
         });
     }
-    let after = settled(&file).map_err(io)?;
-    Ok((bytes, before == after))
+    let after = file.metadata().map_err(io)?;
+    let named = match std::fs::metadata(path) {
+        Ok(now) => now.dev() == after.dev() && now.ino() == after.ino(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io(e)),
+    };
+    Ok((bytes, named && settled(&before) == settled(&after)))
 }
 
 /// `bytes` as text, or where they stop being UTF-8.
@@ -184,11 +196,13 @@ pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 mod tests {
     use super::*;
 
-    /// A file rewritten while it was held open shows in its size and
-    /// times, which [`read_bounded`] compares before and after each read;
-    /// one that stayed the same reads whole at once.
+    /// A read is steady only if the file stayed the same and the path
+    /// still names it: a file replaced (renamed over, exchanged) or
+    /// rewritten in place while it was held open is read again, and one
+    /// that stayed reads whole at once.
     #[test]
-    fn a_rewrite_under_an_open_file_is_seen() -> std::io::Result<()> {
+    fn a_file_replaced_or_rewritten_under_an_open_read_is_read_again() -> std::io::Result<()> {
+        let err = std::io::Error::other;
         let dir = tempfile::tempdir()?;
         let name = std::ffi::OsStr::new("ssconf_serial");
         let path = dir.path().join(name);
@@ -197,24 +211,34 @@ mod tests {
         };
         write(b"11\n")?;
         write(b"12\n")?;
+        let steady = read_open(std::fs::File::open(&path)?, &path).map_err(err)?;
+        assert_eq!(steady, (b"12\n".to_vec(), true));
+        // Exchanged away before the read: the path names another file.
         let held = std::fs::File::open(&path)?;
-        let before = settled(&held)?;
+        write(b"13\n")?;
         assert_eq!(
-            read_once(&path).map_err(std::io::Error::other)?,
-            (b"12\n".to_vec(), true)
+            read_open(held, &path).map_err(err)?,
+            (b"12\n".to_vec(), false)
         );
-        assert_eq!(read_bounded(&path).map_err(std::io::Error::other)?, "12\n");
-        // The same size: only the times tell.
-        for text in [&b"13\n"[..], b"14\n"] {
-            std::thread::sleep(atomic::SWAP_REST);
-            write(text)?;
-        }
+        assert_eq!(read_bounded(&path).map_err(err)?, "13\n");
+        // Removed before the read.
+        let held = std::fs::File::open(&path)?;
+        std::fs::remove_file(&path)?;
+        assert!(!read_open(held, &path).map_err(err)?.1);
+        write(b"14\n")?;
+        // Rewritten in place, the same size, while the path still names it:
+        // only the times tell. (What a reader sees whose inode was exchanged
+        // away, rested and came back; made here by a plain write.)
+        let held = std::fs::File::open(&path)?;
+        let before = settled(&held.metadata()?);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"15\n")?;
         assert_ne!(
-            settled(&held)?,
+            settled(&held.metadata()?),
             before,
             "a rewrite of the held inode unseen"
         );
-        assert_eq!(read_bounded(&path).map_err(std::io::Error::other)?, "14\n");
+        assert_eq!(read_bounded(&path).map_err(err)?, "15\n");
         Ok(())
     }
 }
