@@ -9,9 +9,12 @@ use crate::core::hex::sha256_hex;
 
 /// SHA-256 (hex) of a file's bytes ("" if unreadable).
 pub fn file_sha256(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| sha256_hex(&b))
-        .unwrap_or_default()
+    try_file_sha256(path).unwrap_or_default()
+}
+
+/// SHA-256 (hex) of a file's bytes, or why it could not be read.
+pub fn try_file_sha256(path: &Path) -> std::io::Result<String> {
+    std::fs::read(path).map(|b| sha256_hex(&b))
 }
 
 /// SHA-256 (hex) of a whole ssconf set, as `node-info` reports it.

@@ -239,23 +239,24 @@ impl StateDir {
         }
     }
 
-    /// Temporary files that interrupted writes left in the state directory
-    /// and its ssconf directory (see [`ssconf::atomic`]), relative to the
-    /// state directory. A directory that cannot be listed is logged.
-    pub fn stale_temp_files(&self) -> Vec<String> {
-        self.stale_temp_files_listed(ssconf::atomic::temp_files)
+    /// The directories where interrupted writes may leave temporary files
+    /// (see [`ssconf::atomic`]): the state directory and its ssconf
+    /// directory.
+    pub fn temp_file_dirs(&self) -> [PathBuf; 2] {
+        [self.root.clone(), self.ssconf_dir()]
     }
 
-    /// [`StateDir::stale_temp_files`], with the temporary files of each
-    /// directory (of any age) listed by `list` (a cached listing).
-    pub fn stale_temp_files_listed(
+    /// Of `listings` (each directory of [`StateDir::temp_file_dirs`] with
+    /// our temporary files in it, of any age), the stale ones, relative to
+    /// the state directory. A directory that could not be listed is logged.
+    pub fn stale_temp_files(
         &self,
-        mut list: impl FnMut(&Path) -> std::io::Result<Vec<PathBuf>>,
+        listings: impl IntoIterator<Item = (PathBuf, std::io::Result<Vec<PathBuf>>)>,
     ) -> Vec<String> {
         let now = std::time::SystemTime::now();
         let mut found = Vec::new();
-        for dir in [self.root.clone(), self.ssconf_dir()] {
-            match list(&dir) {
+        for (dir, listed) in listings {
+            match listed {
                 Ok(paths) => found.extend(
                     paths
                         .iter()

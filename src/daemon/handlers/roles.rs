@@ -12,7 +12,7 @@ use crate::core::{Error, Result, Secret};
 use crate::daemon::server::ClientCertFacts;
 use crate::state::config::ClusterConfig;
 use crate::state::ssconf_cache::{HeldSsconf, Stamped};
-use crate::state::{NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
+use crate::state::{fingerprint, NodeIdentity, StateDir, MODE_PUBLIC, MODE_SECRET};
 use crate::wire::{NodeInfo, Reply, RpcError};
 
 /// What `node-info` derives from the state directory's files, each
@@ -30,7 +30,7 @@ pub struct NodeFacts {
     authorized_keys: Stamped<std::result::Result<Vec<String>, String>>,
     client_pem: Stamped<String>,
     ca_pem_sha256: Stamped<String>,
-    /// Our temporary files of the state directory and of `ssconf/`.
+    /// Our temporary files in each of [`StateDir::temp_file_dirs`].
     temp_files: [Stamped<Vec<std::path::PathBuf>>; 2],
 }
 
@@ -76,20 +76,23 @@ pub fn node_info(
             },
         )
         .and_then(|parsed| parsed);
-    let mut listings = facts.temp_files.iter();
-    let stale_temp_files = state.stale_temp_files_listed(|dir| match listings.next() {
-        Some(cache) => cache.get(dir, ssconf::atomic::temp_files),
-        None => ssconf::atomic::temp_files(dir),
-    });
+    let stale_temp_files = state.stale_temp_files(
+        state
+            .temp_file_dirs()
+            .into_iter()
+            .zip(&facts.temp_files)
+            .map(|(dir, cache)| {
+                let listed = cache.get(&dir, ssconf::atomic::temp_files);
+                (dir, listed)
+            }),
+    );
     let client_cert_pem = facts
         .client_pem
         .get(&state.client_pem(), |path| std::fs::read_to_string(path))
         .unwrap_or_default();
     let ca_pem_sha256 = facts
         .ca_pem_sha256
-        .get(&state.ca_pem(), |path| {
-            std::fs::read(path).map(|bytes| crate::core::hex::sha256_hex(&bytes))
-        })
+        .get(&state.ca_pem(), fingerprint::try_file_sha256)
         .unwrap_or_default();
     NodeInfo {
         uuid: identity.uuid.clone(),
