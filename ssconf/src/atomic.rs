@@ -18,11 +18,10 @@
 //! the new content is written into the file the last write left beside the
 //! target, `.<name>.swap`, and the two are exchanged (`renameat2` with
 //! `RENAME_EXCHANGE`), so no inode is created or freed per write (of
-//! writes at least [`SWAP_REST`] apart). That
-//! rewrites in place an inode a reader may have opened while it was the
-//! target; so a swap file is only rewritten once it has rested
-//! [`SWAP_REST`] since it stopped being the target (a fresh file is used
-//! otherwise). A reader that reads a file within [`SWAP_REST`] of opening
+//! writes at least [`SWAP_REST`] apart). That rewrites in place an inode a
+//! reader may have opened while it was the target; so a swap file is only
+//! rewritten once it has rested [`SWAP_REST`] since it stopped being the
+//! target (a fresh file is used otherwise). A reader that reads a file within [`SWAP_REST`] of opening
 //! it sees one version whole, as with a rename; a slower one sees the
 //! file's status-change time move on by at least [`SWAP_REST`] and can
 //! read again (the ssconf readers of this crate do).
@@ -190,15 +189,16 @@ fn open_kept_swap(path: &Path, rest: Duration) -> io::Result<Option<File>> {
     let ours = meta.file_type().is_file()
         && meta.nlink() == 1
         && meta.uid() == rustix::process::geteuid().as_raw();
-    Ok((ours && rested(&meta, rest)).then_some(file))
+    Ok((ours && rested(&meta, rest, SystemTime::now())).then_some(file))
 }
 
-/// Whether the file of `meta` last changed status `rest` ago or more. A
+/// Whether the file of `meta` last changed status `rest` before `now` or
+/// earlier. A
 /// time after now (the clock was set back) counts as not rested. A time of
 /// whole seconds may come from a file system that keeps no more (ext4 with
 /// small inodes: 1 s, FAT: 2 s): the change may have come up to
 /// [`COARSEST_TICK`] later than it says.
-fn rested(meta: &fs::Metadata, rest: Duration) -> bool {
+fn rested(meta: &fs::Metadata, rest: Duration, now: SystemTime) -> bool {
     let Ok(secs) = u64::try_from(meta.ctime()) else {
         return true;
     };
@@ -209,9 +209,7 @@ fn rested(meta: &fs::Metadata, rest: Duration) -> bool {
     } else {
         rest
     };
-    SystemTime::now()
-        .duration_since(changed)
-        .is_ok_and(|age| age >= rest)
+    now.duration_since(changed).is_ok_and(|age| age >= rest)
 }
 
 /// Exchanges the swap file and the target; renames the swap file over the
@@ -266,9 +264,9 @@ pub fn write_atomic_all(
 /// A swap file that is not a plain file of this user with one name (a
 /// link, a hard link to another file) is removed, never written through,
 /// and a fresh one created; so is one exchanged less than [`SWAP_REST`]
-/// ago, which a reader may still be reading. Where the file system cannot exchange (or the
-/// target does not exist yet), the file is renamed over the target as by
-/// [`write_atomic_all`].
+/// ago, which a reader may still be reading. Where the file system cannot
+/// exchange (or the target does not exist yet), the file is renamed over
+/// the target as by [`write_atomic_all`].
 pub fn write_atomic_all_swapped(
     dir: &Path,
     files: &[(&OsStr, &[u8])],
@@ -691,6 +689,39 @@ mod tests {
                 assert_eq!(left, want, "step {killed_after}");
             }
         }
+        Ok(())
+    }
+
+    /// A swap file counts as rested from its status change on, measured
+    /// against the clock: not before the rest is over, and not when the
+    /// clock says it changed later than now (the clock was set back).
+    #[test]
+    fn a_swap_file_rests_by_the_clock_and_a_clock_set_back_counts_as_not_rested() -> io::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join(".ssconf_serial.swap");
+        fs::write(&path, b"1\n")?;
+        let meta = fs::metadata(&path)?;
+        let secs = u64::try_from(meta.ctime()).map_err(io::Error::other)?;
+        let nanos = u32::try_from(meta.ctime_nsec()).map_err(io::Error::other)?;
+        let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        // Timestamps of whole seconds wait longer (not the case here,
+        // nanoseconds are kept).
+        let rest = if nanos == 0 {
+            SWAP_REST + COARSEST_TICK
+        } else {
+            SWAP_REST
+        };
+        let ms = Duration::from_millis(1);
+        assert!(!rested(
+            &meta,
+            SWAP_REST,
+            changed - Duration::from_secs(3600)
+        ));
+        assert!(!rested(&meta, SWAP_REST, changed));
+        assert!(!rested(&meta, SWAP_REST, changed + rest - ms));
+        assert!(rested(&meta, SWAP_REST, changed + rest));
+        assert!(rested(&meta, Duration::ZERO, changed + rest));
         Ok(())
     }
 
