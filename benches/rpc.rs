@@ -687,10 +687,15 @@ fn bench_revoke(args: &Args, state: &StateDir) -> BoxResult<()> {
 
 /// Resident set size of process `pid` (or "self"), KiB.
 fn rss_kib(pid: &str) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// One "<field> N kB" line of `/proc/<pid>/status`, KiB.
+fn status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
@@ -708,6 +713,14 @@ fn bench_memory(args: &Args, state: &StateDir) -> BoxResult<()> {
     let client = RpcClient::from_state(state)?;
     let idle = daemon_rss()?;
     out("memory.idle_rss_kib", idle);
+    // What the idle figure is made of: the daemon's own memory (heap,
+    // stacks) against the pages of its executable and libraries it maps.
+    for (key, field) in [
+        ("memory.idle_rss_anon_kib", "RssAnon:"),
+        ("memory.idle_rss_file_kib", "RssFile:"),
+    ] {
+        out(key, status_kib(&pid, field).ok_or("cannot read the daemon's status")?);
+    }
     multi_thread()?.block_on(async {
         let mut held: Vec<Connection> = Vec::new();
         for &target in &args.idle_conns {
