@@ -719,7 +719,10 @@ fn bench_memory(args: &Args, state: &StateDir) -> BoxResult<()> {
         ("memory.idle_rss_anon_kib", "RssAnon:"),
         ("memory.idle_rss_file_kib", "RssFile:"),
     ] {
-        out(key, status_kib(&pid, field).ok_or("cannot read the daemon's status")?);
+        out(
+            key,
+            status_kib(&pid, field).ok_or("cannot read the daemon's status")?,
+        );
     }
     multi_thread()?.block_on(async {
         let mut held: Vec<Connection> = Vec::new();
