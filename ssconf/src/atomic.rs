@@ -192,17 +192,25 @@ fn open_kept_swap(path: &Path, rest: Duration) -> io::Result<Option<File>> {
     Ok((ours && rested(&meta, rest, SystemTime::now())).then_some(file))
 }
 
-/// Whether the file of `meta` last changed status `rest` before `now` or
-/// earlier. A
-/// time after now (the clock was set back) counts as not rested. A time of
-/// whole seconds may come from a file system that keeps no more (ext4 with
-/// small inodes: 1 s, FAT: 2 s): the change may have come up to
-/// [`COARSEST_TICK`] later than it says.
+/// Whether the file of `meta` last changed status `rest` or more before
+/// `now`. A time after now (the clock was set back) counts as not rested,
+/// and so does one before the epoch. A time of whole seconds may come from
+/// a file system that keeps no more (ext4 with small inodes: 1 s, FAT:
+/// 2 s): the change may have come up to [`COARSEST_TICK`] later than it
+/// says.
 fn rested(meta: &fs::Metadata, rest: Duration, now: SystemTime) -> bool {
-    let Ok(secs) = u64::try_from(meta.ctime()) else {
-        return true;
+    rested_since(meta.ctime(), meta.ctime_nsec(), rest, now)
+}
+
+/// [`rested`] for a status-change time of `secs` and `nanos` after the
+/// epoch (`st_ctime`, `st_ctime_nsec`).
+fn rested_since(secs: i64, nanos: i64, rest: Duration, now: SystemTime) -> bool {
+    // Before the epoch: a clock gone wrong when the file changed. Not
+    // rested, so a fresh file (always safe) is written instead.
+    let Ok(secs) = u64::try_from(secs) else {
+        return false;
     };
-    let nanos = u32::try_from(meta.ctime_nsec()).unwrap_or(0);
+    let nanos = u32::try_from(nanos).unwrap_or(0);
     let changed = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
     let rest = if nanos == 0 {
         rest + COARSEST_TICK
@@ -723,6 +731,49 @@ mod tests {
         assert!(rested(&meta, SWAP_REST, changed + rest));
         assert!(rested(&meta, Duration::ZERO, changed + rest));
         Ok(())
+    }
+
+    /// A status-change time of whole seconds (a file system that keeps
+    /// no more) rests [`COARSEST_TICK`] longer, since the change may have
+    /// come up to that much later than it says; one with nanoseconds does
+    /// not. Neither does a time before the epoch.
+    #[test]
+    fn a_time_of_whole_seconds_rests_the_coarsest_tick_longer() {
+        let secs: i64 = 1_800_000_000;
+        let at =
+            |offset: Duration| SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + offset;
+        let ms = Duration::from_millis(1);
+        // Whole seconds: not rested until SWAP_REST + COARSEST_TICK.
+        assert!(!rested_since(secs, 0, SWAP_REST, at(SWAP_REST)));
+        assert!(!rested_since(
+            secs,
+            0,
+            SWAP_REST,
+            at(SWAP_REST + COARSEST_TICK - ms)
+        ));
+        assert!(rested_since(
+            secs,
+            0,
+            SWAP_REST,
+            at(SWAP_REST + COARSEST_TICK)
+        ));
+        // One nanosecond past the second: the time is exact.
+        assert!(!rested_since(secs, 1, SWAP_REST, at(SWAP_REST)));
+        assert!(rested_since(
+            secs,
+            1,
+            SWAP_REST,
+            at(SWAP_REST + Duration::from_nanos(1))
+        ));
+        // Set back: a change after now never counts as rested.
+        assert!(!rested_since(secs, 500, SWAP_REST, at(Duration::ZERO)));
+        // Before the epoch (a clock gone wrong at the change): not rested.
+        assert!(!rested_since(
+            -1,
+            0,
+            SWAP_REST,
+            at(Duration::from_secs(3600))
+        ));
     }
 
     /// A swap file that is a link (symbolic or hard) is never written
