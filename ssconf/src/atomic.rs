@@ -21,8 +21,9 @@
 //! writes at least [`SWAP_REST`] apart). That rewrites in place an inode a
 //! reader may have opened while it was the target; so a swap file is only
 //! rewritten once it has rested [`SWAP_REST`] since it stopped being the
-//! target (a fresh file is used otherwise). A reader that reads a file within [`SWAP_REST`] of opening
-//! it sees one version whole, as with a rename; a slower one sees the
+//! target (a fresh file is used otherwise). A reader that reads a file
+//! within [`SWAP_REST`] of opening it sees one version whole, as with a
+//! rename; a slower one sees the
 //! file's status-change time move on by at least [`SWAP_REST`] and can
 //! read again (the ssconf readers of this crate do).
 
@@ -42,7 +43,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 /// than a read of a whole ssconf file takes, and than the kernel's timer
 /// tick that coarse timestamps follow, so a reader still holding the file
 /// sees its status-change time move. (Timestamps in whole seconds add
-/// [`COARSEST_TICK`].)
+/// 2 s more.)
 pub const SWAP_REST: Duration = Duration::from_millis(250);
 
 /// The coarsest timestamp a file system keeps: 2 s (FAT).

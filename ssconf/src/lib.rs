@@ -72,7 +72,7 @@ pub type Result<T, E = SsconfError> = std::result::Result<T, E>;
 /// is about 14 MiB).
 pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
 
-/// How many times [`read_bounded`] reads a file that was rewritten while
+/// How many times the readers of the set read a file that was rewritten while
 /// it read it before giving up.
 pub const READ_ATTEMPTS: usize = 8;
 
