@@ -175,11 +175,15 @@ pub fn authorize(
 tokio::task_local! {
     /// Where [`CandidateVerifier`] leaves its verdict for the connection task.
     pub static VERDICT: RefCell<Option<Verdict>>;
+    /// Where [`CandidateVerifier`] leaves the parsed key of the certificate
+    /// whose chain it accepted, for the client's CertificateVerify later in
+    /// the same handshake.
+    pub static CLIENT_KEY: RefCell<Option<Arc<ClientKey>>>;
 }
 
 /// Client certificates whose chain to the CA verified, by the SHA-256 of
-/// their DER, each with the exact intermediates sent with it and its
-/// validity window.
+/// their DER, each with the exact intermediates sent with it, its validity
+/// window and its public key parsed once.
 ///
 /// The cluster's clients are few and connect again and again with the same
 /// certificate; for each of them the chain check (one ECDSA verification
@@ -196,9 +200,46 @@ tokio::task_local! {
 /// remembered. Reads are one atomic load and a hash lookup; an insertion
 /// copies the map (a new certificate is rare), and the cache holds at most
 /// [`ChainCache::CAPACITY`] certificates, starting over when full.
+///
+/// The certificate's key, when it is ECDSA P-256 (the cluster's keys are),
+/// is kept parsed too, for the client's CertificateVerify: see
+/// [`CandidateVerifier::verify_tls13_signature`].
 #[derive(Debug, Default)]
 struct ChainCache {
-    verified: arc_swap::ArcSwap<std::collections::HashMap<CertDigest, Vec<VerifiedChain>>>,
+    verified: arc_swap::ArcSwap<std::collections::HashMap<CertDigest, Remembered>>,
+}
+
+/// What is remembered of one certificate.
+#[derive(Debug, Clone, Default)]
+struct Remembered {
+    /// Its ECDSA P-256 key, parsed; `None` for a key of another kind (its
+    /// signatures are checked by webpki, parsing every time).
+    key: Option<Arc<ClientKey>>,
+    chains: Vec<VerifiedChain>,
+}
+
+/// A client certificate's ECDSA P-256 key, parsed, with the certificate.
+#[derive(Debug)]
+pub struct ClientKey {
+    der: Box<[u8]>,
+    key: aws_lc_rs::signature::ParsedPublicKey,
+}
+
+impl ClientKey {
+    /// The key of `cert` when it is an uncompressed P-256 point under
+    /// id-ecPublicKey with the prime256v1 curve.
+    fn of(der: &[u8], cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Self> {
+        let point = crate::pki::p256_point(cert.public_key())?;
+        let key = aws_lc_rs::signature::ParsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            point,
+        )
+        .ok()?;
+        Some(ClientKey {
+            der: der.into(),
+            key,
+        })
+    }
 }
 
 /// One chain that verified: the intermediates the client sent with the
@@ -211,37 +252,50 @@ struct VerifiedChain {
     not_after: i64,
 }
 
+/// A remembered success, as [`ChainCache::verified`] finds it.
+#[derive(Debug)]
+struct Verified {
+    key: Option<Arc<ClientKey>>,
+}
+
 impl ChainCache {
     const CAPACITY: usize = 4096;
     /// Distinct sets of intermediates remembered per certificate.
     const CHAINS_PER_CERTIFICATE: usize = 4;
 
     /// Whether `cert` with exactly `intermediates` verified before and
-    /// `now` is in its validity.
-    fn holds(
+    /// `now` is in its validity; if so, with its parsed key.
+    fn verified(
         &self,
         cert: &PeerCertificate<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> bool {
+    ) -> Option<Verified> {
         let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        self.verified
-            .load()
-            .get(&cert.sha256)
-            .is_some_and(|chains| {
-                chains.iter().any(|c| {
-                    c.intermediates.as_slice() == intermediates
-                        && c.not_before <= now
-                        && now <= c.not_after
-                })
+        let all = self.verified.load();
+        let remembered = all.get(&cert.sha256)?;
+        remembered
+            .chains
+            .iter()
+            .any(|c| {
+                c.intermediates.as_slice() == intermediates
+                    && c.not_before <= now
+                    && now <= c.not_after
+            })
+            .then(|| Verified {
+                key: remembered.key.clone(),
             })
     }
 
-    /// Remembers a certificate whose chain just verified.
-    fn insert(&self, cert: &PeerCertificate<'_>, intermediates: &[CertificateDer<'_>]) {
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.der) else {
-            return;
-        };
+    /// Remembers a certificate whose chain just verified; its parsed key,
+    /// if it is ECDSA P-256.
+    fn insert(
+        &self,
+        cert: &PeerCertificate<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Option<Arc<ClientKey>> {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der).ok()?;
+        let key = ClientKey::of(cert.der, &parsed).map(Arc::new);
         let chain = VerifiedChain {
             intermediates: intermediates
                 .iter()
@@ -256,13 +310,15 @@ impl ChainCache {
             } else {
                 (**current).clone()
             };
-            let chains = next.entry(cert.sha256).or_default();
-            if chains.len() >= Self::CHAINS_PER_CERTIFICATE {
-                chains.clear();
+            let remembered = next.entry(cert.sha256).or_default();
+            if remembered.chains.len() >= Self::CHAINS_PER_CERTIFICATE {
+                remembered.chains.clear();
             }
-            chains.push(chain.clone());
+            remembered.chains.push(chain.clone());
+            remembered.key.clone_from(&key);
             next
         });
+        key
     }
 }
 
@@ -314,18 +370,23 @@ impl ClientCertVerifier for CandidateVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let cert = PeerCertificate::new(end_entity);
-        let chain = if self.chain_cache.holds(&cert, intermediates, now) {
-            Ok(())
-        } else {
-            let chain = self
-                .chain
-                .verify_client_cert(end_entity, intermediates, now)
-                .map(|_| ());
-            if chain.is_ok() {
-                self.chain_cache.insert(&cert, intermediates);
+        let (chain, key) = match self.chain_cache.verified(&cert, intermediates, now) {
+            Some(verified) => (Ok(()), verified.key),
+            None => {
+                let chain = self
+                    .chain
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .map(|_| ());
+                let key = match chain {
+                    Ok(()) => self.chain_cache.insert(&cert, intermediates),
+                    Err(_) => None,
+                };
+                (chain, key)
             }
-            chain
         };
+        if chain.is_ok() {
+            let _ = CLIENT_KEY.try_with(|slot| *slot.borrow_mut() = key);
+        }
         let chain_error = chain.as_ref().err().cloned();
         let verdict = authorize(chain, &self.map.load(), &cert);
         let result = match (&verdict, chain_error) {
@@ -350,12 +411,35 @@ impl ClientCertVerifier for CandidateVerifier {
         self.chain.verify_tls12_signature(message, cert, dss)
     }
 
+    /// The client's CertificateVerify. A P-256 signature by the certificate
+    /// [`Self::verify_client_cert`] just accepted on this connection is
+    /// checked with the key the chain cache holds parsed (it left it in
+    /// [`CLIENT_KEY`]); webpki checks anything else, parsing the
+    /// certificate and its key anew. Same key, scheme and algorithm either
+    /// way: ecdsa_secp256r1_sha256 with a P-256 key under id-ecPublicKey.
+    /// Parsing again cost about 4 µs of each handshake (BENCHMARKS.md).
     fn verify_tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme == SignatureScheme::ECDSA_NISTP256_SHA256 {
+            let key = CLIENT_KEY
+                .try_with(|slot| slot.borrow().clone())
+                .ok()
+                .flatten()
+                .filter(|key| *key.der == **cert);
+            if let Some(key) = key {
+                return key
+                    .key
+                    .verify_sig(message, dss.signature())
+                    .map(|()| HandshakeSignatureValid::assertion())
+                    .map_err(|_| {
+                        rustls::Error::InvalidCertificate(CertificateError::BadSignature)
+                    });
+            }
+        }
         self.chain.verify_tls13_signature(message, cert, dss)
     }
 
@@ -464,8 +548,32 @@ mod tests {
 
     /// A certificate valid from an hour ago for one day, and a map with it.
     fn candidate(ca: &CertificateAuthority) -> (CertificateDer<'static>, CandidateMap) {
+        let (cert, map, _) = candidate_with_key(ca);
+        (cert, map)
+    }
+
+    /// [`candidate`], with the certificate's key for signing.
+    fn candidate_with_key(
+        ca: &CertificateAuthority,
+    ) -> (
+        CertificateDer<'static>,
+        CandidateMap,
+        aws_lc_rs::signature::EcdsaKeyPair,
+    ) {
         let now = OffsetDateTime::now_utc();
-        let csr = NodeKey::generate().unwrap().client_csr("mc").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let signer = {
+            use rustls_pki_types::pem::PemObject;
+            let pem = key.to_pem();
+            let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem.expose().as_bytes())
+                .unwrap();
+            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                der.secret_pkcs8_der(),
+            )
+            .unwrap()
+        };
+        let csr = key.client_csr("mc").unwrap();
         let pem = ca
             .sign_csr_between(
                 &csr,
@@ -476,7 +584,67 @@ mod tests {
             .unwrap();
         let der = crate::pki::load_certs_from_pem(&pem).unwrap();
         let map = CandidateMap::from_entries([("uuid-mc", DigestAlgorithm::Sha256.digest(&der))]);
-        (der, map)
+        (der, map, signer)
+    }
+
+    #[test]
+    fn a_remembered_key_checks_certificate_verify_as_webpki_does() {
+        use aws_lc_rs::signature::KeyPair as _;
+        let ca = CertificateAuthority::generate("c", 30).unwrap();
+        let (cert, map, signer) = candidate_with_key(&ca);
+        let (_, _, stranger) = candidate_with_key(&ca);
+        let v = verifier(&ca, map);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let message = b"TLS 1.3, client CertificateVerify\0transcript hash".as_slice();
+        // As the client's CertificateVerify carries it: scheme, length,
+        // signature.
+        let dss = |scheme: SignatureScheme, signature: &[u8]| {
+            use rustls::internal::msgs::codec::{Codec, Reader};
+            let mut wire = u16::from(scheme).to_be_bytes().to_vec();
+            wire.extend_from_slice(&u16::try_from(signature.len()).unwrap().to_be_bytes());
+            wire.extend_from_slice(signature);
+            DigitallySignedStruct::read(&mut Reader::init(&wire)).unwrap()
+        };
+        let sign = |key: &aws_lc_rs::signature::EcdsaKeyPair, scheme| {
+            dss(scheme, key.sign(&rng, message).unwrap().as_ref())
+        };
+        let good = sign(&signer, SignatureScheme::ECDSA_NISTP256_SHA256);
+        let other_key = sign(&stranger, SignatureScheme::ECDSA_NISTP256_SHA256);
+        let mut flipped = signer.sign(&rng, message).unwrap().as_ref().to_vec();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 1;
+        }
+        let flipped = dss(SignatureScheme::ECDSA_NISTP256_SHA256, &flipped);
+        let wrong_scheme = sign(&signer, SignatureScheme::ECDSA_NISTP384_SHA384);
+        let check =
+            |dss: &DigitallySignedStruct| v.verify_tls13_signature(message, &cert, dss).map(|_| ());
+        let all = [&good, &other_key, &flipped, &wrong_scheme];
+        CLIENT_KEY.sync_scope(RefCell::new(None), || {
+            // First webpki answers (the chain was not checked yet), then the
+            // key the chain check left for this handshake: the same answers.
+            let webpki: Vec<_> = all.into_iter().map(check).collect();
+            let now = at(OffsetDateTime::now_utc());
+            assert!(v.verify_client_cert(&cert, &[], now).is_ok());
+            let first = CLIENT_KEY.with(|k| k.borrow().clone()).unwrap();
+            assert_eq!(first.key.as_ref(), signer.public_key().as_ref());
+            let parsed: Vec<_> = all.into_iter().map(check).collect();
+            assert_eq!(webpki, parsed);
+            assert_eq!(parsed[0], Ok(()));
+            let bad = Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature,
+            ));
+            assert_eq!(parsed[1], bad);
+            assert!(parsed[2].is_err(), "{:?}", parsed[2]);
+            assert!(parsed[3].is_err(), "{:?}", parsed[3]);
+            // Remembered: the next handshake gets the same parsed key.
+            assert!(v.verify_client_cert(&cert, &[], now).is_ok());
+            let again = CLIENT_KEY.with(|k| k.borrow().clone()).unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+            // The key is used only for the certificate it came from.
+            let (unknown, _) = candidate(&ca);
+            let unknown_signed = v.verify_tls13_signature(message, &unknown, &good);
+            assert!(unknown_signed.is_err(), "{unknown_signed:?}");
+        });
     }
 
     #[test]
@@ -488,7 +656,8 @@ mod tests {
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
         assert!(v
             .chain_cache
-            .holds(&PeerCertificate::new(&cert), &[], at(now)));
+            .verified(&PeerCertificate::new(&cert), &[], at(now))
+            .is_some());
         // Remembered, and used again; with the CA sent along (as OpenSSL
         // clients do) it is another entry, checked and remembered too.
         assert!(v.verify_client_cert(&cert, &[], at(now)).is_ok());
@@ -496,12 +665,14 @@ mod tests {
         assert!(v.verify_client_cert(&cert, &with_ca, at(now)).is_ok());
         assert!(v
             .chain_cache
-            .holds(&PeerCertificate::new(&cert), &with_ca, at(now)));
+            .verified(&PeerCertificate::new(&cert), &with_ca, at(now))
+            .is_some());
         // The same certificate with other intermediates is not remembered.
         let other = [cert.clone()];
-        assert!(!v
+        assert!(v
             .chain_cache
-            .holds(&PeerCertificate::new(&cert), &other, at(now)));
+            .verified(&PeerCertificate::new(&cert), &other, at(now))
+            .is_none());
         let expired = v.verify_client_cert(&cert, &with_ca, at(now + TimeDuration::days(2)));
         assert!(expired.is_err(), "{expired:?}");
         // Past notAfter (or before notBefore) the cache does not answer:
@@ -535,6 +706,9 @@ mod tests {
         let new = CertificateAuthority::generate("c", 30).unwrap();
         let v = verifier(&new, map);
         assert!(v.verify_client_cert(&cert, &[], now).is_err());
-        assert!(!v.chain_cache.holds(&PeerCertificate::new(&cert), &[], now));
+        assert!(v
+            .chain_cache
+            .verified(&PeerCertificate::new(&cert), &[], now)
+            .is_none());
     }
 }

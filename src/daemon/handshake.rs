@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::auth::{Admission, Denial, DenialReason, Verdict, VERDICT};
+use super::auth::{Admission, Denial, DenialReason, Verdict, CLIENT_KEY, VERDICT};
 use super::budget::{ConnectionSlot, HandshakePermit};
 use super::handler::{AnonymousJoin, Handler};
 use super::server::Daemon;
@@ -39,7 +39,9 @@ pub async fn handshake(
 ) -> Handshake {
     let acceptor = TlsAcceptor::from(daemon.tls.load_full());
     let handshake = VERDICT.scope(RefCell::new(None), async {
-        let result = acceptor.accept(stream).await;
+        let result = CLIENT_KEY
+            .scope(RefCell::new(None), acceptor.accept(stream))
+            .await;
         (result, VERDICT.with(|v| v.borrow_mut().take()))
     });
     let Ok((result, verdict)) =

@@ -271,7 +271,6 @@ impl LeafRole<'_> {
 /// on the signature's algorithm (a P-384 key signed with ecdsa-with-SHA256
 /// would otherwise pass and make a broken certificate).
 fn check_csr_key_is_p256(csr_pem: &str) -> Result<()> {
-    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     use x509_parser::prelude::FromDer;
     let invalid = |why: &str| Error::Certificate(format!("certificate signing request: {why}"));
     let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
@@ -279,21 +278,27 @@ fn check_csr_key_is_p256(csr_pem: &str) -> Result<()> {
     let (_, csr) =
         x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
             .map_err(|e| invalid(&format!("unparsable: {e}")))?;
-    let spki = &csr.certification_request_info.subject_pki;
+    match p256_point(&csr.certification_request_info.subject_pki) {
+        Some(_) => Ok(()),
+        None => Err(invalid("the key is not ECDSA P-256")),
+    }
+}
+
+/// The key of `spki` as an uncompressed P-256 point, if it is one under
+/// id-ecPublicKey with the prime256v1 curve; `None` for any other key.
+pub fn p256_point<'a>(spki: &'a x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<&'a [u8]> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     let curve = spki
         .algorithm
         .parameters
         .as_ref()
         .and_then(|p| p.as_oid().ok());
-    let point = &spki.subject_public_key.data;
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY
-        || curve.as_ref() != Some(&OID_EC_P256)
-        || point.len() != 65
-        || point.first() != Some(&4)
-    {
-        return Err(invalid("the key is not ECDSA P-256"));
-    }
-    Ok(())
+    let point: &[u8] = &spki.subject_public_key.data;
+    (spki.algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY
+        && curve.as_ref() == Some(&OID_EC_P256)
+        && point.len() == 65
+        && point.first() == Some(&4))
+    .then_some(point)
 }
 
 /// The cluster certificate authority: its certificate and signing key.
