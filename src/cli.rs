@@ -572,6 +572,9 @@ impl InitArgs {
 }
 
 /// Where a node keeps its SSH files (recorded in node.json).
+// The field docs are the options' help text: `<state-dir>` is meant as
+// written there, not as HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, Args)]
 pub struct SshArgs {
     /// Directory of this node's SSH key pair, if it becomes a master

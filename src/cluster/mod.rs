@@ -1,6 +1,6 @@
 //! The cluster as the master changes it: the lock of mutating commands
 //! ([`lock`]), the config this node holds ([`store`]), commit and push to
-//! the nodes ([`push`]), the steps of a certificate renewal ([`renew`]),
+//! the nodes ([`mod@push`]), the steps of a certificate renewal ([`renew`]),
 //! and the consistency checks of `verify` ([`verify`]).
 
 pub mod audit;

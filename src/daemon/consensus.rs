@@ -37,7 +37,7 @@ const START_RETRY: Duration = Duration::from_secs(2);
 /// Starts Raft whenever this node comes to hold the config, woken by
 /// `raft_wanted`: every path that writes `config.json` while the daemon
 /// runs (`install-candidate-files`, `write-config`, `recover --force`)
-/// wakes it. A start that failed is tried again every [`START_RETRY`];
+/// wakes it. A start that failed is tried again every `START_RETRY`;
 /// otherwise the task sleeps, so a regular node has no timer of its own
 /// here.
 pub async fn supervise(daemon: Arc<Daemon>) {

@@ -9,7 +9,7 @@
 //! The commands distribute a change through a round too ([`round_now`]),
 //! which does not ask a node the loop left current over the connection it
 //! keeps: it sends the change as a patch of the set the node holds
-//! ([`Held`]), one round trip less per node. A node that holds another set
+//! (`Held`), one round trip less per node. A node that holds another set
 //! refuses the patch and is then asked.
 //!
 //! A node has one interval (at least a second) to answer and be brought up
