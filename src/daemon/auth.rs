@@ -13,8 +13,9 @@
 //! and no file I/O.
 //!
 //! The verifier cannot see the peer's address, but the denial log must name
-//! it. So the verifier leaves its [`Verdict`] in a task-local slot that the
-//! connection task (which knows the peer) reads right after the handshake.
+//! it. So the verifier leaves its [`Verdict`] in a task-local slot
+//! ([`HANDSHAKE`]) that the connection task (which knows the peer) reads
+//! right after the handshake.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -173,12 +174,20 @@ pub fn authorize(
 }
 
 tokio::task_local! {
-    /// Where [`CandidateVerifier`] leaves its verdict for the connection task.
-    pub static VERDICT: RefCell<Option<Verdict>>;
-    /// Where [`CandidateVerifier`] leaves the parsed key of the certificate
-    /// whose chain it accepted, for the client's CertificateVerify later in
-    /// the same handshake.
-    pub static CLIENT_KEY: RefCell<Option<Arc<ClientKey>>>;
+    /// What [`CandidateVerifier`] leaves for the rest of one connection's
+    /// handshake.
+    pub static HANDSHAKE: RefCell<HandshakeNotes>;
+}
+
+/// What the verifier learnt of a connection's client certificate.
+#[derive(Debug, Default)]
+pub struct HandshakeNotes {
+    /// The verdict, for the connection task (which knows the peer).
+    pub verdict: Option<Verdict>,
+    /// The parsed key of the certificate whose chain the verifier
+    /// accepted, for the client's CertificateVerify later in the same
+    /// handshake.
+    key: Option<Arc<ClientKey>>,
 }
 
 /// Client certificates whose chain to the CA verified, by the SHA-256 of
@@ -384,9 +393,6 @@ impl ClientCertVerifier for CandidateVerifier {
                 (chain, key)
             }
         };
-        if chain.is_ok() {
-            let _ = CLIENT_KEY.try_with(|slot| *slot.borrow_mut() = key);
-        }
         let chain_error = chain.as_ref().err().cloned();
         let verdict = authorize(chain, &self.map.load(), &cert);
         let result = match (&verdict, chain_error) {
@@ -398,7 +404,12 @@ impl ClientCertVerifier for CandidateVerifier {
                 CertificateError::ApplicationVerificationFailure,
             )),
         };
-        let _ = VERDICT.try_with(|slot| *slot.borrow_mut() = Some(verdict));
+        let _ = HANDSHAKE.try_with(|notes| {
+            *notes.borrow_mut() = HandshakeNotes {
+                verdict: Some(verdict),
+                key,
+            };
+        });
         result
     }
 
@@ -414,7 +425,7 @@ impl ClientCertVerifier for CandidateVerifier {
     /// The client's CertificateVerify. A P-256 signature by the certificate
     /// [`Self::verify_client_cert`] just accepted on this connection is
     /// checked with the key the chain cache holds parsed (it left it in
-    /// [`CLIENT_KEY`]); webpki checks anything else, parsing the
+    /// [`HANDSHAKE`]); webpki checks anything else, parsing the
     /// certificate and its key anew. Same key, scheme and algorithm either
     /// way: ecdsa_secp256r1_sha256 with a P-256 key under id-ecPublicKey.
     /// Parsing again cost about 4 µs of each handshake (BENCHMARKS.md).
@@ -425,19 +436,19 @@ impl ClientCertVerifier for CandidateVerifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         if dss.scheme == SignatureScheme::ECDSA_NISTP256_SHA256 {
-            let key = CLIENT_KEY
-                .try_with(|slot| slot.borrow().clone())
-                .ok()
-                .flatten()
-                .filter(|key| *key.der == **cert);
-            if let Some(key) = key {
-                return key
-                    .key
-                    .verify_sig(message, dss.signature())
-                    .map(|()| HandshakeSignatureValid::assertion())
-                    .map_err(|_| {
-                        rustls::Error::InvalidCertificate(CertificateError::BadSignature)
-                    });
+            let remembered = HANDSHAKE.try_with(|notes| {
+                let notes = notes.borrow();
+                let key = notes.key.as_deref().filter(|key| *key.der == **cert)?;
+                Some(key.key.verify_sig(message, dss.signature()).is_ok())
+            });
+            match remembered {
+                Ok(Some(true)) => return Ok(HandshakeSignatureValid::assertion()),
+                Ok(Some(false)) => {
+                    return Err(rustls::Error::InvalidCertificate(
+                        CertificateError::BadSignature,
+                    ))
+                }
+                Ok(None) | Err(_) => {}
             }
         }
         self.chain.verify_tls13_signature(message, cert, dss)
@@ -619,13 +630,14 @@ mod tests {
         let check =
             |dss: &DigitallySignedStruct| v.verify_tls13_signature(message, &cert, dss).map(|_| ());
         let all = [&good, &other_key, &flipped, &wrong_scheme];
-        CLIENT_KEY.sync_scope(RefCell::new(None), || {
+        let key_left = || HANDSHAKE.with(|notes| notes.borrow().key.clone());
+        HANDSHAKE.sync_scope(RefCell::default(), || {
             // First webpki answers (the chain was not checked yet), then the
             // key the chain check left for this handshake: the same answers.
             let webpki: Vec<_> = all.into_iter().map(check).collect();
             let now = at(OffsetDateTime::now_utc());
             assert!(v.verify_client_cert(&cert, &[], now).is_ok());
-            let first = CLIENT_KEY.with(|k| k.borrow().clone()).unwrap();
+            let first = key_left().unwrap();
             assert_eq!(first.key.as_ref(), signer.public_key().as_ref());
             let parsed: Vec<_> = all.into_iter().map(check).collect();
             assert_eq!(webpki, parsed);
@@ -638,7 +650,7 @@ mod tests {
             assert!(parsed[3].is_err(), "{:?}", parsed[3]);
             // Remembered: the next handshake gets the same parsed key.
             assert!(v.verify_client_cert(&cert, &[], now).is_ok());
-            let again = CLIENT_KEY.with(|k| k.borrow().clone()).unwrap();
+            let again = key_left().unwrap();
             assert!(Arc::ptr_eq(&first, &again));
             // The key is used only for the certificate it came from.
             let (unknown, _) = candidate(&ca);

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::auth::{Admission, Denial, DenialReason, Verdict, CLIENT_KEY, VERDICT};
+use super::auth::{Admission, Denial, DenialReason, Verdict, HANDSHAKE};
 use super::budget::{ConnectionSlot, HandshakePermit};
 use super::handler::{AnonymousJoin, Handler};
 use super::server::Daemon;
@@ -38,11 +38,12 @@ pub async fn handshake(
     permit: HandshakePermit,
 ) -> Handshake {
     let acceptor = TlsAcceptor::from(daemon.tls.load_full());
-    let handshake = VERDICT.scope(RefCell::new(None), async {
-        let result = CLIENT_KEY
-            .scope(RefCell::new(None), acceptor.accept(stream))
-            .await;
-        (result, VERDICT.with(|v| v.borrow_mut().take()))
+    let handshake = HANDSHAKE.scope(RefCell::default(), async {
+        let result = acceptor.accept(stream).await;
+        (
+            result,
+            HANDSHAKE.with(|notes| notes.borrow_mut().verdict.take()),
+        )
     });
     let Ok((result, verdict)) =
         tokio::time::timeout(daemon.limits.handshake_timeout, handshake).await
