@@ -155,6 +155,13 @@ async fn a_candidate_certificate_without_its_key_is_refused() {
         daemon.log()
     );
     ping(&client(&node, Some(&candidate)), &node).await.unwrap();
+    // The certificate's chain and key are remembered now: the impostor is
+    // still refused (its CertificateVerify checked with the remembered key).
+    let again = ping(&client_without_the_key(&node, &candidate, &other), &node).await;
+    assert!(
+        matches!(again, Err(Error::NotAuthorized { .. })),
+        "{again:?}"
+    );
 }
 
 fn x509_cn(id: &Identity) -> String {
