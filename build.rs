@@ -3,10 +3,11 @@
 //! The kernel maps an executable's pages 64 KiB at a time around each page
 //! fault (`fault_around_bytes`), so an idle daemon whose start-up code is
 //! spread over the whole text keeps most of the text resident: about 7 MiB
-//! of 12 MiB. `contrib/noded.order` lists the functions a master runs from
-//! start to idle, then those of a handshake and its RPCs (recorded by
-//! `scripts/symbol-order`); the linker places them first, in that order.
-//! Idle VmRSS falls from about 12.8 to 7.7 MiB (BENCHMARKS.md, "Memory").
+//! of 12 MiB. `contrib/noded.order` lists the functions a master, a master
+//! candidate and a regular node run from start to idle, then those of a
+//! handshake and its RPCs (recorded by `scripts/symbol-order`); the linker
+//! places them first, in that order. A lone idle master's VmRSS falls from
+//! about 12.5 to 8.0 MiB (BENCHMARKS.md, "Link order of the daemon's code").
 //!
 //! Only where the link is sure to accept the option: a release build for
 //! x86_64-unknown-linux-gnu with Rust 1.90 or later, whose default linker is
