@@ -433,6 +433,40 @@ fn recover_force_after_a_majority_is_lost() {
         .success()));
 }
 
+/// A `recover --force` that cannot write (the master's Raft directory
+/// refuses new files, as on a full or read-only disk) fails with the
+/// cause and changes nothing; Raft runs again without a restart of noded,
+/// and once the disk takes writes the same command recovers.
+#[test]
+fn a_failed_recover_force_leaves_raft_running_for_a_retry() {
+    let mut c = Three::at(["127.0.0.41", "127.0.0.42", "127.0.0.43", "127.0.0.44"]);
+    c.daemon("a").kill_now();
+    c.daemon("b").kill_now();
+    let voters_before = voters(c.node("m"));
+    assert_eq!(voters_before.len(), 3, "{}", status(c.node("m")));
+    let raft_dir = c.node("m").state.raft_dir();
+    {
+        let _frozen = immutable(&raft_dir);
+        let (code, out, err) = run(c.node("m"), &["recover", "--force"]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        assert!(
+            err.contains("recovery failed") && err.contains("run `nodectl recover --force` again"),
+            "{err}"
+        );
+        assert!(!err.contains("RECOVERED BY FORCE"), "{err}");
+        // Raft answers again (status lists the voters), nothing changed.
+        assert!(
+            within(ELECTED, || voters(c.node("m")) == voters_before),
+            "{}",
+            status(c.node("m"))
+        );
+    }
+    let (code, out, err) = run(c.node("m"), &["recover", "--force"]);
+    assert!(matches!(code, Some(0 | 3)), "{out}{err}");
+    assert!(err.contains("RECOVERED BY FORCE"), "{err}");
+    assert_eq!(voters(c.node("m")), ["m"]);
+}
+
 /// A small deterministic generator for the randomized run.
 struct Dice(u64);
 

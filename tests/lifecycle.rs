@@ -486,21 +486,6 @@ fn online_reissues_a_certificate_that_changed() {
     assert!(all_ok(&ping_all(&a).1));
 }
 
-/// Makes a directory refuse new entries (`chattr +i`) until dropped: the
-/// master's state directory on a full or read-only disk, for root too.
-fn immutable(dir: &std::path::Path) -> Undo {
-    let chattr = |flag: &str| {
-        let mut command = std::process::Command::new("chattr");
-        command.arg(flag).arg(dir);
-        command
-    };
-    undone(
-        chattr("+i"),
-        chattr("-i"),
-        &format!("chattr +i {}", dir.display()),
-    )
-}
-
 /// A promotion whose commit fails (the master cannot write its config)
 /// takes back the CA key and config it gave the node: nothing holds a
 /// candidate's files while recorded as regular.

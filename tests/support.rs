@@ -807,3 +807,18 @@ impl Drop for Undo {
         let _ = self.0.status();
     }
 }
+
+/// Makes a directory refuse new entries (`chattr +i`) until dropped: a
+/// state directory on a full or read-only disk, for root too.
+pub fn immutable(dir: &std::path::Path) -> Undo {
+    let chattr = |flag: &str| {
+        let mut command = std::process::Command::new("chattr");
+        command.arg(flag).arg(dir);
+        command
+    };
+    undone(
+        chattr("+i"),
+        chattr("-i"),
+        &format!("chattr +i {}", dir.display()),
+    )
+}

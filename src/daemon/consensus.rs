@@ -160,11 +160,19 @@ pub async fn recover(daemon: &Daemon) -> std::result::Result<Reply, RpcError> {
     daemon.raft.store(None);
     node.shutdown().await;
     tracing::warn!(term, lost = ?silent, "recover --force: this node becomes the only voter");
-    let config =
-        crate::cluster::raft::force_recovery(&daemon.state, &daemon.identity, term, &silent)
-            .map_err(|e| failed(format!("recovery failed: {e}; restart noded and retry")))?;
+    let recovered =
+        crate::cluster::raft::force_recovery(&daemon.state, &daemon.identity, term, &silent);
     drop(changing);
+    // Raft starts again from what is on disk, recovered or not: a failed
+    // recovery leaves the node answering its peers and ready for another
+    // `recover --force` once the cause is fixed.
     daemon.raft_wanted.notify_one();
+    let config = recovered.map_err(|e| {
+        tracing::error!("recover --force failed: {e}");
+        failed(format!(
+            "recovery failed: {e}; Raft starts again from its store: fix the cause, then run `nodectl recover --force` again"
+        ))
+    })?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if daemon.raft.load().as_ref().is_some_and(|n| n.leads()) {

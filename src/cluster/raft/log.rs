@@ -183,8 +183,8 @@ impl LogStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `recover --force`, with Raft stopped: appends `entries` (fsynced)
-    /// and records `vote`, outside openraft.
+    /// `recover --force`, with Raft stopped: records `vote`, then appends
+    /// `entries` (fsynced), outside openraft.
     pub fn force(&self, entries: Vec<Entry<TypeConfig>>, vote: Vote<NodeId>) -> Result<()> {
         let mut inner = self.lock();
         let mut text = Vec::new();
@@ -193,6 +193,14 @@ impl LogStore {
                 .map_err(|e| Error::Invalid(format!("raft log entry: {e}")))?;
             text.push(b'\n');
         }
+        // The vote first: stopped between the two, the store holds a
+        // vote for this node in the new term over the old log, which Raft
+        // starts from as it would after winning an election; the other
+        // way round it would hold entries of a term it never voted in.
+        let bytes = serde_json::to_vec(&vote).map_err(|e| Error::Invalid(format!("vote: {e}")))?;
+        ssconf::atomic::write_atomic(&vote_path(&inner.dir), &bytes, 0o600)
+            .map_err(Error::io(vote_path(&inner.dir)))?;
+        inner.vote = Some(vote);
         let path = log_path(&inner.dir);
         inner
             .file
@@ -202,10 +210,6 @@ impl LogStore {
         for entry in entries {
             inner.entries.insert(entry.get_log_id().index, entry);
         }
-        let bytes = serde_json::to_vec(&vote).map_err(|e| Error::Invalid(format!("vote: {e}")))?;
-        ssconf::atomic::write_atomic(&vote_path(&inner.dir), &bytes, 0o600)
-            .map_err(Error::io(vote_path(&inner.dir)))?;
-        inner.vote = Some(vote);
         Ok(())
     }
 
