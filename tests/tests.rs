@@ -10,6 +10,7 @@
 
 mod support;
 
+mod accept;
 mod api;
 mod authorization;
 mod ca_rotation;

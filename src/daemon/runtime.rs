@@ -118,10 +118,36 @@ pub async fn bind(address: &str) -> Result<TcpListener> {
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// The CPUs this process may run on (its affinity mask, as systemd's
+/// `CPUAffinity=` or `taskset` left it), at most `count` of them; empty
+/// when the mask cannot be read.
+fn allowed_cpus(count: usize) -> Vec<usize> {
+    let Ok(set) = rustix::thread::sched_getaffinity(None) else {
+        return Vec::new();
+    };
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .take(count)
+        .collect()
+}
+
 /// Binds `address` once per core, every socket with `SO_REUSEPORT`, for
 /// [`server::run`]'s accept threads: the kernel spreads incoming
 /// connections over them. A port given as 0 is chosen once, by the first
 /// socket.
+///
+/// Each listener names a CPU of the process's affinity mask with
+/// `SO_INCOMING_CPU`: Linux (6.1 and later) hands a connection to the
+/// listener of the CPU that processed its SYN. The connections whose
+/// packets one CPU handles (on loopback: one client's) are then served by
+/// one thread, which the scheduler runs where it is woken, rather than by
+/// whichever thread a hash picks, often waking on the other core
+/// (BENCHMARKS.md, "Handshake path"). A connection whose SYN arrives on a
+/// CPU no listener names, or any connection on an older kernel, is spread
+/// by hash as before. The threads are not pinned: the scheduler may still
+/// move one to an idle core. With a single-queue NIC and no RPS, every
+/// SYN arrives on one CPU and one thread serves all connections (README,
+/// "Accept threads").
 ///
 /// `SO_REUSEPORT` would let a second daemon on the same address (same
 /// user) quietly share the connections, so the address is first bound
@@ -153,12 +179,22 @@ pub async fn bind_per_core(address: &str) -> Result<Vec<std::net::TcpListener>> 
     addr = probe.local_addr().map_err(io)?;
     drop(probe);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut listeners = Vec::with_capacity(cores);
-    for _ in 0..cores {
+    let cpus = match allowed_cpus(cores) {
+        cpus if cpus.len() == cores && cores > 1 => cpus.into_iter().map(Some).collect(),
+        // One CPU, or a mask that does not say which: nothing to steer.
+        _ => vec![None; cores],
+    };
+    let mut listeners = Vec::with_capacity(cpus.len());
+    for cpu in cpus {
         let socket = socket(addr, true)?;
         // Linux gives every accepted socket the listener's TCP_NODELAY:
         // one system call here instead of one per connection.
         socket.set_nodelay(true).map_err(io)?;
+        if let Some(cpu) = cpu {
+            // An optimisation only: refused, the kernel spreads this
+            // listener's connections by hash.
+            let _ = socket2::SockRef::from(&socket).set_cpu_affinity(cpu);
+        }
         socket.bind(addr).map_err(io)?;
         let listener = socket.listen(LISTEN_BACKLOG).map_err(io)?;
         // Taken out of this runtime's reactor: each accept thread
@@ -382,5 +418,28 @@ pub fn reload_certificates(daemon: &Daemon) {
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_listener_names_a_cpu_of_the_mask_in_turn() {
+        let listeners = bind_per_core("127.0.0.1:0").await.unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(listeners.len(), cores);
+        let named: Vec<usize> = listeners
+            .iter()
+            .map(|l| socket2::SockRef::from(l).cpu_affinity().unwrap())
+            .collect();
+        let port = listeners[0].local_addr().unwrap().port();
+        assert!(listeners
+            .iter()
+            .all(|l| l.local_addr().unwrap().port() == port));
+        if cores > 1 {
+            assert_eq!(named, allowed_cpus(cores));
+        }
     }
 }
