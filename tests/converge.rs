@@ -19,20 +19,6 @@ fn ping(from: &Node, to: &str) -> (Option<i32>, String) {
 const HEARTBEAT: &str = "1";
 const NOTICED: Duration = Duration::from_secs(3 + 5);
 
-/// `name`'s entry in the master's `list --json`.
-fn listed(m: &Node, name: &str) -> serde_json::Value {
-    let out = nodectl(m.dir(), &["list", "--json"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} not listed: {doc}"))
-}
-
 fn ssconf_serial(n: &Node) -> String {
     std::fs::read_to_string(n.state.ssconf_dir().join("ssconf_serial")).unwrap()
 }

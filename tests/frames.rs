@@ -284,3 +284,59 @@ async fn client_refused(identity: &Identity, node: &Node) -> bool {
         .await
         .is_err()
 }
+
+/// Without a certificate the master reads one request, a join: a frame too
+/// large for a join or cut short is answered as on an admitted connection,
+/// and every such connection, one that brings no request included, is
+/// logged once as a refused join.
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_bad_frames_are_answered_and_logged_once() {
+    let node = init_master("f5");
+    let daemon = Daemon::start(&node, &[]);
+    let anonymous = client(&node, None);
+    let cases: [(&[u8], bool, Option<RpcErrorKind>, &str); 3] = [
+        (
+            &[0, 1, 0, 1],
+            false,
+            Some(RpcErrorKind::TooLarge),
+            "join refused: frame of 65537 bytes exceeds the limit of 65536 bytes",
+        ),
+        (
+            &[0, 0, 0, 100, 1, 2, 3],
+            true,
+            Some(RpcErrorKind::Malformed),
+            "join refused: connection closed in the middle of a frame",
+        ),
+        (&[], true, None, "join refused: closed without a request"),
+    ];
+    for (bytes, close_write, kind, logged) in cases {
+        let mut conn = anonymous.connect(&node.name, &node.address).await.unwrap();
+        conn.send_raw(bytes).await.unwrap();
+        if close_write {
+            conn.close_write().await.unwrap();
+        }
+        let reply = tokio::time::timeout(Duration::from_secs(5), conn.read_response())
+            .await
+            .expect("connection left open");
+        match kind {
+            Some(kind) => {
+                let reply = reply.expect("reply unreadable").expect("no error reply");
+                let error = reply.result.expect_err("answered with success");
+                assert_eq!(error.kind, kind, "{}", error.message);
+            }
+            None => assert!(matches!(reply, Ok(None) | Err(_)), "{reply:?}"),
+        }
+        assert!(
+            daemon.wait_log(logged, Duration::from_secs(5)),
+            "{}",
+            daemon.log()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.log().matches("connection denied").count(),
+        cases.len(),
+        "{}",
+        daemon.log()
+    );
+}

@@ -295,7 +295,7 @@ fn token_faults_are_one_line_errors_that_change_nothing() {
 
     // A working cluster, then the token goes wrong under it.
     let m = hsm.init("m", "noded", "ca");
-    let _dm = hsm.start(&m);
+    let dm = hsm.start(&m);
     let (a, _da) = hsm.join(&m, "a", &[]);
     let good = hsm.uri("noded", "ca");
     // Another key in the same token, for another CA.
@@ -345,7 +345,17 @@ fn token_faults_are_one_line_errors_that_change_nothing() {
             "join must fail: {}",
             text(&out.stderr)
         );
-        assert!(text(&out.stderr).contains(cause), "{}", text(&out.stderr));
+        // The joiner learns that the master failed, nothing of its token,
+        // module or PIN file; the master's log says why.
+        let told = text(&out.stderr);
+        assert!(
+            told.contains("the master could not admit this node"),
+            "{told}"
+        );
+        for secret in [cause, MODULE, hsm.tmp.path().to_str().unwrap()] {
+            assert!(!told.contains(secret), "{told}");
+        }
+        assert!(dm.log().contains(cause), "{}", dm.log());
         let out = hsm.nodectl(m.dir(), &["verify", "--json"]);
         assert_eq!(out.status.code(), Some(1));
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

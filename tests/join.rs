@@ -134,6 +134,36 @@ async fn node_names_are_dns_host_names() {
     assert_eq!(code, Some(0), "{stderr}");
 }
 
+/// A node whose join is being answered is left out of the master's rounds
+/// (its daemon is not running yet). Only an admission that passed the
+/// token and name checks may mark it so: a join naming a member of the
+/// cluster, held up here behind the cluster lock, must not take that
+/// member out of the rounds (its health forgotten, its updates skipped)
+/// while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_naming_a_member_does_not_take_it_out_of_the_rounds() {
+    let m = init_master("m");
+    let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
+    let (_n2, _d2) = join_and_start(&m, "n2", &[]);
+    // `nodectl list` blocks this worker a moment; the join's task runs on
+    // the other.
+    let reachable = || listed(&m, "n2")["reachable"].clone();
+    assert!(
+        within(std::time::Duration::from_secs(20), || reachable() == true),
+        "n2 never reachable"
+    );
+    let token = create_token(&m, &[]);
+    let lock = noded::cluster::ClusterLock::acquire(&m.state, false, "the test").unwrap();
+    let join = tokio::spawn(async move { raw_join(&token, "n2", "127.0.0.1:3").await });
+    // Three heartbeats and more while the join waits for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let during = reachable();
+    drop(lock);
+    assert_eq!(during, true, "n2 left the rounds while a join named it");
+    let err = join.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("already in the cluster"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_spelled_differently_is_still_taken() {
     let m = init_master("m");

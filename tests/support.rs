@@ -822,3 +822,17 @@ pub fn immutable(dir: &std::path::Path) -> Undo {
         &format!("chattr +i {}", dir.display()),
     )
 }
+
+/// `name`'s entry in the master's `list --json`.
+pub fn listed(m: &Node, name: &str) -> serde_json::Value {
+    let out = nodectl(m.dir(), &["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed: {doc}"))
+}

@@ -184,7 +184,7 @@ pub struct Converger {
     client: Mutex<Option<(String, RpcClient)>>,
     /// Nodes admitted whose join has not been answered yet: their daemon
     /// is not running, so a round leaves them out.
-    joining: Mutex<std::collections::BTreeSet<String>>,
+    pub joining: JoinsInFlight,
 }
 
 /// What a round did: the config serial it sent, to how many nodes, and
@@ -204,7 +204,7 @@ impl Default for Converger {
             sent: Mutex::default(),
             wanted: Mutex::default(),
             bound_ms: std::sync::atomic::AtomicU64::new(5_000),
-            joining: Mutex::default(),
+            joining: JoinsInFlight::default(),
             client: Mutex::default(),
         }
     }
@@ -213,10 +213,6 @@ impl Default for Converger {
 impl Converger {
     fn bound(&self) -> Duration {
         Duration::from_millis(self.bound_ms.load(Ordering::Relaxed))
-    }
-
-    fn joining(&self) -> Vec<String> {
-        locked(&self.joining).iter().cloned().collect()
     }
 
     /// The kept sets other than `wanted` (to patch from, by SHA-256);
@@ -271,27 +267,48 @@ impl Converger {
         *kept = Some((key, client.clone()));
         Ok(client)
     }
+}
 
-    /// Marks `node` as joining until the returned guard is dropped.
-    pub fn join_in_flight(&self, node: &str) -> JoinInFlight<'_> {
-        locked(&self.joining).insert(node.to_owned());
+/// The nodes whose join is being answered, each with how many marks it
+/// holds (one, as admissions mark under the cluster lock once the name is
+/// known to be free; counted, so that no drop ends another's mark).
+#[derive(Debug, Default, Clone)]
+pub struct JoinsInFlight(Arc<Mutex<HashMap<String, usize>>>);
+
+impl JoinsInFlight {
+    /// Marks `node` as joining until the returned guard is dropped. Only
+    /// an admission that passed the token and name checks marks: a name
+    /// marked is left out of every round, so a peer without a token must
+    /// not be able to mark the name of a node of the cluster.
+    pub fn mark(&self, node: &str) -> JoinInFlight {
+        *locked(&self.0).entry(node.to_owned()).or_insert(0) += 1;
         JoinInFlight {
-            converger: self,
+            joins: self.clone(),
             node: node.to_owned(),
         }
     }
+
+    fn names(&self) -> Vec<String> {
+        locked(&self.0).keys().cloned().collect()
+    }
 }
 
-/// A join being answered (see [`Converger::join_in_flight`]).
+/// A join being answered (see [`JoinsInFlight::mark`]).
 #[derive(Debug)]
-pub struct JoinInFlight<'a> {
-    converger: &'a Converger,
+pub struct JoinInFlight {
+    joins: JoinsInFlight,
     node: String,
 }
 
-impl Drop for JoinInFlight<'_> {
+impl Drop for JoinInFlight {
     fn drop(&mut self) {
-        locked(&self.converger.joining).remove(&self.node);
+        let mut joining = locked(&self.joins.0);
+        if let Some(count) = joining.get_mut(&self.node) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                joining.remove(&self.node);
+            }
+        }
     }
 }
 
@@ -339,7 +356,7 @@ pub async fn round_now(daemon: &Daemon, at_least: u64, resend: &Resend) -> Resul
     if at_least > 0 && last.serial >= at_least {
         return Ok(last.clone());
     }
-    let joining = converger.joining();
+    let joining = converger.joining.names();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
     *last = round(
         daemon,
@@ -360,7 +377,7 @@ pub async fn round_now(daemon: &Daemon, at_least: u64, resend: &Resend) -> Resul
 /// from the loop's next heartbeat round.
 pub async fn candidates_round(daemon: &Daemon) -> Result<RoundOutcome> {
     let converger = &daemon.converger;
-    let joining = converger.joining();
+    let joining = converger.joining.names();
     let skip: Vec<&str> = joining.iter().map(String::as_str).collect();
     round(
         daemon,

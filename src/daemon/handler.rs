@@ -258,7 +258,9 @@ impl AnonymousJoin {
         drop(self.permit);
         let payload = match read {
             Ok(Some(Ok(p))) => p,
-            _ => return,
+            other => {
+                return refuse_without_request(&self.daemon, self.peer, &mut self.tls, other).await
+            }
         };
         // `counted`: the refusal is already recorded (once per connection).
         let (id, result, counted) = match wire::decode_request(&payload) {
@@ -306,6 +308,42 @@ impl AnonymousJoin {
         }
         let _ = reply(&mut self.tls, id, result).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.tls.get_mut().shutdown()).await;
+    }
+}
+
+/// A connection without a certificate that brought no request: logged
+/// once as a refused join; a frame too large or cut short is answered
+/// as on an admitted connection.
+async fn refuse_without_request(
+    daemon: &Daemon,
+    peer: SocketAddr,
+    tls: &mut FramedTls,
+    read: Result<Option<Result<bytes::BytesMut, FrameError>>, tokio::time::error::Elapsed>,
+) {
+    let timeout = daemon.limits.handshake_timeout;
+    let (why, kind) = match read {
+        Err(_) => (format!("no request within {timeout:?}"), None),
+        Ok(None) => ("closed without a request".to_owned(), None),
+        Ok(Some(Err(e @ FrameError::TooLarge { .. }))) => {
+            (e.to_string(), Some(RpcErrorKind::TooLarge))
+        }
+        Ok(Some(Err(e @ (FrameError::Truncated | FrameError::Malformed(_))))) => {
+            (e.to_string(), Some(RpcErrorKind::Malformed))
+        }
+        Ok(Some(Err(e))) => (format!("connection ended without a request: {e}"), None),
+        Ok(Some(Ok(_))) => return,
+    };
+    daemon.deny(
+        peer,
+        &Denial {
+            reason: DenialReason::JoinRefused(why.clone()),
+            subject: None,
+            digest: None,
+        },
+    );
+    if let Some(kind) = kind {
+        let error = RpcError { kind, message: why };
+        let _ = reply(tls, 0, Err(error)).await;
     }
 }
 

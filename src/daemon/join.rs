@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use ssconf::DigestAlgorithm;
 
+use super::converge::{JoinInFlight, JoinsInFlight};
 use super::handlers::failed;
 use super::server::Daemon;
 use crate::cluster::raft::RaftNode;
@@ -109,29 +110,49 @@ fn check_unique(
 }
 
 /// The master's side, under the cluster lock: check, sign, add, save.
-/// Returns the reply (without the nodes not brought up to date) and the
-/// serial of the config that holds the node.
+/// Returns the reply (without the nodes not brought up to date), the
+/// serial of the config that holds the node, and the node's mark in
+/// `joins`, to hold until the reply is sent.
 ///
 /// The token is checked first and burned only when the node is added: a
 /// join refused for its name, address or CSR leaves the token usable.
-pub fn admit(state: &StateDir, raft: &RaftNode, req: &JoinRequest) -> Result<(JoinReply, u64)> {
+///
+/// Only the checks of what the joiner sent (name, address, token, CSRs,
+/// SSH key) fail as [`JoinFailure::Refused`]; anything else is the
+/// master's own failure, which the joiner is not told about.
+pub fn admit(
+    state: &StateDir,
+    raft: &RaftNode,
+    req: &JoinRequest,
+    joins: &JoinsInFlight,
+) -> std::result::Result<(JoinReply, u64, JoinInFlight), JoinFailure> {
+    use JoinFailure::Refused;
+    let token_refused = |e: crate::state::token::TokenError| Refused(Error::Invalid(e.to_string()));
     // The joiner checked these too, but a joiner may be modified.
-    check_node_name(&req.node_name)?;
-    check_address(&req.address)?;
+    check_node_name(&req.node_name).map_err(Refused)?;
+    check_address(&req.address).map_err(Refused)?;
     // Check the token before queueing for the lock, so that a peer without
     // a valid token cannot hold up the cluster's administration.
     TokenStore::load(state)?
         .check(&req.token_id, req.secret.expose(), crate::core::time::now())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    let resolved = resolve_joiner(&req.address)?;
+        .map_err(token_refused)?;
+    let resolved = resolve_joiner(&req.address).map_err(Refused)?;
+    for csr in [&req.csr_pem, &req.server_csr_pem] {
+        pki::parse_csr(csr).map_err(Refused)?;
+    }
     let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
     let mut config = cluster::master_config(state)?;
     let mut tokens = TokenStore::load(state)?;
     let token = tokens
         .check(&req.token_id, req.secret.expose(), crate::core::time::now())
-        .map_err(|e| Error::Invalid(e.to_string()))?
+        .map_err(token_refused)?
         .clone();
-    check_unique(&config, req, &resolved)?;
+    check_unique(&config, req, &resolved).map_err(Refused)?;
+    // From here until the reply no round reaches for the joiner, whose
+    // daemon is not running yet. Marked only now: a name marked is left
+    // out of every round, and a peer without a valid token, or naming a
+    // node of the cluster, must not be able to mark it.
+    let in_flight = joins.mark(&req.node_name);
     let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
     let store = crate::pki::keystore::for_cluster(state, &config)?;
     let ca = store.load_ca(&ca_pem)?;
@@ -156,7 +177,7 @@ pub fn admit(state: &StateDir, raft: &RaftNode, req: &JoinRequest) -> Result<(Jo
     let candidate =
         token.master_candidate || online_candidates < config.candidate_pool_size as usize;
     if candidate {
-        crate::state::ssh::check_public(&req.ssh_public_key)?;
+        crate::state::ssh::check_public(&req.ssh_public_key).map_err(Refused)?;
     }
     config.nodes.push(NodeRecord {
         uuid: uuid.clone(),
@@ -200,15 +221,37 @@ pub fn admit(state: &StateDir, raft: &RaftNode, req: &JoinRequest) -> Result<(Jo
         serial = config.serial,
         "node joined"
     );
-    Ok((reply, config.serial))
+    Ok((reply, config.serial, in_flight))
+}
+
+/// Why an admission failed: something the joiner sent, or the master.
+#[derive(Debug)]
+pub enum JoinFailure {
+    /// A check of the request (token, name, address, CSR, SSH key): the
+    /// joiner is told why.
+    Refused(Error),
+    /// The master's own failure (a state file, the CA key or its token,
+    /// Raft): the joiner is told only that the master failed.
+    Internal(Error),
+}
+
+/// Fail closed: an error not marked as a refusal is the master's own.
+impl From<Error> for JoinFailure {
+    fn from(error: Error) -> Self {
+        JoinFailure::Internal(error)
+    }
 }
 
 /// What a joiner is told when its admission fails. The refusals meant for
 /// it (token, name, address, CSR) go as they are; any other error (a state
-/// file the master cannot read or write, ...) names the master's files,
-/// which are none of the joiner's business: it goes to the master's log,
-/// and the joiner learns only that the master failed.
-fn joiner_error(state_root: &Path, node: &str, error: Error) -> RpcError {
+/// file the master cannot read or write, its CA key's token, ...) may name
+/// the master's files, which are none of the joiner's business: it goes to
+/// the master's log, and the joiner learns only that the master failed.
+fn joiner_error(state_root: &Path, node: &str, failure: JoinFailure) -> RpcError {
+    let (error, refused) = match failure {
+        JoinFailure::Refused(error) => (error, true),
+        JoinFailure::Internal(error) => (error, false),
+    };
     let text = error.to_string();
     // A refusal that names a file of the master after all is kept back too.
     let absolute = std::fs::canonicalize(state_root).ok();
@@ -216,12 +259,14 @@ fn joiner_error(state_root: &Path, node: &str, error: Error) -> RpcError {
         .into_iter()
         .chain([state_root.join("")])
         .any(|root| text.contains(&*root.to_string_lossy()));
-    let for_joiner = matches!(error, Error::Invalid(_) | Error::Certificate(_)) && !names_a_path;
+    let for_joiner = refused && !names_a_path;
+    // A refusal goes to the denial log with the peer's address, once per
+    // connection (`AnonymousJoin::serve`); the name is the joiner's, not
+    // checked yet when the refusal is about it: escaped here.
     if for_joiner {
-        tracing::info!(%node, "join refused: {text}");
         failed(text)
     } else {
-        tracing::error!(%node, "join failed on the master: {}", chain(&error));
+        tracing::error!(?node, "join failed on the master: {}", chain(&error));
         failed("the master could not admit this node: internal error; see the master's log")
     }
 }
@@ -248,16 +293,14 @@ pub async fn handle_join(daemon: &Daemon, request: JoinRequest) -> Result<Reply,
     }
     let state = daemon.state.clone();
     let name = request.node_name.clone();
-    // From before the admission until this reply: no round reaches for the
-    // joiner, whose daemon is not running yet.
-    let _in_flight = daemon.converger.join_in_flight(&name);
     let Some(raft) = daemon.raft.load_full() else {
         return Err(failed(
             "this node is not the master; join through the master's address",
         ));
     };
-    let (mut join_reply, serial) =
-        tokio::task::spawn_blocking(move || super::join::admit(&state, &raft, &request))
+    let joins = daemon.converger.joining.clone();
+    let (mut join_reply, serial, _in_flight) =
+        tokio::task::spawn_blocking(move || admit(&state, &raft, &request, &joins))
             .await
             .map_err(|e| failed(format!("join task failed: {e}")))?
             .map_err(|e| joiner_error(daemon.state.root(), &name, e))?;
@@ -301,43 +344,52 @@ mod tests {
             path: PathBuf::from(path),
             source: std::io::Error::other("boom"),
         };
-        let rows: [(&str, Error, &str); 7] = [
+        let rows: [(&str, JoinFailure, &str); 8] = [
             (
                 "/var/lib/noded",
-                Error::Invalid("name taken".into()),
+                JoinFailure::Refused(Error::Invalid("name taken".into())),
                 "name taken",
             ),
             (
                 "m",
-                Error::Invalid("address taken by node m".into()),
+                JoinFailure::Refused(Error::Invalid("address taken by node m".into())),
                 "address taken by node m",
             ),
             (
                 "/s",
-                Error::Certificate("bad CSR".into()),
+                JoinFailure::Refused(Error::Certificate("bad CSR".into())),
                 "certificate: bad CSR",
             ),
-            ("/s", io("/s/tokens.json"), internal),
+            ("/s", JoinFailure::Internal(io("/s/tokens.json")), internal),
             (
                 "/s",
-                Error::NotInitialised {
+                JoinFailure::Internal(Error::NotInitialised {
                     path: "/s/node.json".into(),
-                },
+                }),
                 internal,
             ),
             (
                 "/s",
-                Error::Invalid("no key in /s; remove /s/ca.new.pem".into()),
+                JoinFailure::Refused(Error::Invalid("no key in /s; remove /s/ca.new.pem".into())),
                 internal,
             ),
             (
                 "m",
-                Error::Invalid("no key for the new CA in m/".into()),
+                JoinFailure::Refused(Error::Invalid("no key for the new CA in m/".into())),
+                internal,
+            ),
+            // The master's own failure names a file outside its state
+            // directory (its CA key's PIN file): never told.
+            (
+                "/var/lib/noded",
+                JoinFailure::Internal(Error::Invalid(
+                    "cannot read the PIN file /etc/noded/hsm.pin named by pin-source".into(),
+                )),
                 internal,
             ),
         ];
         for (root, error, told) in rows {
-            let shown = error.to_string();
+            let shown = format!("{error:?}");
             assert_eq!(
                 joiner_error(Path::new(root), "n", error).message,
                 told,

@@ -284,6 +284,21 @@ fn check_csr_key_is_p256(csr_pem: &str) -> Result<()> {
     }
 }
 
+/// A CSR the cluster signs: PEM, parsable, self-signed, an ECDSA P-256
+/// key signed with ECDSA P-256 SHA-256. Its errors are the requester's to
+/// fix: they name nothing of the signer.
+pub fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams> {
+    check_csr_key_is_p256(csr_pem)?;
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
+    if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+        return Err(Error::Certificate(
+            "certificate signing request: not signed with ECDSA P-256 SHA-256".into(),
+        ));
+    }
+    Ok(csr)
+}
+
 /// The key of `spki` as an uncompressed P-256 point, if it is one under
 /// id-ecPublicKey with the prime256v1 curve; `None` for any other key.
 pub fn p256_point<'a>(spki: &'a x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<&'a [u8]> {
@@ -436,14 +451,7 @@ impl<K: rcgen::SigningKey> CertificateSigner for CertificateAuthority<K> {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<String> {
-        check_csr_key_is_p256(csr_pem)?;
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| Error::Certificate(format!("certificate signing request: {e}")))?;
-        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(Error::Certificate(
-                "certificate signing request: not signed with ECDSA P-256 SHA-256".into(),
-            ));
-        }
+        let csr = parse_csr(csr_pem)?;
         let mut params = role.params()?;
         params.not_before = not_before;
         params.not_after = not_after;
