@@ -411,12 +411,65 @@ fn each_role_against_each_resource() {
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), listed);
 }
 
+/// Peers that connect and stall in the handshake take at most their
+/// source's share of the API's handshake budget, never the connections of
+/// admitted users: a user from another address is served while one
+/// address holds more connections than the API admits at once.
+#[test]
+fn stalled_handshakes_do_not_lock_users_out() {
+    raise_fd_limit(8192);
+    let api = ApiCluster::start();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", api.port).parse().unwrap();
+    let source: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let stalled: Vec<socket2::Socket> = (0..1100)
+        .map(|_| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&source.into()).unwrap();
+            socket.connect(&target.into()).unwrap();
+            socket
+        })
+        .collect();
+    assert!(
+        api._daemon.wait_log(
+            "pending handshakes per source reached",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        api._daemon.log()
+    );
+    assert_eq!(
+        api.curl(Some("readonly"), "GET", "/v1/status", None).0,
+        "200"
+    );
+    drop(stalled);
+}
+
 #[test]
 fn strangers_nodes_and_bad_requests_are_refused() {
     let api = ApiCluster::start();
-    // No certificate, and a node's certificate: refused in the handshake.
+    // No certificate, and a node's certificate: refused in the handshake,
+    // each logged once with the peer, and the node's subject and digest.
     assert_eq!(api.curl(None, "GET", "/v1/nodes", None).0, "000");
     assert_eq!(api.curl(Some("node"), "GET", "/v1/nodes", None).0, "000");
+    let digest =
+        noded::pki::file_digest(&api.m.state.client_pem(), DigestAlgorithm::Sha256).unwrap();
+    let not_a_user = "not the certificate of an active API user";
+    assert!(
+        api._daemon.wait_log(not_a_user, Duration::from_secs(5)),
+        "{}",
+        api._daemon.log()
+    );
+    let log = api._daemon.log();
+    let line = log.lines().find(|l| l.contains(not_a_user)).unwrap();
+    assert!(
+        line.contains("peer=127.0.0.1:")
+            && line.contains(r#"subject="CN=m""#)
+            && line.contains(&digest.to_string()),
+        "{line}"
+    );
+    assert_eq!(log.matches(not_a_user).count(), 1, "{log}");
+    assert!(log.contains("reason=no client certificate"), "{log}");
     // A certificate of another CA.
     let stranger = foreign("user:admin");
     let dir = tempfile::tempdir().unwrap();

@@ -10,14 +10,25 @@ use super::lock::ClusterLock;
 use super::store::master_config;
 
 /// A token just made: what its creator is shown.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreatedToken {
     pub id: String,
     /// Unix seconds.
     pub expires: i64,
     pub master_candidate: bool,
-    /// The `noded-join:...` line for the new node.
+    /// The `noded-join:...` line for the new node: it holds the secret.
     pub connection_string: String,
+}
+
+/// Without the connection string, which holds the token's secret.
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .field("master_candidate", &self.master_candidate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Makes a one-time token valid for `ttl` seconds, on the master, under the

@@ -51,6 +51,8 @@ pub enum DenialReason {
     AnonymousRequest(String),
     /// A join request was refused (bad token, duplicate name, ...).
     JoinRefused(String),
+    /// On the remote API: the certificate is not an active user's.
+    NotAUser,
     /// A budget was full: closed before any TLS was spoken, or right after
     /// the handshake when no connection slot was free.
     Exhausted(Exhausted),
@@ -69,6 +71,9 @@ impl fmt::Display for DenialReason {
             }
             DenialReason::Handshake(e) => write!(f, "handshake failed: {e}"),
             DenialReason::JoinRefused(why) => write!(f, "join refused: {why}"),
+            DenialReason::NotAUser => f.write_str(
+                "not the certificate of an active API user (revoked, expired or unknown)",
+            ),
             DenialReason::Exhausted(budget) => write!(f, "closed: {budget}"),
             DenialReason::AnonymousRequest(p) => {
                 write!(

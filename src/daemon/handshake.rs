@@ -130,7 +130,7 @@ fn decide(
 }
 
 /// Maps a failed handshake without a verifier verdict to a denial.
-fn handshake_denial(e: &std::io::Error) -> Denial {
+pub fn handshake_denial(e: &std::io::Error) -> Denial {
     let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
     let reason = match rustls_error {
         Some(rustls::Error::NoCertificatesPresented) => DenialReason::NoCertificate,

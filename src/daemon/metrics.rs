@@ -96,7 +96,9 @@ impl From<&DenialReason> for Refusal {
         match reason {
             DenialReason::NoCertificate => Refusal::NoCertificate,
             DenialReason::Chain(_) => Refusal::Chain,
-            DenialReason::NotInMap => Refusal::NotInMap,
+            // The API's refusals are its own log's, not the RPC port's
+            // metrics; a user not in the list is what NotInMap is here.
+            DenialReason::NotInMap | DenialReason::NotAUser => Refusal::NotInMap,
             DenialReason::RemovedFromMap => Refusal::RemovedFromMap,
             DenialReason::Handshake(_) => Refusal::Handshake,
             DenialReason::AnonymousRequest(_) => Refusal::Anonymous,

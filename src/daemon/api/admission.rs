@@ -23,6 +23,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use ssconf::DigestAlgorithm;
 use tokio::sync::watch;
 
+use crate::daemon::auth::{Denial, DenialReason, Verdict, HANDSHAKE};
 use crate::pki;
 use crate::state::config::ClusterConfig;
 use crate::state::users::UserRole;
@@ -230,10 +231,16 @@ impl ClientCertVerifier for UserVerifier {
         match admit(&self.users.load(), end_entity) {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(Refused::NotAUser) => {
-                tracing::info!(
-                    subject = %pki::subject_of(end_entity),
-                    "API: refused a certificate that is not an active user's"
-                );
+                // For the connection task, which knows the peer and logs
+                // the refusal once.
+                let denial = Denial {
+                    reason: DenialReason::NotAUser,
+                    subject: Some(pki::subject_of(end_entity)),
+                    digest: Some(DigestAlgorithm::Sha256.digest(end_entity)),
+                };
+                let _ = HANDSHAKE.try_with(|notes| {
+                    notes.borrow_mut().verdict = Some(Verdict::Denied(denial));
+                });
                 Err(rustls::Error::InvalidCertificate(
                     CertificateError::ApplicationVerificationFailure,
                 ))

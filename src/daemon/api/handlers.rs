@@ -112,7 +112,7 @@ pub struct TokenRequest {
 }
 
 /// A new join token.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenCreated {
     pub id: String,
     /// RFC 3339, UTC.
@@ -120,6 +120,17 @@ pub struct TokenCreated {
     pub master_candidate: bool,
     /// What `nodectl join` takes on the new node.
     pub connection_string: String,
+}
+
+/// Without the connection string, which holds the token's secret.
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .field("master_candidate", &self.master_candidate)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Creates a one-time join token (`nodectl token create`).

@@ -39,6 +39,8 @@ pub mod server;
 use admission::{AllowListHandle, Caller};
 use error::ApiError;
 
+use super::auth::DenialLog;
+use super::budget::Budgets;
 use super::server::Daemon;
 use crate::state::users::{AuditEntry, UserRole};
 
@@ -49,8 +51,11 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_HEAD: usize = 64 << 10;
 /// Requests one user may have in flight at once (429 beyond).
 pub const PER_USER_REQUESTS: usize = 8;
-/// API connections open at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// API connections admitted at once; more are closed after their
+/// handshake. Connections still in their handshake count against the
+/// daemon's handshake budgets instead (`--max-handshakes`,
+/// `--max-handshakes-per-source`), in budgets of the API's own.
+pub const MAX_CONNECTIONS: u32 = 1024;
 
 /// What the API runs with.
 #[derive(Debug)]
@@ -63,17 +68,30 @@ pub struct ApiState {
     pub request_timeout: Duration,
     /// Each user's in-flight requests.
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Handshakes under way (per source, and in all) and connections
+    /// admitted: the RPC port's budgets, kept apart so that neither port
+    /// can starve the other.
+    pub budgets: Budgets,
+    /// The API's refused connections, each logged once (rate-limited).
+    pub denials: DenialLog,
 }
 
 impl ApiState {
     pub fn new(daemon: Arc<Daemon>, users: Arc<AllowListHandle>, port: u16) -> Self {
         let request_timeout = daemon.limits.request_timeout;
+        let budgets = Budgets::new(
+            daemon.limits.max_handshakes,
+            daemon.limits.max_handshakes_per_source,
+            MAX_CONNECTIONS,
+        );
         ApiState {
             daemon,
             users,
             port,
             request_timeout,
             in_flight: Mutex::new(HashMap::new()),
+            budgets,
+            denials: DenialLog::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! Each connection watches the allow list and is cut as soon as its user
 //! is no longer admitted (revoked, expired, removed).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,12 +13,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::admission::{self, AllowListHandle, Caller, UserVerifier};
-use super::{router, ApiState, MAX_CONNECTIONS, MAX_HEAD};
+use super::{router, ApiState, MAX_HEAD};
 use crate::core::{Error, Result};
+use crate::daemon::auth::{Denial, DenialReason, Verdict, HANDSHAKE};
+use crate::daemon::budget::HandshakePermit;
+use crate::daemon::handshake::handshake_denial;
 use crate::daemon::runtime::load_server_material;
 use crate::daemon::server::Daemon;
 use crate::pki::provider::{provider, roots, versions};
@@ -76,7 +80,6 @@ pub async fn run(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::Re
         })
     };
     let api = Arc::new(ApiState::new(daemon, users, port));
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -89,14 +92,20 @@ pub async fn run(listener: TcpListener, daemon: Arc<Daemon>, mut stop: watch::Re
             },
             _ = stop.changed() => break,
         };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            continue;
+        // As on the RPC port: closed at once when the source's or the
+        // port's handshake budget is full, so that peers stalling in the
+        // handshake cannot take the admitted users' connections.
+        let permit = match api.budgets.start_handshake(peer.ip()) {
+            Ok(permit) => permit,
+            Err(exhausted) => {
+                drop(stream);
+                api.denials
+                    .record(peer, &Denial::anonymous(DenialReason::Exhausted(exhausted)));
+                continue;
+            }
         };
         let (api, tls, stop) = (api.clone(), tls.load_full(), stop.clone());
-        tokio::spawn(async move {
-            connection(api, tls, stream, peer, stop).await;
-            drop(slot);
-        });
+        tokio::spawn(connection(api, tls, stream, peer, permit, stop));
     }
     watcher.abort();
 }
@@ -108,18 +117,15 @@ async fn connection(
     tls: Arc<ServerConfig>,
     stream: TcpStream,
     peer: SocketAddr,
+    permit: HandshakePermit,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let limit = api.daemon.limits.handshake_timeout;
-    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "API handshake failed: {e}");
-            return;
-        }
-        Err(_) => return,
+    let Some(stream) = handshake(&api, tls, stream, peer).await else {
+        return;
     };
+    // Subscribed before the check: a revocation published after it is
+    // seen as a change.
+    let mut changes = api.users.subscribe();
     let caller = stream
         .get_ref()
         .1
@@ -127,9 +133,21 @@ async fn connection(
         .and_then(|certs| certs.first())
         .and_then(|cert| admission::admit(&api.users.load(), cert).ok());
     let Some(caller) = caller else {
+        // Revoked between the verifier's check and this one.
+        let denial = Denial::anonymous(DenialReason::NotAUser);
+        api.denials.record(peer, &denial);
         return;
     };
-    let mut changes = api.users.subscribe();
+    let _slot = match api.budgets.admit() {
+        Ok(slot) => slot,
+        Err(exhausted) => {
+            let mut denial = Denial::anonymous(DenialReason::Exhausted(exhausted));
+            denial.subject = Some(format!("user:{}", caller.name));
+            api.denials.record(peer, &denial);
+            return;
+        }
+    };
+    drop(permit);
     let service = {
         let (router, caller) = (router(api.clone()), caller.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -160,6 +178,43 @@ async fn connection(
             _ = stop.changed() => return,
         }
     }
+}
+
+/// The TLS handshake of an API connection, within the handshake timeout;
+/// a refusal is recorded once, with the user verifier's subject and digest
+/// when it refused the certificate.
+async fn handshake(
+    api: &ApiState,
+    tls: Arc<ServerConfig>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let limit = api.daemon.limits.handshake_timeout;
+    let handshake = HANDSHAKE.scope(RefCell::default(), async {
+        let result = acceptor.accept(stream).await;
+        let verdict = HANDSHAKE.with(|notes| notes.borrow_mut().verdict.take());
+        (result, verdict)
+    });
+    let denial = match tokio::time::timeout(limit, handshake).await {
+        Ok((Ok(stream), _)) => return Some(stream),
+        Err(_) => Denial::anonymous(DenialReason::Handshake(format!(
+            "not completed within {limit:?}"
+        ))),
+        Ok((Err(_), Some(Verdict::Denied(denial)))) => denial,
+        Ok((Err(e), _)) => {
+            let tls_failure = e
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+            if !tls_failure {
+                tracing::debug!(%peer, "API client left during the handshake: {e}");
+                return None;
+            }
+            handshake_denial(&e)
+        }
+    };
+    api.denials.record(peer, &denial);
+    None
 }
 
 fn log_cut(caller: &Caller, peer: SocketAddr) {
