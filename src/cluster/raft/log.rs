@@ -143,16 +143,24 @@ fn read_log(path: &Path) -> Result<ReadLog> {
 }
 
 impl LogStore {
-    /// Opens (creating) the log in `dir`, mode 0700.
+    /// Opens (creating) the log in `dir`, mode 0700; the log file, whose
+    /// entries are whole configs, is 0600 like `config.json`. Modes left
+    /// wider by an older version are narrowed.
     pub fn open(dir: &Path) -> Result<LogStore> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         crate::state::create_dir(dir, 0o700)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(Error::io(dir))?;
         let path = log_path(dir);
         let (last_purged, entries, good) = read_log(&path)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
+            .mode(crate::state::MODE_SECRET)
             .open(&path)
+            .map_err(Error::io(&path))?;
+        file.set_permissions(std::fs::Permissions::from_mode(crate::state::MODE_SECRET))
             .map_err(Error::io(&path))?;
         if file.metadata().map_err(Error::io(&path))?.len() != good {
             file.set_len(good).map_err(Error::io(&path))?;
@@ -407,6 +415,21 @@ mod tests {
 
     fn ids(store: &LogStore) -> Vec<u64> {
         store.lock().entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn the_log_is_private_and_a_wider_mode_is_narrowed() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let raft = dir.path().join("raft");
+        drop(LogStore::open(&raft).unwrap());
+        assert_eq!((mode(&raft), mode(&log_path(&raft))), (0o700, 0o600));
+        let wide = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&raft, wide.clone()).unwrap();
+        std::fs::set_permissions(log_path(&raft), wide).unwrap();
+        drop(LogStore::open(&raft).unwrap());
+        assert_eq!((mode(&raft), mode(&log_path(&raft))), (0o700, 0o600));
     }
 
     #[test]
