@@ -277,6 +277,7 @@ pub enum UserCommand {
     /// certificate is printed (or written to DIR/NAME.pem with --out). With
     /// --out alone, a key is made here: DIR/NAME.key (mode 0600) and
     /// DIR/NAME.pem. Run on the master.
+    #[command(group(clap::ArgGroup::new("key_source").required(true).multiple(true).args(["csr", "out"])))]
     Add {
         #[arg(value_name = "NAME")]
         name: String,
@@ -390,12 +391,16 @@ impl RenewArgs {
 /// `nodectl renew-crypto`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["new_node_certificates", "new_cluster_certificate", "new_ssh_keys", "new_ca", "continue_ca", "rollback_ca"])))]
+#[command(group(clap::ArgGroup::new("ca_run").multiple(true).args(["new_ca", "continue_ca"])))]
 pub struct RenewArgs {
     /// Every online node (or each --node) makes a new key; the master signs.
-    #[arg(long)]
+    /// Not with a CA rotation, whose reissue phase renews every node's
+    /// certificates.
+    #[arg(long, conflicts_with_all = ["new_ca", "continue_ca", "rollback_ca"])]
     pub new_node_certificates: bool,
-    /// A new shared server certificate and key on every node.
-    #[arg(long)]
+    /// A new server certificate and key on every node. Not with a CA
+    /// rotation, whose reissue phase renews them.
+    #[arg(long, conflicts_with_all = ["new_ca", "continue_ca", "rollback_ca"])]
     pub new_cluster_certificate: bool,
     /// Every master candidate makes a new SSH key pair.
     #[arg(long)]
@@ -407,8 +412,9 @@ pub struct RenewArgs {
     /// phase (exit 3). During a rotation, goes on with it.
     #[arg(long, conflicts_with_all = ["continue_ca", "rollback_ca"])]
     pub new_ca: bool,
-    /// Pause the CA rotation once this phase is complete.
-    #[arg(long, value_name = "PHASE", value_parser = ["trust", "reissue"])]
+    /// Pause the CA rotation once this phase is complete (with --new-ca or
+    /// --continue-ca).
+    #[arg(long, value_name = "PHASE", value_parser = ["trust", "reissue"], requires = "ca_run")]
     pub stop_after: Option<String>,
     /// Go on with the CA rotation under way, from its committed phase.
     #[arg(long, conflicts_with = "rollback_ca")]

@@ -124,6 +124,33 @@ fn users_are_added_listed_and_revoked_in_the_config() {
         );
     }
 
+    // An --out that cannot take the key fails before the user is
+    // committed: the name stays free, and the key is never lost.
+    let file = ids.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad_out = file.join("x");
+    let out = nodectl(
+        m.dir(),
+        &[
+            "user",
+            "add",
+            "cy",
+            "--role",
+            "admin",
+            "--out",
+            bad_out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let listed = json_of(&nodectl(m.dir(), &["user", "list", "--json"]));
+    assert_eq!(listed["users"].as_array().unwrap().len(), 2, "{listed}");
+    let (cert, key) = add_user(&m, ids.path(), "cy", "admin");
+    assert!(cert.exists() && key.exists());
+    assert!(
+        !ids.path().join(".cy.key.staged").exists(),
+        "the staged key took its name"
+    );
+
     let out = nodectl(m.dir(), &["user", "revoke", "ann"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let listed = json_of(&nodectl(m.dir(), &["user", "list", "--json"]));

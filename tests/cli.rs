@@ -83,6 +83,58 @@ fn init_rejects_bad_arguments() {
     assert!(!dir.path().join("s").join("node.json").exists());
 }
 
+/// Flag combinations the commands cannot carry out are usage errors (exit
+/// 2), refused before anything is read or changed.
+#[test]
+fn impossible_flag_combinations_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[
+            "renew-crypto",
+            "--new-node-certificates",
+            "--stop-after",
+            "trust",
+        ][..],
+        &["renew-crypto", "--stop-after", "reissue"],
+        &["renew-crypto", "--new-ca", "--new-node-certificates"],
+        &["renew-crypto", "--continue-ca", "--new-cluster-certificate"],
+        &["renew-crypto", "--rollback-ca", "--new-node-certificates"],
+        &["user", "add", "bob", "--role", "admin"],
+    ] {
+        let out = nodectl(dir.path(), args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // What stays allowed.
+    for args in [
+        &[
+            "renew-crypto",
+            "--new-ca",
+            "--stop-after",
+            "trust",
+            "--new-ssh-keys",
+        ][..],
+        &["renew-crypto", "--continue-ca", "--stop-after", "reissue"],
+    ] {
+        let out = nodectl(dir.path(), args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("not initialised"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn noded_refuses_an_uninitialised_state_dir() {
     let dir = tempfile::tempdir().unwrap();

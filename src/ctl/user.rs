@@ -1,6 +1,6 @@
 //! `nodectl user add|list|revoke`: identities of the remote API (SPEC §11).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::output::{print_json, print_table};
 use super::progress::Progress;
@@ -9,6 +9,8 @@ use crate::cluster::audit::nodectl_actor;
 use crate::cluster::users::{self, NewUser, UserList, UserRow};
 use crate::core::time::rfc3339;
 use crate::core::{Error, Result};
+use crate::pki::NodeKey;
+use crate::state::config::check_name;
 use crate::state::users::UserRole;
 use crate::state::{StateDir, MODE_PUBLIC, MODE_SECRET};
 
@@ -38,6 +40,15 @@ pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome
         None => None,
     };
     users::check_ttl(opts.ttl)?;
+    check_name("user name", &opts.name)?;
+    // A key made here is on disk, in DIR, before the user is committed: a
+    // DIR that cannot take it fails the command with nothing committed,
+    // and a command killed after the commit leaves the key staged there.
+    let staged = match (&opts.out, &csr_pem) {
+        (Some(dir), None) => Some(StagedKey::write(dir, &opts.name)?),
+        _ => None,
+    };
+    let csr_pem = csr_pem.or_else(|| staged.as_ref().map(|k| k.csr.clone()));
     let others = crate::cluster::load_config(state)
         .map(|c| c.online_nodes().count().saturating_sub(1))
         .unwrap_or(0);
@@ -49,10 +60,21 @@ pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome
         ttl: opts.ttl,
     };
     let actor = nodectl_actor(state);
-    let added = users::add(state, &actor, &new, opts.wait, &|| bar.step()).await?;
+    let added = match users::add(state, &actor, &new, opts.wait, &|| bar.step()).await {
+        Ok(added) => added,
+        Err(e) => {
+            if let Some(staged) = staged {
+                staged.discard();
+            }
+            return Err(e);
+        }
+    };
     drop(bar);
+    if let Some(staged) = staged {
+        staged.install()?;
+    }
     match &opts.out {
-        Some(dir) => write_identity(dir, &opts.name, &added.cert_pem, added.key.as_ref())?,
+        Some(dir) => write_identity(dir, &opts.name, &added.cert_pem)?,
         None => super::output::write_stdout(&added.cert_pem)?,
     }
     eprintln!(
@@ -70,21 +92,48 @@ pub async fn user_add(state: &StateDir, opts: &UserAddOptions) -> Result<Outcome
     })
 }
 
-/// Writes `DIR/NAME.pem` (0644) and, when made here, `DIR/NAME.key` (0600),
-/// each atomically.
-fn write_identity(
-    dir: &Path,
-    name: &str,
-    cert_pem: &str,
-    key: Option<&crate::core::Secret>,
-) -> Result<()> {
-    crate::state::create_dir(dir, 0o755)?;
-    if let Some(key) = key {
-        let path = dir.join(format!("{name}.key"));
-        ssconf::write_atomic(&path, key.expose().as_bytes(), MODE_SECRET)
-            .map_err(Error::io(&path))?;
-        crate::say!("{}", path.display());
+/// A user's key made here, written (0600) beside its final name
+/// `DIR/NAME.key` until the user is committed.
+struct StagedKey {
+    staged: PathBuf,
+    path: PathBuf,
+    csr: String,
+}
+
+impl StagedKey {
+    fn write(dir: &Path, name: &str) -> Result<StagedKey> {
+        crate::state::create_dir(dir, 0o755)?;
+        let key = NodeKey::generate()?;
+        let staged = dir.join(format!(".{name}.key.staged"));
+        ssconf::write_atomic(&staged, key.to_pem().expose().as_bytes(), MODE_SECRET)
+            .map_err(Error::io(&staged))?;
+        Ok(StagedKey {
+            staged,
+            path: dir.join(format!("{name}.key")),
+            csr: key.client_csr(&format!("user:{name}"))?,
+        })
     }
+
+    /// The user is committed: the key takes its name.
+    fn install(self) -> Result<()> {
+        std::fs::rename(&self.staged, &self.path).map_err(Error::io(&self.path))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io(dir))?;
+        crate::say!("{}", self.path.display());
+        Ok(())
+    }
+
+    /// Nothing was committed: the key is of no use.
+    fn discard(self) {
+        let _ = ssconf::atomic::remove_durable(&self.staged);
+    }
+}
+
+/// Writes `DIR/NAME.pem` (0644) atomically.
+fn write_identity(dir: &Path, name: &str, cert_pem: &str) -> Result<()> {
+    crate::state::create_dir(dir, 0o755)?;
     let path = dir.join(format!("{name}.pem"));
     ssconf::write_atomic(&path, cert_pem.as_bytes(), MODE_PUBLIC).map_err(Error::io(&path))?;
     crate::say!("{}", path.display());
