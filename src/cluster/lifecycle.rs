@@ -200,8 +200,8 @@ impl<'a> Master<'a> {
         record.ssh_public_key = Some(public);
         match self.commit(PushItems::ALL).await {
             Ok(push) => Ok(push),
-            // Not committed: the node is still recorded as regular, so it
-            // must not keep what it was given.
+            // Not committed (or not yet: see below): the node is still
+            // recorded as regular, so it must not keep what it was given.
             Err(e) => {
                 let undone = match conn.call(Procedure::RemoveCandidateFiles).await {
                     Ok(_) => "its CA key and config were removed again".to_owned(),
@@ -209,8 +209,16 @@ impl<'a> Master<'a> {
                         "its CA key and config could not be removed ({u}); run `nodectl modify {name} --master-candidate=no`"
                     ),
                 };
+                // Fail closed: a regular node never keeps the CA key. A
+                // promotion that commits after all leaves a candidate
+                // without it, which the operator is told how to mend.
+                let later = if matches!(e, Error::Unconfirmed(_)) {
+                    format!("; should `nodectl list` show {name} as a candidate later, run `nodectl modify {name} --master-candidate=no`, then `--master-candidate=yes`")
+                } else {
+                    String::new()
+                };
                 Err(Error::Invalid(format!(
-                    "cannot promote {name}: the change could not be committed ({e}); {undone}"
+                    "cannot promote {name}: the change could not be committed ({e}); {undone}{later}"
                 )))
             }
         }

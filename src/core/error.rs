@@ -62,6 +62,10 @@ pub enum Error {
     /// The node, user or token named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A change Raft took but no majority confirmed in time: not committed
+    /// yet, and it may still be once the silent voters answer.
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// Result alias for the library.

@@ -16,7 +16,7 @@ use super::handlers::failed;
 use super::server::Daemon;
 use crate::cluster::raft::RaftNode;
 use crate::core::{Error, Result};
-use crate::wire::{RaftCall, Reply, RpcError};
+use crate::wire::{RaftCall, Reply, RpcError, RpcErrorKind};
 
 /// Starts Raft if this node holds the config and runs none yet.
 pub async fn start(daemon: &Arc<Daemon>) -> Result<()> {
@@ -107,7 +107,13 @@ pub async fn propose(
     let (term, index) = node
         .propose(base_serial, config.clone())
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match e {
+            Error::Unconfirmed(message) => RpcError {
+                kind: RpcErrorKind::Unconfirmed,
+                message,
+            },
+            e => failed(e.to_string()),
+        })?;
     daemon.config_changed.notify_one();
     let mut applied = config;
     applied.term = term;

@@ -242,6 +242,7 @@ impl Connection {
                     node: node.clone(),
                     reason: e.message,
                 },
+                wire::RpcErrorKind::Unconfirmed => Error::Unconfirmed(e.message),
                 _ => Error::Remote {
                     node: node.clone(),
                     message: e.message,

@@ -396,6 +396,9 @@ pub enum RpcErrorKind {
     Timeout,
     /// The caller may not call this procedure.
     NotAuthorized,
+    /// A change the leader wrote but no majority confirmed in time: not
+    /// committed yet, and it may still be.
+    Unconfirmed,
 }
 
 /// An error answer.

@@ -343,6 +343,22 @@ impl RaftNode {
         ))
     }
 
+    /// The error of a change this leader wrote to its log that no majority
+    /// confirmed in time: it commits if the silent voters come back while
+    /// this node still leads.
+    async fn unconfirmed(&self) -> Error {
+        let silent = self.silent_voters().await;
+        Error::Unconfirmed(format!(
+            "no majority of voters confirmed the change within {}s ({} did not answer): it is not committed, but may still be once they answer; check `nodectl list` before running it again",
+            COMMIT_TIMEOUT.as_secs(),
+            if silent.is_empty() {
+                "a voter".to_owned()
+            } else {
+                silent.join(", ")
+            },
+        ))
+    }
+
     /// Voters other than this node that do not answer a ping within 1 s.
     pub async fn silent_voters(&self) -> Vec<String> {
         let m = self.raft.metrics().borrow().clone();
@@ -422,7 +438,7 @@ impl RaftNode {
                 }
                 Some(_) | None => Err(raft_error(e)),
             },
-            Err(_) => Err(self.no_majority().await),
+            Err(_) => Err(self.unconfirmed().await),
         }
     }
 

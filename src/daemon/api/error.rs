@@ -43,7 +43,7 @@ impl From<Error> for ApiError {
             Error::LockHeld(_) => ApiError::new(StatusCode::CONFLICT, "conflict", text),
             Error::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", text),
             Error::Invalid(_) | Error::Certificate(_) => ApiError::bad_request(text),
-            Error::Unreachable { .. } | Error::Remote { .. } => {
+            Error::Unreachable { .. } | Error::Remote { .. } | Error::Unconfirmed(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", text)
             }
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", text),
