@@ -27,9 +27,16 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 pub const FD_RESERVE: u64 = 256;
 
 /// The open-file limit the budgets of `limits` need: every admitted
-/// connection, every handshake of both lanes, and [`FD_RESERVE`].
-pub fn fds_needed(limits: &Limits) -> u64 {
-    u64::from(limits.max_connections) + 2 * u64::from(limits.max_handshakes) + FD_RESERVE
+/// connection, every handshake of both lanes, and [`FD_RESERVE`]; with the
+/// remote API, its handshakes and its connections too.
+pub fn fds_needed(limits: &Limits, api: bool) -> u64 {
+    let rpc = u64::from(limits.max_connections) + 2 * u64::from(limits.max_handshakes);
+    let api = if api {
+        u64::from(limits.max_handshakes) + u64::from(super::api::MAX_CONNECTIONS)
+    } else {
+        0
+    };
+    rpc + api + FD_RESERVE
 }
 
 /// Raises the soft RLIMIT_NOFILE to `needed` (at most the hard limit) and
@@ -244,7 +251,7 @@ async fn start(opts: &Options) -> Result<(Arc<Daemon>, Vec<std::net::TcpListener
         is_master.clone(),
         opts.limits.allow_tls12,
     )?;
-    raise_fd_limit(fds_needed(&opts.limits));
+    raise_fd_limit(fds_needed(&opts.limits, opts.api_listen.is_some()));
     let address = opts
         .listen
         .clone()
