@@ -142,15 +142,24 @@ fn read_log(path: &Path) -> Result<ReadLog> {
     Ok((purged, entries, good))
 }
 
+/// Sets `path`'s mode to `mode` when it is another (only then: an
+/// immutable directory refuses even a chmod that changes nothing).
+fn narrow_mode(path: &Path, meta: &std::fs::Metadata, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(path))
+}
+
 impl LogStore {
     /// Opens (creating) the log in `dir`, mode 0700; the log file, whose
     /// entries are whole configs, is 0600 like `config.json`. Modes left
     /// wider by an older version are narrowed.
     pub fn open(dir: &Path) -> Result<LogStore> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         crate::state::create_dir(dir, 0o700)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(Error::io(dir))?;
+        narrow_mode(dir, &std::fs::metadata(dir).map_err(Error::io(dir))?, 0o700)?;
         let path = log_path(dir);
         let (last_purged, entries, good) = read_log(&path)?;
         let mut file = OpenOptions::new()
@@ -160,8 +169,8 @@ impl LogStore {
             .mode(crate::state::MODE_SECRET)
             .open(&path)
             .map_err(Error::io(&path))?;
-        file.set_permissions(std::fs::Permissions::from_mode(crate::state::MODE_SECRET))
-            .map_err(Error::io(&path))?;
+        let meta = file.metadata().map_err(Error::io(&path))?;
+        narrow_mode(&path, &meta, crate::state::MODE_SECRET)?;
         if file.metadata().map_err(Error::io(&path))?.len() != good {
             file.set_len(good).map_err(Error::io(&path))?;
             file.sync_all().map_err(Error::io(&path))?;
