@@ -247,3 +247,65 @@ fn a_node_down_holds_the_ca_rotation_at_its_phase() {
     pings(&a);
     verify_clean(&m);
 }
+
+/// A master candidate down when the new CA starts signing missed its key:
+/// the reissue phase holds until it has it, and once it is back
+/// `--continue-ca` gives it the key and the rotation ends, the candidate
+/// holding the key that signs.
+#[test]
+fn a_candidate_down_when_the_key_changes_gets_it_before_the_end() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
+    let (a, da) = join_and_start(&m, "a", &["--master-candidate"]);
+    let (b, _db) = join_and_start(&m, "b", &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let old_ca = ca_pem(&m);
+    let key = |n: &Node| std::fs::read_to_string(n.state.ca_key()).unwrap();
+    let stop_after_trust = [
+        "renew-crypto",
+        "--new-ca",
+        "--stop-after",
+        "trust",
+        "--wait",
+    ];
+    let (code, out, err) = run(&m, &stop_after_trust);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let new_ca = the_new_ca(&ca_pem(&m), &old_ca);
+
+    // a is down while the new key starts signing: held at reissue.
+    drop(da);
+    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca", "--wait"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert_eq!(phase(&m), "reissue");
+    assert_ne!(key(&a), key(&m), "a cannot have the new key yet");
+
+    // Back: the loop reissues a's certificates; the key comes with the
+    // next run, which then finishes.
+    let _da = Daemon::start(&a, &[]);
+    assert!(
+        within(Duration::from_secs(20), || all_signed_by(
+            &[&a, &b, &m],
+            &new_ca,
+            scratch.path()
+        )),
+        "a was not brought to the reissue phase"
+    );
+    let (code, out, err) = run(&m, &["renew-crypto", "--continue-ca", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("CA rotation complete"), "{out}");
+    assert_eq!(key(&a), key(&m), "a holds the key that signs");
+    for n in [&m, &a, &b] {
+        assert_eq!(ca_pem(n), new_ca, "{}", n.name);
+    }
+    verify_clean(&m);
+    // a can sign as the master: a failover to it (once its Raft log has
+    // caught up), then a join through it.
+    assert!(
+        within(Duration::from_secs(20), || run(&a, &["master-failover"]).0
+            == Some(0)),
+        "{:?}",
+        run(&a, &["master-failover"])
+    );
+    let (c, _dc) = join_and_start(&a, "c", &[]);
+    assert!(all_signed_by(&[&c], &new_ca, scratch.path()));
+}

@@ -331,6 +331,18 @@ impl<'a> Run<'a> {
         if !pending.is_empty() {
             bring_to_phase(self.state, config, &pending, failed, talk).await?;
         }
+        // Every online candidate must hold the key that signs now before
+        // the phase completes: one that was down when the key changed gets
+        // it here (the others are given the same key again), so that it can
+        // sign as the master, and take the next phase's trust bundle.
+        let r = rotation(config)?;
+        let signing = match r.phase {
+            CaPhase::Rollback => r.old_ca_pem.clone(),
+            _ => r.new_ca_pem.clone(),
+        };
+        let ca = self.store.load_ca(&signing)?;
+        self.send_key(config, self.store.candidate_copy(&ca), 0, failed, talk)
+            .await?;
         Ok(if pending_or_failed(config, failed)? {
             Flow::Held
         } else {
@@ -425,7 +437,7 @@ impl<'a> Run<'a> {
                 let r = rotation_mut(config)?;
                 r.phase = CaPhase::Reissue;
                 r.complete = false;
-                self.send_key(config, self.store.candidate_copy(&ca), failed, talk)
+                self.send_key(config, self.store.candidate_copy(&ca), 1, failed, talk)
                     .await?;
             }
             CaPhase::Reissue => {
@@ -457,10 +469,10 @@ impl<'a> Run<'a> {
         let r = rotation_mut(config)?;
         r.phase = CaPhase::Rollback;
         r.complete = false;
-        if from != CaPhase::Trust {
-            self.send_key(config, self.store.candidate_copy(&ca), failed, talk)
-                .await?;
-        }
+        // From trust too: a run that gave the candidates the new key and
+        // died before committing the reissue phase left them holding it.
+        self.send_key(config, self.store.candidate_copy(&ca), 1, failed, talk)
+            .await?;
         self.commit(config, failed, talk).await?;
         talk.say(&format!("CA rotation: rolling back from its {from} phase"));
         Ok(())
@@ -493,18 +505,19 @@ impl<'a> Run<'a> {
     }
 
     /// The key that signs now (for a file store; nothing for a token) and
-    /// the config as it will be committed, to every other online master
-    /// candidate.
+    /// the config, `ahead` serials on (1: as it will be committed next; 0:
+    /// as committed), to every other online master candidate.
     async fn send_key(
         &self,
         config: &ClusterConfig,
         ca_key: Option<Secret>,
+        ahead: u64,
         failed: &mut PushOutcome,
         talk: Narration<'_>,
     ) -> Result<()> {
         let me = self.state.load_identity()?;
         let mut next = config.clone();
-        next.serial += 1;
+        next.serial += ahead;
         let config_json = String::from_utf8(crate::state::to_json(&next)?)
             .map_err(|e| Error::Invalid(format!("config is not UTF-8: {e}")))?;
         let candidates = renew::online_candidates_except(config, Some(&me.uuid));

@@ -18,6 +18,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use ssconf::DigestAlgorithm;
+
 use crate::core::{Error, Result};
 use crate::pki::hsm::{Pkcs11Uri, Token};
 use crate::pki::{CaKey, CertificateAuthority, CertificateSigner, Secret};
@@ -75,17 +77,37 @@ fn read_ca_pem(state: &StateDir) -> Result<String> {
     std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))
 }
 
-/// Loads the signing CA as the cluster config says (file or token).
+/// Loads the signing CA as the cluster config says (file or token): the
+/// CA whose SHA-256 the config records. A key here that belongs to another
+/// CA of the bundle (one a candidate kept because it was down when a CA
+/// rotation changed the key) is refused rather than used to sign.
 pub fn load_ca(state: &StateDir, config: &ClusterConfig) -> Result<CertificateAuthority> {
-    for_cluster(state, config)?.load_ca(&read_ca_pem(state)?)
+    let store = for_cluster(state, config)?;
+    let ca = store.load_ca(&read_ca_pem(state)?)?;
+    check_signing_ca(&ca, config, &store.describe())?;
+    Ok(ca)
+}
+
+/// Refuses a CA other than the one `config` says signs (`ca_sha256`).
+fn check_signing_ca(ca: &CertificateAuthority, config: &ClusterConfig, key: &str) -> Result<()> {
+    let held = crate::core::hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes());
+    if config.ca_sha256.is_empty() || held.eq_ignore_ascii_case(&config.ca_sha256) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "the CA key {key} belongs to CA {held}, not to CA {} that the cluster signs with: this node missed the key of a CA rotation; sign on a master candidate that holds it, or demote and promote this node again from one",
+        config.ca_sha256
+    )))
 }
 
 /// What a node being made a master candidate receives (see
 /// [`KeyStore::candidate_copy`]), after the key was loaded (for a token:
-/// reached and checked against ca.pem), so a broken store fails first.
+/// reached and checked against ca.pem and the config), so a broken store
+/// fails first.
 pub fn candidate_copy(state: &StateDir, config: &ClusterConfig) -> Result<Option<Secret>> {
     let store = for_cluster(state, config)?;
     let ca = store.load_ca(&read_ca_pem(state)?)?;
+    check_signing_ca(&ca, config, &store.describe())?;
     Ok(store.candidate_copy(&ca))
 }
 
@@ -346,4 +368,51 @@ pub fn check(store: &dyn KeyStore, ca_pem: &str) -> Result<()> {
     ca.sign_client_csr(&probe, "verify-probe", 1)
         .map(|_| ())
         .map_err(|e| Error::Certificate(format!("{} cannot sign: {e}", store.describe())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::config::DigestAlgorithmName;
+
+    fn config_signing_with(ca_sha256: String) -> ClusterConfig {
+        ClusterConfig {
+            cluster_name: "test".into(),
+            serial: 1,
+            candidate_pool_size: 2,
+            digest: DigestAlgorithmName::Sha256,
+            cert_days: 365,
+            cert_lifetime: 0,
+            ca_sha256,
+            ca_key: None,
+            nodes: Vec::new(),
+            users: Vec::new(),
+            audit: Vec::new(),
+            ca_rotation: None,
+            term: 0,
+        }
+    }
+
+    #[test]
+    fn only_the_ca_the_config_names_signs() {
+        let sha = |ca: &CertificateAuthority| {
+            crate::core::hex::lower(DigestAlgorithm::Sha256.digest(ca.cert_der()).as_bytes())
+        };
+        let (old, new) = (
+            CertificateAuthority::generate("test", 30).unwrap(),
+            CertificateAuthority::generate("test", 30).unwrap(),
+        );
+        assert!(check_signing_ca(&new, &config_signing_with(sha(&new)), "k").is_ok());
+        let upper = sha(&new).to_uppercase();
+        assert!(check_signing_ca(&new, &config_signing_with(upper), "k").is_ok());
+        // A config from before the digest was recorded names none.
+        assert!(check_signing_ca(&old, &config_signing_with(String::new()), "k").is_ok());
+        let refused = check_signing_ca(&old, &config_signing_with(sha(&new)), "k")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("missed the key of a CA rotation"),
+            "{refused}"
+        );
+    }
 }
