@@ -552,6 +552,12 @@ fn strangers_nodes_and_bad_requests_are_refused() {
             r#"{"ssh_keys": true, "nodes": ["m"]}"#,
             "nodes",
         ),
+        (
+            "POST",
+            "/v1/renew-crypto",
+            r#"{"ca": true, "ca_stop_after": "trust", "node_certificates": true}"#,
+            "not with a CA rotation",
+        ),
     ];
     for (method, path, body, field) in cases {
         let (status, text) = api.curl(Some("admin"), method, path, Some(body));

@@ -285,6 +285,12 @@ pub async fn renew(
              at least one must be true",
         ));
     }
+    if ca.is_some() && (req.node_certificates || req.cluster_certificate) {
+        return Err(ApiError::bad_request(
+            "node_certificates, cluster_certificate: not with a CA rotation, whose reissue \
+             phase renews them",
+        ));
+    }
     if !req.nodes.is_empty() && !req.node_certificates {
         return Err(ApiError::bad_request(
             "nodes: limits node_certificates, which is not asked",
