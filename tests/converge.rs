@@ -90,18 +90,7 @@ fn list_shows_each_nodes_health() {
     let m = init_master_with("m", &["--candidate-pool-size", "1"]);
     let _dm = Daemon::start(&m, &["--heartbeat", "1"]);
     let (_b, db) = join_and_start(&m, "b", &[]);
-    let node = |name: &str| {
-        let out = nodectl(m.dir(), &["list", "--json"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        doc["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .cloned()
-            .unwrap()
-    };
+    let node = |name: &str| listed(&m, name);
     assert!(within(Duration::from_secs(5), || node("b")["reachable"] == true));
     let seen = node("b")["last_seen"].as_str().unwrap().to_owned();
     assert!(seen.ends_with('Z'), "{seen}");

@@ -111,17 +111,7 @@ fn replace_client_cert(node: &Node, id: &Identity) {
 }
 
 fn uuid(m: &Node, name: &str) -> String {
-    let out = nodectl(m.dir(), &["list", "--json"]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap()["uuid"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    listed(m, name)["uuid"].as_str().unwrap().to_owned()
 }
 
 #[test]

@@ -109,6 +109,31 @@ fn check_unique(
     Ok(())
 }
 
+fn token_refused(e: crate::state::token::TokenError) -> JoinFailure {
+    JoinFailure::Refused(Error::Invalid(e.to_string()))
+}
+
+/// The checks of the request made before queueing for the cluster lock
+/// (so that a peer without a valid token cannot hold up the cluster's
+/// administration): name, address, token, both CSRs. The joiner made them
+/// too, but a joiner may be modified. Returns the address resolved.
+fn check_request(
+    state: &StateDir,
+    req: &JoinRequest,
+) -> std::result::Result<BTreeSet<SocketAddr>, JoinFailure> {
+    use JoinFailure::Refused;
+    check_node_name(&req.node_name).map_err(Refused)?;
+    check_address(&req.address).map_err(Refused)?;
+    TokenStore::load(state)?
+        .check(&req.token_id, req.secret.expose(), crate::core::time::now())
+        .map_err(token_refused)?;
+    let resolved = resolve_joiner(&req.address).map_err(Refused)?;
+    for csr in [&req.csr_pem, &req.server_csr_pem] {
+        pki::parse_csr(csr).map_err(Refused)?;
+    }
+    Ok(resolved)
+}
+
 /// The master's side, under the cluster lock: check, sign, add, save.
 /// Returns the reply (without the nodes not brought up to date), the
 /// serial of the config that holds the node, and the node's mark in
@@ -127,19 +152,7 @@ pub fn admit(
     joins: &JoinsInFlight,
 ) -> std::result::Result<(JoinReply, u64, JoinInFlight), JoinFailure> {
     use JoinFailure::Refused;
-    let token_refused = |e: crate::state::token::TokenError| Refused(Error::Invalid(e.to_string()));
-    // The joiner checked these too, but a joiner may be modified.
-    check_node_name(&req.node_name).map_err(Refused)?;
-    check_address(&req.address).map_err(Refused)?;
-    // Check the token before queueing for the lock, so that a peer without
-    // a valid token cannot hold up the cluster's administration.
-    TokenStore::load(state)?
-        .check(&req.token_id, req.secret.expose(), crate::core::time::now())
-        .map_err(token_refused)?;
-    let resolved = resolve_joiner(&req.address).map_err(Refused)?;
-    for csr in [&req.csr_pem, &req.server_csr_pem] {
-        pki::parse_csr(csr).map_err(Refused)?;
-    }
+    let resolved = check_request(state, req)?;
     let _lock = ClusterLock::acquire(state, true, &format!("join of {}", req.node_name))?;
     let mut config = cluster::master_config(state)?;
     let mut tokens = TokenStore::load(state)?;
@@ -154,8 +167,8 @@ pub fn admit(
     // node of the cluster, must not be able to mark it.
     let in_flight = joins.mark(&req.node_name);
     let ca_pem = std::fs::read_to_string(state.ca_pem()).map_err(Error::io(state.ca_pem()))?;
-    let store = crate::pki::keystore::for_cluster(state, &config)?;
-    let ca = store.load_ca(&ca_pem)?;
+    // The CA the config says signs, refused if this node's key is another's.
+    let ca = crate::pki::keystore::load_ca(state, &config)?;
     // The name in the certificate is the node name; the CSR contributes only
     // its public key (and proves possession of the private key).
     let uuid = uuid::Uuid::new_v4().to_string();
