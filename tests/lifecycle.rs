@@ -537,3 +537,32 @@ fn a_failover_no_node_takes_changes_nothing() {
     let master = std::fs::read_to_string(a.dir().join("ssconf/ssconf_master_node")).unwrap();
     assert_eq!(master.trim(), "m");
 }
+
+/// A candidate refuses a config from an older Raft term even when its
+/// serial is higher: a deposed master cannot roll the config back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_of_an_older_term_is_refused_whatever_its_serial() {
+    let m = init_master_with("m", &["--candidate-pool-size", "2"]);
+    let _dm = Daemon::start(&m, &[]);
+    let (a, _da) = join_and_start(&m, "a", &["--master-candidate"]);
+    let held = std::fs::read_to_string(a.state.config_json()).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&held).unwrap();
+    let term = config["term"].as_u64().unwrap();
+    assert!(term > 0, "{config}");
+    config["term"] = (term - 1).into();
+    config["serial"] = (config["serial"].as_u64().unwrap() + 5).into();
+    let master = client(&m, Some(&node_identity(&m)));
+    let mut conn = master.connect(&a.name, &a.address).await.unwrap();
+    let err = conn
+        .call(Procedure::WriteConfig {
+            config_json: config.to_string(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("refusing to roll back"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(a.state.config_json()).unwrap(),
+        held
+    );
+}

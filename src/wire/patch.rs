@@ -72,11 +72,22 @@ pub fn diff(old: &[(String, String)], new: &[(String, String)]) -> Vec<SsconfPat
 }
 
 /// Applies `patches` to `files`, the held set's; files without a patch
-/// stay as they are. `None` when a patch keeps more lines than its file has.
+/// stay as they are. `None` when a patch keeps more lines than its file has,
+/// names a file that is not an ssconf file, or names one twice (a sender
+/// patches each file at most once: refused before any work, so that a
+/// frame of many patches costs no more than the set's files).
 pub fn apply(
     mut files: Vec<(String, String)>,
     patches: &[SsconfPatch],
 ) -> Option<Vec<(String, String)>> {
+    let mut named = std::collections::BTreeSet::new();
+    let known = |file: &str| ssconf::SsconfKey::from_file_name(file).is_some();
+    if !patches
+        .iter()
+        .all(|p| known(&p.file) && named.insert(p.file.as_str()))
+    {
+        return None;
+    }
     for patch in patches {
         let slot = files.iter_mut().find(|(f, _)| *f == patch.file);
         let old = slot.as_ref().map(|(_, t)| t.as_str()).unwrap_or("");
@@ -202,5 +213,23 @@ mod tests {
             middle: String::new(),
         };
         assert_eq!(apply(held.clone(), &[huge]), None);
+    }
+
+    #[test]
+    fn a_file_named_twice_or_not_an_ssconf_file_is_refused_before_any_work() {
+        let held = set(&[("ssconf_node_list", "a\n")]);
+        let patch = |file: &str| SsconfPatch {
+            file: file.into(),
+            head: 0,
+            tail: 0,
+            middle: "b\n".into(),
+        };
+        let twice = [patch("ssconf_node_list"), patch("ssconf_node_list")];
+        assert_eq!(apply(held.clone(), &twice), None);
+        assert_eq!(apply(held.clone(), &[patch("../etc/passwd")]), None);
+        // 100,000 patches of made-up files: refused at the first.
+        let many: Vec<SsconfPatch> = (0..100_000).map(|i| patch(&format!("f{i}"))).collect();
+        assert_eq!(apply(held.clone(), &many), None);
+        assert!(apply(held, &[patch("ssconf_node_list"), patch("ssconf_serial")]).is_some());
     }
 }

@@ -130,10 +130,11 @@ fn accept_config(state: &StateDir, config_json: &str) -> Result<ClusterConfig> {
     }
     if state.config_json().exists() {
         let current: ClusterConfig = crate::state::read_json(&state.config_json())?;
-        if config.serial < current.serial {
+        // As Raft orders them: the term first, then the serial.
+        if (config.term, config.serial) < (current.term, current.serial) {
             return Err(Error::Invalid(format!(
-                "config serial {} is older than the serial {} this node holds; refusing to roll back",
-                config.serial, current.serial
+                "config (term {}, serial {}) is older than the one this node holds (term {}, serial {}); refusing to roll back",
+                config.term, config.serial, current.term, current.serial
             )));
         }
     }
