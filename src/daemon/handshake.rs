@@ -102,10 +102,7 @@ fn decide(
         (Err(e), Some(Verdict::Admitted(claimed))) => {
             // A client that hangs up right after its Finished (as `openssl
             // s_time` does) was admitted; that is no denial.
-            let tls_failure = e
-                .get_ref()
-                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some());
-            if !tls_failure {
+            if !is_tls_failure(&e) {
                 tracing::debug!(%peer, uuid = %claimed.uuid, "admitted client left during the handshake: {e}");
                 return Decision::Deny(None);
             }
@@ -127,6 +124,13 @@ fn decide(
             "no authorization verdict".into(),
         )))),
     }
+}
+
+/// Whether a failed handshake failed in TLS (a refusal, a bad message)
+/// rather than in the connection (the peer hung up).
+pub fn is_tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
 }
 
 /// Maps a failed handshake without a verifier verdict to a denial.

@@ -82,10 +82,19 @@ fn read_ca_pem(state: &StateDir) -> Result<String> {
 /// CA of the bundle (one a candidate kept because it was down when a CA
 /// rotation changed the key) is refused rather than used to sign.
 pub fn load_ca(state: &StateDir, config: &ClusterConfig) -> Result<CertificateAuthority> {
+    load_checked(state, config).map(|(_, ca)| ca)
+}
+
+/// The cluster's key store and the signing CA loaded from it, checked
+/// against the config's `ca_sha256`.
+fn load_checked(
+    state: &StateDir,
+    config: &ClusterConfig,
+) -> Result<(Box<dyn KeyStore>, CertificateAuthority)> {
     let store = for_cluster(state, config)?;
     let ca = store.load_ca(&read_ca_pem(state)?)?;
     check_signing_ca(&ca, config, &store.describe())?;
-    Ok(ca)
+    Ok((store, ca))
 }
 
 /// Refuses a CA other than the one `config` says signs (`ca_sha256`).
@@ -105,9 +114,7 @@ fn check_signing_ca(ca: &CertificateAuthority, config: &ClusterConfig, key: &str
 /// reached and checked against ca.pem and the config), so a broken store
 /// fails first.
 pub fn candidate_copy(state: &StateDir, config: &ClusterConfig) -> Result<Option<Secret>> {
-    let store = for_cluster(state, config)?;
-    let ca = store.load_ca(&read_ca_pem(state)?)?;
-    check_signing_ca(&ca, config, &store.describe())?;
+    let (store, ca) = load_checked(state, config)?;
     Ok(store.candidate_copy(&ca))
 }
 

@@ -21,7 +21,7 @@ use super::{router, ApiState, MAX_HEAD};
 use crate::core::{Error, Result};
 use crate::daemon::auth::{Denial, DenialReason, Verdict, HANDSHAKE};
 use crate::daemon::budget::HandshakePermit;
-use crate::daemon::handshake::handshake_denial;
+use crate::daemon::handshake::{handshake_denial, is_tls_failure};
 use crate::daemon::runtime::load_server_material;
 use crate::daemon::server::Daemon;
 use crate::pki::provider::{provider, roots, versions};
@@ -203,10 +203,7 @@ async fn handshake(
         ))),
         Ok((Err(_), Some(Verdict::Denied(denial)))) => denial,
         Ok((Err(e), _)) => {
-            let tls_failure = e
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-            if !tls_failure {
+            if !is_tls_failure(&e) {
                 tracing::debug!(%peer, "API client left during the handshake: {e}");
                 return None;
             }
